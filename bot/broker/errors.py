@@ -1,0 +1,44 @@
+"""Broker errors, named by what the caller should do.
+
+    BrokerError
+    ├── RetryLater        the link or the gateway will likely recover: back off and try again
+    │   └── LinkDown      not connected right now (socket closed, 1100, reconnecting)
+    └── DoNotRetry        retrying cannot help; stop and tell a human
+        ├── OrderRejected the gateway refused the order (201, 103, ...)
+        └── SetupError    wrong port, client id held, no such contract, live account without consent
+
+The IB adapter translates every ib_async and socket error into one of these with `raise ... from`.
+"""
+
+from __future__ import annotations
+
+__all__ = ["BrokerError", "DoNotRetry", "LinkDown", "OrderRejected", "RetryLater", "SetupError"]
+
+
+class BrokerError(Exception):
+    """Base of every error the broker seam raises."""
+
+
+class RetryLater(BrokerError):
+    """A transient problem: back off and try again."""
+
+
+class LinkDown(RetryLater):
+    """The gateway link is down; nothing was sent by this call."""
+
+
+class DoNotRetry(BrokerError):
+    """A permanent problem: retrying cannot help."""
+
+
+class OrderRejected(DoNotRetry):
+    """The gateway refused the order, with IB's error code."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(f"order rejected by the gateway: {code} {message}")
+        self.code = code
+        self.message = message
+
+
+class SetupError(DoNotRetry):
+    """Configuration or environment is wrong (port, client id, account, contract)."""

@@ -1,0 +1,210 @@
+"""The `Broker` protocol: everything the strategy and the reconciler need from a broker.
+
+Deliberately small and in our own terms (dates, floats, enums), so the strategy never sees
+ib_async, and tests can put a fake of our own behind it. The only implementation that talks to a
+real gateway is `bot.broker.ib.IBBroker`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Protocol
+
+__all__ = [
+    "Broker",
+    "BrokerOrder",
+    "ComboLegSpec",
+    "ComboOrderRequest",
+    "ExecutionRecord",
+    "LinkState",
+    "OptionChain",
+    "OptionContract",
+    "OptionQuote",
+    "OrderState",
+    "Right",
+]
+
+
+class Right(enum.StrEnum):
+    """Option right."""
+
+    CALL = "C"
+    PUT = "P"
+
+
+class LinkState(enum.StrEnum):
+    """The gateway link as the bot sees it."""
+
+    CONNECTING = "connecting"
+    """Not yet connected, or reconnecting after a drop."""
+    UP = "up"
+    """Connected and synchronised."""
+    DOWN = "down"
+    """Lost (socket closed or 1100); reconnect under way."""
+    CLOSED = "closed"
+    """Closed on purpose at shutdown."""
+
+
+class OrderState(enum.StrEnum):
+    """An order's state at the broker, in our terms."""
+
+    PENDING = "pending"
+    """Sent, not yet acknowledged."""
+    WORKING = "working"
+    """Acknowledged and live."""
+    FILLED = "filled"
+    """Completely filled."""
+    CANCELLED = "cancelled"
+    """Cancelled (possibly after a partial fill)."""
+    REJECTED = "rejected"
+    """Refused by the gateway."""
+    UNKNOWN = "unknown"
+    """The broker has no record of it."""
+
+    @property
+    def is_final(self) -> bool:
+        """True when the order can no longer change."""
+        return self in (OrderState.FILLED, OrderState.CANCELLED, OrderState.REJECTED)
+
+
+@dataclass(frozen=True, slots=True)
+class OptionContract:
+    """One SPX option (trading class SPXW unless said otherwise); `con_id` once qualified."""
+
+    expiry: date
+    strike: float
+    right: Right
+    con_id: int | None = None
+    trading_class: str = "SPXW"
+
+    def describe(self) -> str:
+        """A short human name, e.g. 'SPXW 2026-12-16 6000C'."""
+        return f"{self.trading_class} {self.expiry.isoformat()} {self.strike:g}{self.right.value}"
+
+
+@dataclass(frozen=True, slots=True)
+class OptionChain:
+    """Expiries and strikes listed for the underlying in one trading class."""
+
+    trading_class: str
+    expiries: frozenset[date]
+    strikes: frozenset[float]
+
+
+@dataclass(frozen=True, slots=True)
+class OptionQuote:
+    """A snapshot of one option: prices, and model greeks when the gateway sends them."""
+
+    contract: OptionContract
+    bid: float | None
+    ask: float | None
+    delta: float | None
+    underlying: float | None
+    time: datetime
+
+    @property
+    def mid(self) -> float | None:
+        """Midpoint of bid and ask, when both are present and sane."""
+        if self.bid is None or self.ask is None or self.bid < 0 or self.ask < self.bid:
+            return None
+        return (self.bid + self.ask) / 2
+
+
+@dataclass(frozen=True, slots=True)
+class ComboLegSpec:
+    """One leg of a BAG combo: sell or buy one contract per combo unit."""
+
+    contract: OptionContract
+    action: str  # "BUY" or "SELL"
+    ratio: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ComboOrderRequest:
+    """A BAG limit order: action BUY, positive limit = debit, DAY, `order_ref` = idempotency key."""
+
+    legs: tuple[ComboLegSpec, ...]
+    quantity: int
+    limit: float
+    order_ref: str
+    tif: str = "DAY"
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionRecord:
+    """One execution of the combo (BAG level), as reported by the broker."""
+
+    exec_id: str
+    order_ref: str
+    perm_id: int
+    quantity: float
+    price: float
+    time: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerOrder:
+    """What the broker knows of one order, found by `order_ref` (and `perm_id` once assigned)."""
+
+    order_ref: str
+    order_id: int
+    perm_id: int
+    state: OrderState
+    quantity: float
+    filled: float
+    avg_price: float | None
+    limit: float | None
+    executions: tuple[ExecutionRecord, ...] = field(default=())
+
+
+class Broker(Protocol):
+    """What the strategy and the reconciler may ask of a broker.
+
+    Every call is bounded in time by the implementation; a call made while the link is down raises
+    `LinkDown` and sends nothing.
+    """
+
+    @property
+    def link(self) -> LinkState:
+        """The link right now."""
+        ...
+
+    async def wait_link_change(self) -> LinkState:
+        """Return when the link state next changes."""
+        ...
+
+    async def chain(self) -> OptionChain:
+        """The SPXW option chain (expiries and strikes)."""
+        ...
+
+    async def spot(self) -> float:
+        """The SPX index price now."""
+        ...
+
+    async def quotes(self, contracts: Sequence[OptionContract]) -> list[OptionQuote]:
+        """Qualify and snapshot-quote `contracts`, in order. Raises if a contract does not exist."""
+        ...
+
+    async def place(self, request: ComboOrderRequest) -> BrokerOrder:
+        """Send a new BAG order; return once the gateway acknowledged (or refused) it."""
+        ...
+
+    async def modify(self, order_ref: str, limit: float) -> BrokerOrder:
+        """Change the limit of the working order `order_ref` in place (same order id)."""
+        ...
+
+    async def cancel(self, order_ref: str) -> BrokerOrder:
+        """Cancel `order_ref` and return its confirmed final state."""
+        ...
+
+    async def wait_order_change(self, order_ref: str) -> BrokerOrder:
+        """Return the order's state when it next changes (a status, a fill)."""
+        ...
+
+    async def lookup(self, order_refs: Sequence[str]) -> dict[str, BrokerOrder]:
+        """Find orders by `order_ref` across open orders of all clients, completed orders and
+        executions. A ref the broker has never seen is absent from the result."""
+        ...

@@ -1,0 +1,181 @@
+"""The vocabulary shared by every part of the bot: entry states, triggers, journal actions, outcomes.
+
+These are our own names. The broker adapter translates IB's strings into them at its edge, and the
+journal stores their `.value`s, so renaming a member is a schema change.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import date, datetime
+
+__all__ = [
+    "ActionKind",
+    "BlockReason",
+    "Blocked",
+    "EntryOutcome",
+    "EntryStatus",
+    "Source",
+    "Started",
+    "TradeView",
+]
+
+
+class Source(enum.StrEnum):
+    """What asked for an entry."""
+
+    SCHEDULER = "scheduler"
+    """The daemon's scheduler at the configured entry time."""
+    MANUAL = "manual"
+    """A person, through `bot trade` on the control socket."""
+
+
+class EntryStatus(enum.StrEnum):
+    """Where one entry attempt stands. `CLAIMED` and `WORKING` are live; the rest are final."""
+
+    CLAIMED = "claimed"
+    """The intent is durably written; an order may be on its way to the broker."""
+    WORKING = "working"
+    """The broker acknowledged the order and it is being worked."""
+    FILLED = "filled"
+    """Completely filled."""
+    PARTIAL = "partial"
+    """Partly filled; the rest was cancelled. Counts as a trade for the day."""
+    CANCELLED = "cancelled"
+    """Cancelled (by timeout or shutdown) with no fill; does not block a later attempt that day."""
+    REJECTED = "rejected"
+    """The broker refused the order; no fill."""
+    SKIPPED = "skipped"
+    """The strategy declined the day before any order left (no strike, risk limit, ...)."""
+    FAILED = "failed"
+    """An error ended the attempt before any order left."""
+    NEVER_SENT = "never_sent"
+    """Claimed, but after a complete look-up the broker had never seen the order."""
+
+    @property
+    def is_live(self) -> bool:
+        """True while an order may be working at the broker."""
+        return self in (EntryStatus.CLAIMED, EntryStatus.WORKING)
+
+
+LIVE_STATUSES: tuple[EntryStatus, ...] = (EntryStatus.CLAIMED, EntryStatus.WORKING)
+
+
+class BlockReason(enum.StrEnum):
+    """Why the guard refused to start an entry."""
+
+    IN_PROGRESS = "in_progress"
+    """Another entry is running right now."""
+    ALREADY_TRADED_TODAY = "already_traded_today"
+    """An entry with a fill exists for this trading day."""
+    RECONCILING = "reconciling"
+    """The journal is not yet reconciled with the broker (start, reconnect)."""
+    PAUSED = "paused"
+    """Entries are paused by an operator or by the fatal-error halt."""
+
+
+class ActionKind(enum.StrEnum):
+    """Rows of the append-only action log."""
+
+    TRADE_STARTED = "TRADE_STARTED"
+    FORCED_ENTRY = "FORCED_ENTRY"
+    CONCURRENT_BLOCKED = "CONCURRENT_BLOCKED"
+    DUPLICATE_PREVENTED = "DUPLICATE_PREVENTED"
+    RECONCILING_BLOCKED = "RECONCILING_BLOCKED"
+    PAUSED_BLOCKED = "PAUSED_BLOCKED"
+    LEGS_CHOSEN = "LEGS_CHOSEN"
+    ORDER_PLACED = "ORDER_PLACED"
+    PRICE_STEPPED = "PRICE_STEPPED"
+    ORDER_STATUS = "ORDER_STATUS"
+    FILL = "FILL"
+    FILLED = "FILLED"
+    PARTIAL_FILL = "PARTIAL_FILL"
+    CANCELLED = "CANCELLED"
+    REJECTED = "REJECTED"
+    SKIPPED = "SKIPPED"
+    FAILED = "FAILED"
+    ADOPTED = "ADOPTED"
+    NEVER_SENT = "NEVER_SENT"
+    RECONCILED = "RECONCILED"
+    PAUSED = "PAUSED"
+    RESUMED = "RESUMED"
+    HALTED = "HALTED"
+    LINK_LOST = "LINK_LOST"
+    LINK_RESTORED = "LINK_RESTORED"
+    PEER_REFUSED = "PEER_REFUSED"
+    DAEMON_STARTED = "DAEMON_STARTED"
+    DAEMON_STOPPED = "DAEMON_STOPPED"
+
+
+BLOCK_ACTION: dict[BlockReason, ActionKind] = {
+    BlockReason.IN_PROGRESS: ActionKind.CONCURRENT_BLOCKED,
+    BlockReason.ALREADY_TRADED_TODAY: ActionKind.DUPLICATE_PREVENTED,
+    BlockReason.RECONCILING: ActionKind.RECONCILING_BLOCKED,
+    BlockReason.PAUSED: ActionKind.PAUSED_BLOCKED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TradeView:
+    """What a requester is told about an entry: enough to know whether and how it traded."""
+
+    id: int
+    strategy: str
+    trading_day: date
+    attempt: int
+    idempotency_key: str
+    source: Source
+    status: EntryStatus
+    quantity: int
+    filled: int
+    avg_price: float | None
+    last_limit: float | None
+    started_at: datetime
+    ended_at: datetime | None
+    legs: str | None
+
+    def elapsed_s(self, now: datetime) -> float:
+        """Seconds since the entry started (until it ended, if it has)."""
+        end = self.ended_at or now
+        return max(0.0, (end - self.started_at).total_seconds())
+
+    def to_json(self, now: datetime) -> dict[str, object]:
+        """A JSON-ready dict, as the control socket sends it."""
+        return {
+            "id": self.id,
+            "strategy": self.strategy,
+            "trading_day": self.trading_day.isoformat(),
+            "attempt": self.attempt,
+            "idempotency_key": self.idempotency_key,
+            "source": self.source.value,
+            "status": self.status.value,
+            "quantity": self.quantity,
+            "filled": self.filled,
+            "avg_price": self.avg_price,
+            "last_limit": self.last_limit,
+            "started_at": self.started_at.isoformat(),
+            "ended_at": self.ended_at.isoformat() if self.ended_at else None,
+            "elapsed_s": round(self.elapsed_s(now), 3),
+            "legs": self.legs,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """The guard let this entry through; it owns the claim `trade` until it ends."""
+
+    trade: TradeView
+    forced: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Blocked:
+    """The guard refused; `existing` is the trade that stands in the way, when there is one."""
+
+    reason: BlockReason
+    existing: TradeView | None
+    action_id: int | None
+
+
+EntryOutcome = Started | Blocked
