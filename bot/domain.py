@@ -12,6 +12,7 @@ from datetime import date, datetime
 
 __all__ = [
     "ActionKind",
+    "AlertKind",
     "BlockReason",
     "Blocked",
     "EntryOutcome",
@@ -106,6 +107,49 @@ class ActionKind(enum.StrEnum):
     PEER_REFUSED = "PEER_REFUSED"
     DAEMON_STARTED = "DAEMON_STARTED"
     DAEMON_STOPPED = "DAEMON_STOPPED"
+
+
+class AlertKind(enum.StrEnum):
+    """Kinds of SMS alert; coalescing works per kind."""
+
+    DUPLICATE_PREVENTED = "duplicate_prevented"
+    """An entry was refused: already traded today."""
+    CONCURRENT_BLOCKED = "concurrent_blocked"
+    """An entry was refused: another one is in progress."""
+    ENTRY_FILLED = "entry_filled"
+    """The calendar filled completely."""
+    PARTIAL_FILL = "partial_fill"
+    """Part filled, the rest cancelled."""
+    ENTRY_FAILED = "entry_failed"
+    """The entry ended with no fill (cancelled, rejected, error)."""
+    DAY_SKIPPED = "day_skipped"
+    """The day was skipped (risk limit, no strike, missed window)."""
+    LINK_LOST = "link_lost"
+    """The gateway link has been down longer than the threshold."""
+    LINK_RESTORED = "link_restored"
+    """The gateway link came back after a reported loss."""
+    RECONCILE_UNEXPECTED = "reconcile_unexpected"
+    """Reconciliation found something the journal did not expect."""
+    CRASH_RESTART = "crash_restart"
+    """The daemon started after an unclean stop."""
+    PAUSED = "paused"
+    """Entries were paused."""
+    RESUMED = "resumed"
+    """Entries were resumed."""
+    HALTED = "halted"
+    """Too many fatal errors today; the bot paused itself."""
+    JOURNAL_FAILED = "journal_failed"
+    """The journal could not be written; no order will leave."""
+    TEST = "test"
+    """`bot alerts test`."""
+
+
+BLOCK_ALERT: dict[BlockReason, AlertKind | None] = {
+    BlockReason.IN_PROGRESS: AlertKind.CONCURRENT_BLOCKED,
+    BlockReason.ALREADY_TRADED_TODAY: AlertKind.DUPLICATE_PREVENTED,
+    BlockReason.RECONCILING: None,
+    BlockReason.PAUSED: None,
+}
 
 
 BLOCK_ACTION: dict[BlockReason, ActionKind] = {

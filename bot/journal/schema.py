@@ -1,0 +1,103 @@
+"""The journal's schema, as numbered migrations applied in order inside one transaction each.
+
+A migration is never edited once released; a change is a new migration. `PRAGMA user_version`
+holds the number of the last one applied.
+"""
+
+from __future__ import annotations
+
+__all__ = ["MIGRATIONS"]
+
+_V1 = """
+CREATE TABLE entries (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    strategy        TEXT    NOT NULL,
+    trading_day     TEXT    NOT NULL,               -- exchange date, YYYY-MM-DD
+    attempt         INTEGER NOT NULL,
+    idempotency_key TEXT    NOT NULL UNIQUE,        -- also the order's orderRef at the broker
+    source          TEXT    NOT NULL CHECK (source IN ('scheduler', 'manual')),
+    forced          INTEGER NOT NULL DEFAULT 0,
+    status          TEXT    NOT NULL CHECK (status IN ('claimed', 'working', 'filled', 'partial',
+                        'cancelled', 'rejected', 'skipped', 'failed', 'never_sent')),
+    legs            TEXT,                           -- JSON list of legs once chosen
+    legs_text       TEXT,                           -- short human form of the legs
+    back_expiry     TEXT,                           -- for the open-calendars risk limit
+    quantity        INTEGER NOT NULL CHECK (quantity > 0),
+    limits          TEXT    NOT NULL DEFAULT '[]',  -- JSON list of every limit price sent
+    filled          INTEGER NOT NULL DEFAULT 0,
+    avg_price       REAL,
+    order_id        INTEGER,
+    perm_id         INTEGER,
+    broker_status   TEXT,
+    reason          TEXT,
+    started_at      TEXT    NOT NULL,
+    updated_at      TEXT    NOT NULL,
+    ended_at        TEXT,
+    UNIQUE (strategy, trading_day, attempt)
+);
+
+-- Invariant 1, enforced by the database itself: at most one live entry per strategy and day.
+CREATE UNIQUE INDEX entries_one_live ON entries (strategy, trading_day)
+    WHERE status IN ('claimed', 'working');
+CREATE INDEX entries_by_day ON entries (trading_day, strategy);
+
+CREATE TABLE fills (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    entry_id  INTEGER NOT NULL REFERENCES entries (id),
+    exec_id   TEXT    NOT NULL UNIQUE,              -- a fill is applied once, however often reported
+    quantity  REAL    NOT NULL,
+    price     REAL    NOT NULL,
+    at        TEXT    NOT NULL
+);
+
+CREATE TABLE actions (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    at          TEXT    NOT NULL,
+    kind        TEXT    NOT NULL,
+    strategy    TEXT,
+    trading_day TEXT,
+    entry_id    INTEGER,
+    source      TEXT,
+    detail      TEXT                                -- JSON
+);
+CREATE INDEX actions_by_day ON actions (trading_day, kind);
+
+CREATE TRIGGER actions_append_only_update BEFORE UPDATE ON actions
+BEGIN SELECT RAISE(ABORT, 'the action log is append-only'); END;
+CREATE TRIGGER actions_append_only_delete BEFORE DELETE ON actions
+BEGIN SELECT RAISE(ABORT, 'the action log is append-only'); END;
+
+CREATE TABLE alerts (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind            TEXT    NOT NULL,
+    body            TEXT    NOT NULL,
+    entry_id        INTEGER,
+    created_at      TEXT    NOT NULL,
+    state           TEXT    NOT NULL DEFAULT 'pending'
+                    CHECK (state IN ('pending', 'sent', 'folded', 'failed', 'logged')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at TEXT,
+    provider_ids    TEXT,                           -- JSON list, one per recipient
+    last_error      TEXT,
+    sent_at         TEXT,
+    folded_into     INTEGER REFERENCES alerts (id)  -- the follow-up that carried this one
+);
+CREATE INDEX alerts_by_state ON alerts (state, kind, created_at);
+
+CREATE TABLE alert_attempts (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    alert_id    INTEGER NOT NULL REFERENCES alerts (id),
+    at          TEXT    NOT NULL,
+    outcome     TEXT    NOT NULL,                   -- sent | transient | permanent
+    provider_id TEXT,
+    error       TEXT
+);
+
+CREATE TABLE state (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
+#: Migration N (1-based) is MIGRATIONS[N - 1].
+MIGRATIONS: tuple[str, ...] = (_V1,)

@@ -1,0 +1,685 @@
+"""The SQLite journal: entries, fills, the append-only action log, the alert outbox, small state.
+
+One writer (the daemon) through one connection; every write is one `BEGIN IMMEDIATE` transaction
+under an asyncio lock, so the write lock is taken up front and two processes racing a claim get a
+clean winner and loser (never SQLITE_BUSY_SNAPSHOT). WAL mode lets readers (another process,
+`bot history` with the daemon down, `sqlite3` in a long read) proceed without blocking the writer.
+`synchronous=FULL`: a claim that returned is on disk, even across a power cut.
+
+If a write fails (read-only file, full disk, I/O error), `JournalError` is raised and the caller
+must not send an order: the bot fails closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from bot.alerts import texts
+from bot.clock import Clock
+from bot.domain import (
+    BLOCK_ACTION,
+    LIVE_STATUSES,
+    ActionKind,
+    AlertKind,
+    Blocked,
+    BlockReason,
+    EntryStatus,
+    Source,
+    Started,
+    TradeView,
+)
+from bot.journal.schema import MIGRATIONS
+
+__all__ = ["ActionRow", "Journal", "JournalError"]
+
+_ENTRY_COLUMNS = (
+    "id, strategy, trading_day, attempt, idempotency_key, source, status, quantity, filled, "
+    "avg_price, limits, started_at, ended_at, legs_text"
+)
+
+
+class JournalError(Exception):
+    """The journal could not be read or written. No order may leave while this is so."""
+
+
+@dataclass(frozen=True, slots=True)
+class ActionRow:
+    """One row of the action log."""
+
+    id: int
+    at: datetime
+    kind: str
+    strategy: str | None
+    trading_day: str | None
+    entry_id: int | None
+    source: str | None
+    detail: dict[str, Any]
+
+
+def idempotency_key(strategy: str, day: date, attempt: int) -> str:
+    """`<strategy>:<YYYYMMDD>:<attempt>`; also the order's `orderRef` at the broker."""
+    return f"{strategy}:{day:%Y%m%d}:{attempt}"
+
+
+def _trade(row: sqlite3.Row | tuple[Any, ...]) -> TradeView:
+    limits = json.loads(row[10]) if row[10] else []
+    return TradeView(
+        id=row[0],
+        strategy=row[1],
+        trading_day=date.fromisoformat(row[2]),
+        attempt=row[3],
+        idempotency_key=row[4],
+        source=Source(row[5]),
+        status=EntryStatus(row[6]),
+        quantity=row[7],
+        filled=int(row[8]),
+        avg_price=row[9],
+        last_limit=limits[-1] if limits else None,
+        started_at=datetime.fromisoformat(row[11]),
+        ended_at=datetime.fromisoformat(row[12]) if row[12] else None,
+        legs=row[13],
+    )
+
+
+@dataclass(slots=True)
+class _BlockedWrite:
+    reason: BlockReason
+    strategy: str
+    day: date
+    source: Source
+    existing: TradeView | None
+    alert: tuple[AlertKind, str] | None
+    future: asyncio.Future[int]
+
+
+class Journal:
+    """The bot's durable memory. Open with `await Journal.open(path, clock)`; close when done."""
+
+    def __init__(self, conn: aiosqlite.Connection, path: Path, clock: Clock) -> None:
+        self._conn = conn
+        self.path = path
+        self._clock = clock
+        self._write_lock = asyncio.Lock()
+        self._pending_blocked: list[_BlockedWrite] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, path: Path, clock: Clock, *, busy_timeout_ms: int = 5000) -> Journal:
+        """Open (creating if needed) and migrate the journal at `path`."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = await aiosqlite.connect(path, isolation_level=None, timeout=busy_timeout_ms / 1000)
+        except (OSError, sqlite3.Error) as exc:
+            raise JournalError(f"cannot open the journal {path}: {exc}") from exc
+        journal = cls(conn, path, clock)
+        try:
+            await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            await conn.execute("PRAGMA journal_mode = WAL")
+            await conn.execute("PRAGMA synchronous = FULL")
+            await conn.execute("PRAGMA foreign_keys = ON")
+            await journal._migrate()
+        except BaseException as exc:
+            await conn.close()
+            if isinstance(exc, sqlite3.Error):
+                raise JournalError(f"cannot prepare the journal {path}: {exc}") from exc
+            raise
+        return journal
+
+    async def close(self) -> None:
+        """Flush pending writes and close the connection."""
+        if self._closed:
+            return
+        if self._flusher is not None:
+            await asyncio.shield(self._flusher)
+        self._closed = True
+        await self._conn.close()
+
+    async def __aenter__(self) -> Journal:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _migrate(self) -> None:
+        async with self._conn.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        version = int(row[0]) if row else 0
+        if version > len(MIGRATIONS):
+            raise JournalError(
+                f"the journal {self.path} has schema version {version}, newer than this bot "
+                f"({len(MIGRATIONS)}); upgrade the bot or restore the matching journal"
+            )
+        for number in range(version + 1, len(MIGRATIONS) + 1):
+            async with self.transaction() as tx:
+                await tx.executescript_in_tx(MIGRATIONS[number - 1])
+                await tx.execute(f"PRAGMA user_version = {number}")
+
+    # -- transactions ------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_Tx]:
+        """One `BEGIN IMMEDIATE ... COMMIT`; rolled back on any exception (cancellation included)."""
+        async with self._write_lock:
+            try:
+                await self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise JournalError(f"cannot write the journal: {exc}") from exc
+            try:
+                yield _Tx(self._conn, self._clock)
+            except BaseException:
+                # Shielded: a cancelled caller must still leave the connection out of a transaction.
+                await asyncio.shield(self._rollback())
+                raise
+            try:
+                await asyncio.shield(self._conn.execute("COMMIT"))
+            except sqlite3.Error as exc:
+                await asyncio.shield(self._rollback())
+                raise JournalError(f"cannot commit to the journal: {exc}") from exc
+
+    async def _rollback(self) -> None:
+        if self._conn.in_transaction:
+            # SQLite may already have rolled back by itself (e.g. after SQLITE_FULL).
+            with contextlib.suppress(sqlite3.Error):
+                await self._conn.execute("ROLLBACK")
+
+    async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        try:
+            async with self._conn.execute(sql, params) as cur:
+                return [tuple(r) for r in await cur.fetchall()]
+        except sqlite3.Error as exc:
+            raise JournalError(f"cannot read the journal: {exc}") from exc
+
+    # -- the claim ---------------------------------------------------------------------------
+
+    async def claim(
+        self, strategy: str, day: date, source: Source, quantity: int, *, force: bool = False
+    ) -> Started | Blocked:
+        """Durably claim today's entry, or say what stands in the way (journaled, alert queued).
+
+        Inside one `BEGIN IMMEDIATE`: a live entry for the day blocks (`in_progress`); an entry
+        with any fill blocks (`already_traded_today`) unless `force`; otherwise a new attempt row
+        is inserted as `claimed` with `TRADE_STARTED` (and `FORCED_ENTRY`) in the action log.
+        """
+        now = self._clock.now()
+        try:
+            async with self.transaction() as tx:
+                rows = await tx.fetchall(
+                    f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE strategy = ? AND trading_day = ? "
+                    "ORDER BY attempt",
+                    (strategy, day.isoformat()),
+                )
+                trades = [_trade(r) for r in rows]
+                live = next((t for t in trades if t.status.is_live), None)
+                traded = next((t for t in reversed(trades) if t.filled > 0), None)
+                blocked: tuple[BlockReason, TradeView, tuple[AlertKind, str]] | None = None
+                if live is not None:
+                    alert = (AlertKind.CONCURRENT_BLOCKED, texts.blocked_in_progress(live, source, now))
+                    blocked = (BlockReason.IN_PROGRESS, live, alert)
+                elif traded is not None and not force:
+                    alert = (AlertKind.DUPLICATE_PREVENTED, texts.blocked_duplicate(traded, source))
+                    blocked = (BlockReason.ALREADY_TRADED_TODAY, traded, alert)
+                if blocked is not None:
+                    reason, existing, alert = blocked
+                    action_id = await tx.blocked_action(reason, strategy, day, source, existing, alert)
+                    return Blocked(reason, existing, action_id)
+                attempt = (max(t.attempt for t in trades) + 1) if trades else 1
+                key = idempotency_key(strategy, day, attempt)
+                stamp = now.isoformat()
+                cur = await tx.execute(
+                    "INSERT INTO entries (strategy, trading_day, attempt, idempotency_key, source, "
+                    "forced, status, quantity, started_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        strategy,
+                        day.isoformat(),
+                        attempt,
+                        key,
+                        source.value,
+                        int(force),
+                        EntryStatus.CLAIMED.value,
+                        quantity,
+                        stamp,
+                        stamp,
+                    ),
+                )
+                entry_id = int(cur.lastrowid or 0)
+                detail = {"idempotency_key": key, "attempt": attempt, "quantity": quantity}
+                await tx.action(ActionKind.TRADE_STARTED, strategy, day, entry_id, source, detail)
+                if force and traded is not None:
+                    await tx.action(
+                        ActionKind.FORCED_ENTRY,
+                        strategy,
+                        day,
+                        entry_id,
+                        source,
+                        {"bypassed_trade": traded.id},
+                    )
+                row = await tx.fetchone(f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE id = ?", (entry_id,))
+                assert row is not None  # noqa: S101 -- just inserted in this transaction
+                return Started(_trade(row), forced=force and traded is not None)
+        except sqlite3.IntegrityError:
+            # Another process claimed between our checks: the partial unique index said no.
+            live_rows = await self._read(
+                f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE strategy = ? AND trading_day = ? "
+                "AND status IN ('claimed', 'working')",
+                (strategy, day.isoformat()),
+            )
+            winner = _trade(live_rows[0]) if live_rows else None
+            alert = (AlertKind.CONCURRENT_BLOCKED, texts.blocked_in_progress(winner, source, now))
+            action_id = await self.record_blocked(
+                BlockReason.IN_PROGRESS, strategy, day, source, winner, alert
+            )
+            return Blocked(BlockReason.IN_PROGRESS, winner, action_id)
+        except sqlite3.Error as exc:
+            raise JournalError(f"cannot claim the entry in the journal: {exc}") from exc
+
+    async def record_blocked(
+        self,
+        reason: BlockReason,
+        strategy: str,
+        day: date,
+        source: Source,
+        existing: TradeView | None,
+        alert: tuple[AlertKind, str] | None,
+    ) -> int:
+        """Journal one refused attempt (and queue its alert) durably; returns the action id.
+
+        Refusals arrive in bursts (a storm of `bot trade`), so they are group-committed: every
+        refusal waiting while a transaction runs is written by the next one, and each caller
+        returns only after the commit that holds its row.
+        """
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._pending_blocked.append(_BlockedWrite(reason, strategy, day, source, existing, alert, fut))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_blocked(), name="journal-blocked-flush")
+        return await asyncio.shield(fut)
+
+    async def _flush_blocked(self) -> None:
+        while self._pending_blocked:
+            batch, self._pending_blocked = self._pending_blocked, []
+            try:
+                async with self.transaction() as tx:
+                    ids = [
+                        await tx.blocked_action(w.reason, w.strategy, w.day, w.source, w.existing, w.alert)
+                        for w in batch
+                    ]
+            except (sqlite3.Error, JournalError) as exc:
+                err = exc if isinstance(exc, JournalError) else JournalError(str(exc))
+                for w in batch:
+                    if not w.future.done():
+                        w.future.set_exception(err)
+                continue
+            for w, action_id in zip(batch, ids, strict=True):
+                if not w.future.done():
+                    w.future.set_result(action_id)
+
+    # -- the life of an entry ----------------------------------------------------------------
+
+    async def set_legs(self, entry_id: int, legs: list[dict[str, Any]], text: str, back_expiry: date) -> None:
+        """Record the chosen legs."""
+        async with self.transaction() as tx:
+            await tx.execute(
+                "UPDATE entries SET legs = ?, legs_text = ?, back_expiry = ?, updated_at = ? WHERE id = ?",
+                (json.dumps(legs), text, back_expiry.isoformat(), tx.stamp, entry_id),
+            )
+            await tx.entry_action(entry_id, ActionKind.LEGS_CHOSEN, {"legs": text})
+
+    async def record_limit(
+        self,
+        entry_id: int,
+        limit: float,
+        kind: ActionKind,
+        *,
+        order_id: int | None = None,
+        perm_id: int | None = None,
+        status: EntryStatus | None = None,
+    ) -> None:
+        """Append a limit price sent to the broker (placed or stepped), and the broker ids."""
+        async with self.transaction() as tx:
+            row = await tx.fetchone("SELECT limits FROM entries WHERE id = ?", (entry_id,))
+            limits = json.loads(row[0]) if row and row[0] else []
+            limits.append(round(limit, 4))
+            await tx.execute(
+                "UPDATE entries SET limits = ?, order_id = COALESCE(?, order_id), "
+                "perm_id = COALESCE(NULLIF(?, 0), perm_id), status = COALESCE(?, status), "
+                "updated_at = ? WHERE id = ?",
+                (json.dumps(limits), order_id, perm_id, status.value if status else None, tx.stamp, entry_id),
+            )
+            await tx.entry_action(entry_id, kind, {"limit": limit, "order_id": order_id})
+
+    async def record_broker_status(
+        self,
+        entry_id: int,
+        broker_status: str,
+        *,
+        status: EntryStatus | None = None,
+        order_id: int | None = None,
+        perm_id: int | None = None,
+    ) -> None:
+        """Record a status the broker reported (and our status, when it changes)."""
+        async with self.transaction() as tx:
+            await tx.execute(
+                "UPDATE entries SET broker_status = ?, status = COALESCE(?, status), "
+                "order_id = COALESCE(?, order_id), perm_id = COALESCE(NULLIF(?, 0), perm_id), "
+                "updated_at = ? WHERE id = ?",
+                (broker_status, status.value if status else None, order_id, perm_id, tx.stamp, entry_id),
+            )
+            await tx.entry_action(entry_id, ActionKind.ORDER_STATUS, {"broker_status": broker_status})
+
+    async def record_fill(
+        self, entry_id: int, exec_id: str, quantity: float, price: float, at: datetime
+    ) -> bool:
+        """Apply one execution once (by `exec_id`); returns False if it was already recorded."""
+        async with self.transaction() as tx:
+            cur = await tx.execute(
+                "INSERT INTO fills (entry_id, exec_id, quantity, price, at) VALUES (?,?,?,?,?) "
+                "ON CONFLICT (exec_id) DO NOTHING",
+                (entry_id, exec_id, quantity, price, at.isoformat()),
+            )
+            if cur.rowcount != 1:
+                return False
+            await tx.execute(
+                "UPDATE entries SET filled = (SELECT COALESCE(SUM(quantity), 0) FROM fills "
+                "WHERE entry_id = ?), avg_price = (SELECT SUM(quantity * price) / SUM(quantity) "
+                "FROM fills WHERE entry_id = ?), updated_at = ? WHERE id = ?",
+                (entry_id, entry_id, tx.stamp, entry_id),
+            )
+            await tx.entry_action(
+                entry_id, ActionKind.FILL, {"exec_id": exec_id, "quantity": quantity, "price": price}
+            )
+            return True
+
+    async def finish(
+        self,
+        entry_id: int,
+        status: EntryStatus,
+        reason: str | None,
+        kind: ActionKind,
+        alert: tuple[AlertKind, str] | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> TradeView:
+        """Move an entry to a final status, with its action row and alert, in one transaction."""
+        if status.is_live:
+            raise ValueError(f"{status} is not a final status")
+        async with self.transaction() as tx:
+            await tx.execute(
+                "UPDATE entries SET status = ?, reason = ?, ended_at = ?, updated_at = ? WHERE id = ?",
+                (status.value, reason, tx.stamp, tx.stamp, entry_id),
+            )
+            await tx.entry_action(entry_id, kind, {"reason": reason, **(detail or {})}, alert=alert)
+            row = await tx.fetchone(f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE id = ?", (entry_id,))
+        assert row is not None  # noqa: S101 -- updated just above
+        return _trade(row)
+
+    async def log_action(
+        self,
+        kind: ActionKind,
+        *,
+        strategy: str | None = None,
+        day: date | None = None,
+        entry_id: int | None = None,
+        source: Source | None = None,
+        detail: dict[str, Any] | None = None,
+        alert: tuple[AlertKind, str] | None = None,
+    ) -> int:
+        """Append one action (and its alert) in a transaction of its own."""
+        async with self.transaction() as tx:
+            return await tx.action(kind, strategy, day, entry_id, source, detail or {}, alert=alert)
+
+    # -- state ---------------------------------------------------------------------------------
+
+    async def get_state(self, key: str) -> str | None:
+        """A small persisted value (e.g. `paused`)."""
+        rows = await self._read("SELECT value FROM state WHERE key = ?", (key,))
+        return str(rows[0][0]) if rows else None
+
+    async def set_state(
+        self,
+        key: str,
+        value: str,
+        kind: ActionKind,
+        detail: dict[str, Any],
+        alert: tuple[AlertKind, str] | None = None,
+    ) -> None:
+        """Persist `key = value` with its action row (and alert) in one transaction."""
+        async with self.transaction() as tx:
+            await tx.execute(
+                "INSERT INTO state (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = ?",
+                (key, value, value),
+            )
+            await tx.action(kind, None, None, None, None, detail, alert=alert)
+
+    # -- queries -------------------------------------------------------------------------------
+
+    async def entry(self, entry_id: int) -> TradeView:
+        """One entry by id."""
+        rows = await self._read(f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE id = ?", (entry_id,))
+        if not rows:
+            raise KeyError(entry_id)
+        return _trade(rows[0])
+
+    async def entry_detail(self, entry_id: int) -> dict[str, Any]:
+        """Broker-side details of one entry: ids, legs, limits."""
+        rows = await self._read(
+            "SELECT order_id, perm_id, legs, limits, broker_status, reason, back_expiry FROM entries "
+            "WHERE id = ?",
+            (entry_id,),
+        )
+        if not rows:
+            raise KeyError(entry_id)
+        order_id, perm_id, legs, limits, broker_status, reason, back = rows[0]
+        return {
+            "order_id": order_id,
+            "perm_id": perm_id,
+            "legs": json.loads(legs) if legs else None,
+            "limits": json.loads(limits) if limits else [],
+            "broker_status": broker_status,
+            "reason": reason,
+            "back_expiry": back,
+        }
+
+    async def entries_on(self, strategy: str, day: date) -> list[TradeView]:
+        """Every attempt of `strategy` on `day`, oldest first."""
+        rows = await self._read(
+            f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE strategy = ? AND trading_day = ? ORDER BY attempt",
+            (strategy, day.isoformat()),
+        )
+        return [_trade(r) for r in rows]
+
+    async def live_entries(self) -> list[TradeView]:
+        """Entries not yet final (an order may be at the broker)."""
+        statuses = ",".join(f"'{s.value}'" for s in LIVE_STATUSES)
+        rows = await self._read(
+            f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE status IN ({statuses}) ORDER BY id"
+        )
+        return [_trade(r) for r in rows]
+
+    async def entries_since(self, since: date) -> list[TradeView]:
+        """Entries on or after `since`, newest first."""
+        rows = await self._read(
+            f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE trading_day >= ? ORDER BY id DESC",
+            (since.isoformat(),),
+        )
+        return [_trade(r) for r in rows]
+
+    async def open_calendars(self, strategy: str, today: date) -> int:
+        """Entries with a fill whose back leg has not expired yet."""
+        rows = await self._read(
+            "SELECT COUNT(*) FROM entries WHERE strategy = ? AND filled > 0 AND back_expiry >= ?",
+            (strategy, today.isoformat()),
+        )
+        return int(rows[0][0])
+
+    async def actions(
+        self, *, kinds: Sequence[ActionKind] = (), since_day: date | None = None, limit: int = 10_000
+    ) -> list[ActionRow]:
+        """Rows of the action log, oldest first."""
+        where: list[str] = []
+        params: list[Any] = []
+        if kinds:
+            where.append(f"kind IN ({','.join('?' * len(kinds))})")
+            params.extend(k.value for k in kinds)
+        if since_day is not None:
+            where.append("trading_day >= ?")
+            params.append(since_day.isoformat())
+        sql = "SELECT id, at, kind, strategy, trading_day, entry_id, source, detail FROM actions"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id LIMIT ?"
+        params.append(limit)
+        return [
+            ActionRow(
+                r[0], datetime.fromisoformat(r[1]), r[2], r[3], r[4], r[5], r[6], json.loads(r[7] or "{}")
+            )
+            for r in await self._read(sql, params)
+        ]
+
+    async def fills(self, entry_id: int) -> list[tuple[str, float, float, datetime]]:
+        """(exec_id, quantity, price, time) of each fill of an entry."""
+        rows = await self._read(
+            "SELECT exec_id, quantity, price, at FROM fills WHERE entry_id = ? ORDER BY id", (entry_id,)
+        )
+        return [(r[0], r[1], r[2], datetime.fromisoformat(r[3])) for r in rows]
+
+    async def alert_counts(self) -> dict[str, int]:
+        """Alerts by state (for status)."""
+        rows = await self._read("SELECT state, COUNT(*) FROM alerts GROUP BY state")
+        return {str(r[0]): int(r[1]) for r in rows}
+
+    @property
+    def connection(self) -> aiosqlite.Connection:
+        """The underlying connection, for the outbox queries in this package only."""
+        return self._conn
+
+
+class _Tx:
+    """The handle a transaction body writes through."""
+
+    def __init__(self, conn: aiosqlite.Connection, clock: Clock) -> None:
+        self._conn = conn
+        self.now = clock.now()
+        self.stamp = self.now.isoformat()
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> aiosqlite.Cursor:
+        return await self._conn.execute(sql, params)
+
+    async def executescript_in_tx(self, script: str) -> None:
+        # executescript() would COMMIT first; run the statements one by one inside our transaction.
+        for statement in _split_sql(script):
+            await self._conn.execute(statement)
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        async with self._conn.execute(sql, params) as cur:
+            row = await cur.fetchone()
+        return tuple(row) if row is not None else None
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        async with self._conn.execute(sql, params) as cur:
+            return [tuple(r) for r in await cur.fetchall()]
+
+    async def action(
+        self,
+        kind: ActionKind,
+        strategy: str | None,
+        day: date | None,
+        entry_id: int | None,
+        source: Source | None,
+        detail: dict[str, Any],
+        *,
+        alert: tuple[AlertKind, str] | None = None,
+    ) -> int:
+        cur = await self._conn.execute(
+            "INSERT INTO actions (at, kind, strategy, trading_day, entry_id, source, detail) "
+            "VALUES (?,?,?,?,?,?,?)",
+            (
+                self.stamp,
+                kind.value,
+                strategy,
+                day.isoformat() if day else None,
+                entry_id,
+                source.value if source else None,
+                json.dumps(detail, default=str),
+            ),
+        )
+        action_id = int(cur.lastrowid or 0)
+        if alert is not None:
+            await self.alert(alert[0], alert[1], entry_id)
+        return action_id
+
+    async def entry_action(
+        self,
+        entry_id: int,
+        kind: ActionKind,
+        detail: dict[str, Any],
+        *,
+        alert: tuple[AlertKind, str] | None = None,
+    ) -> int:
+        row = await self.fetchone(
+            "SELECT strategy, trading_day, source FROM entries WHERE id = ?", (entry_id,)
+        )
+        if row is None:
+            raise KeyError(entry_id)
+        return await self.action(
+            kind, row[0], date.fromisoformat(row[1]), entry_id, Source(row[2]), detail, alert=alert
+        )
+
+    async def blocked_action(
+        self,
+        reason: BlockReason,
+        strategy: str,
+        day: date,
+        source: Source,
+        existing: TradeView | None,
+        alert: tuple[AlertKind, str] | None,
+    ) -> int:
+        detail: dict[str, Any] = {"reason": reason.value}
+        if existing is not None:
+            detail.update(existing_id=existing.id, existing_status=existing.status.value)
+        return await self.action(
+            BLOCK_ACTION[reason],
+            strategy,
+            day,
+            existing.id if existing else None,
+            source,
+            detail,
+            alert=alert,
+        )
+
+    async def alert(self, kind: AlertKind, body: str, entry_id: int | None = None) -> int:
+        """Queue an alert in the outbox, inside the caller's transaction."""
+        cur = await self._conn.execute(
+            "INSERT INTO alerts (kind, body, entry_id, created_at, next_attempt_at) VALUES (?,?,?,?,?)",
+            (kind.value, body, entry_id, self.stamp, self.stamp),
+        )
+        return int(cur.lastrowid or 0)
+
+
+def _split_sql(script: str) -> list[str]:
+    """Split a migration into statements; triggers keep their inner `;` (BEGIN ... END;)."""
+    statements: list[str] = []
+    buf: list[str] = []
+    for line in script.splitlines():
+        stripped = line.split("--", 1)[0].rstrip()
+        if not stripped.strip() and not buf:
+            continue
+        buf.append(stripped)
+        joined = "\n".join(buf).strip()
+        if joined.endswith(";") and sqlite3.complete_statement(joined):
+            statements.append(joined)
+            buf = []
+    if "".join(buf).strip():
+        statements.append("\n".join(buf))
+    return statements

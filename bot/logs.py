@@ -1,0 +1,141 @@
+"""Logging: one structlog pipeline for our own events and for every library's stdlib logging.
+
+JSON lines when stdout is not a terminal, readable console lines when it is; under journald
+(`JOURNAL_STREAM` matches stdout) each line carries a `<N>` syslog priority prefix, so
+`journalctl -p warning` filters it. Secrets are redacted by key name and by type, and exception
+output never includes local variables.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import structlog
+from structlog.tracebacks import ExceptionDictTransformer
+from structlog.types import EventDict, Processor, WrappedLogger
+
+__all__ = ["configure_logging", "get_logger", "redact_secrets", "stdout_is_journal"]
+
+_SECRET_KEY = re.compile(
+    r"(token|auth|passw(or)?d|secret|api[_-]?key|credential|cookie|signature|account)", re.IGNORECASE
+)
+_REDACTED = "[REDACTED]"
+_SYSLOG_PRIORITY = {"critical": 2, "exception": 3, "error": 3, "warning": 4, "info": 6, "debug": 7}
+
+
+def _redact(value: Any, depth: int = 0) -> Any:
+    if hasattr(value, "get_secret_value"):
+        return _REDACTED
+    if depth > 6:
+        return value
+    if isinstance(value, MutableMapping):
+        return {
+            k: (_REDACTED if isinstance(k, str) and _SECRET_KEY.search(k) else _redact(v, depth + 1))
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return type(value)(_redact(v, depth + 1) for v in value)
+    return value
+
+
+def redact_secrets(_logger: WrappedLogger, _name: str, event_dict: EventDict) -> EventDict:
+    """Replace values under secret-looking keys (recursively) and any `SecretStr` with [REDACTED]."""
+    return {
+        k: (_REDACTED if _SECRET_KEY.search(k) and k not in ("event", "logger") else _redact(v))
+        for k, v in event_dict.items()
+    }
+
+
+def stdout_is_journal(journal_stream: str | None, stream: TextIO) -> bool:
+    """True when `stream` is the journal connection systemd named in `JOURNAL_STREAM`."""
+    if not journal_stream:
+        return False
+    try:
+        dev, ino = (int(x) for x in journal_stream.split(":"))
+        st = os.fstat(stream.fileno())
+    except (ValueError, OSError):
+        return False
+    return st.st_dev == dev and st.st_ino == ino
+
+
+class _PriorityPrefix:
+    """Prefix the rendered line with `<N>` so journald records the level (SyslogLevelPrefix)."""
+
+    def __call__(self, _logger: WrappedLogger, _name: str, event_dict: EventDict) -> EventDict:
+        event_dict["_priority"] = _SYSLOG_PRIORITY.get(str(event_dict.get("level", "info")), 6)
+        return event_dict
+
+
+def _prefixing(renderer: Processor) -> Processor:
+    def render(logger: WrappedLogger, name: str, event_dict: EventDict) -> Any:
+        priority = event_dict.pop("_priority", 6)
+        line = renderer(logger, name, event_dict)
+        text = line.decode() if isinstance(line, bytes) else str(line)
+        return f"<{priority}>{text}"
+
+    return render
+
+
+def configure_logging(
+    level: str = "INFO",
+    *,
+    stream: TextIO | None = None,
+    journal_stream: str | None = None,
+    force_json: bool | None = None,
+) -> None:
+    """Route structlog and stdlib logging through one handler on `stream` (stderr by default)."""
+    out = stream or sys.stderr
+    journal = stdout_is_journal(journal_stream, out)
+    as_json = force_json if force_json is not None else (journal or not out.isatty())
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact_secrets,
+    ]
+    if as_json:
+        renderer: Processor = structlog.processors.JSONRenderer()
+        final: list[Processor] = [
+            structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False)),
+        ]
+    else:
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=out.isatty(),
+            exception_formatter=structlog.dev.plain_traceback,
+        )
+        final = []
+    if journal:
+        final.append(_PriorityPrefix())
+        renderer = _prefixing(renderer)
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *final, renderer],
+    )
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    # The twilio SDK logs request URLs (which carry the account SID) at INFO; ib_async is chatty.
+    logging.getLogger("twilio").setLevel(logging.WARNING)
+    logging.getLogger("ib_async").setLevel(max(logging.INFO, logging.getLevelName(level)))
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+
+
+def get_logger(name: str) -> structlog.stdlib.BoundLogger:
+    """A structlog logger named `name` (module names, by convention)."""
+    logger: structlog.stdlib.BoundLogger = structlog.stdlib.get_logger(name)
+    return logger
