@@ -17,6 +17,7 @@ __all__ = [
     "Blocked",
     "EntryOutcome",
     "EntryStatus",
+    "Skipped",
     "Source",
     "Started",
     "TradeView",
@@ -222,4 +223,12 @@ class Blocked:
     action_id: int | None
 
 
-EntryOutcome = Started | Blocked
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """A risk limit (checked before the claim) declined the entry; journaled as `SKIPPED`."""
+
+    reason: str
+    action_id: int
+
+
+EntryOutcome = Started | Blocked | Skipped

@@ -36,9 +36,7 @@ class TradingCalendar:
 
     def _check(self, day: date) -> None:
         if not self._first <= day <= self._last:
-            raise ValueError(
-                f"{day} is outside the loaded calendar ({self._first} to {self._last})"
-            )
+            raise ValueError(f"{day} is outside the loaded calendar ({self._first} to {self._last})")
 
     def is_trading_day(self, day: date) -> bool:
         """True when the exchange has a session on `day`."""

@@ -1,0 +1,177 @@
+"""The entry runner: every trigger (scheduler, socket, retry) asks here, and only here.
+
+`request()` runs the guard and, when the entry may start, runs the strategy as a task of its own
+and returns at once with the outcome, so the requester can report or follow the progress. The
+runner is the backstop for a strategy that fails: with no order sent the entry is marked failed;
+with an order possibly at the broker it is cancelled and confirmed, or left live for the
+reconciler (never guessed final).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from bot.broker.errors import BrokerError
+from bot.broker.protocol import Broker, OrderState
+from bot.clock import Clock
+from bot.domain import Blocked, EntryStatus, Skipped, Source, Started, TradeView
+from bot.guard import EntryGuard
+from bot.journal.store import Journal, JournalError
+from bot.logs import get_logger
+from bot.progress import ProgressHub
+from bot.strategy import EntryContext, EntryRecorder, Strategy
+
+__all__ = ["EntryRunner"]
+
+log = get_logger(__name__)
+
+Spawn = Callable[[Coroutine[Any, Any, None], str], asyncio.Task[None]]
+
+
+def _default_spawn(coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+    return asyncio.create_task(coro, name=name)
+
+
+class EntryRunner:
+    """Runs entries through the guard and the strategy; one at a time."""
+
+    def __init__(
+        self,
+        guard: EntryGuard,
+        journal: Journal,
+        strategy: Strategy,
+        broker: Broker,
+        clock: Clock,
+        hub: ProgressHub,
+        *,
+        spawn: Spawn = _default_spawn,
+        on_alert: Callable[[], None] = lambda: None,
+        on_fatal: Callable[[str], None] = lambda _reason: None,
+        any_day: bool = False,
+    ) -> None:
+        self.guard = guard
+        self._journal = journal
+        self._strategy = strategy
+        self._broker = broker
+        self._clock = clock
+        self.hub = hub
+        self._spawn = spawn
+        self._on_alert = on_alert
+        self._on_fatal = on_fatal
+        self._any_day = any_day
+        self._stop = asyncio.Event()
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self.closed = False
+
+    async def request(self, source: Source, *, force: bool = False) -> Started | Blocked | Skipped:
+        """Ask for an entry now. Never waits for a running entry; returns the guard's outcome."""
+        outcome = await self.guard.try_start(source, force=force)
+        if isinstance(outcome, Started):
+            recorder = EntryRecorder(
+                self._journal, self.hub, self._clock, outcome.trade, self.guard.update_current, self._on_alert
+            )
+            ctx = EntryContext(
+                trade=outcome.trade,
+                broker=self._broker,
+                clock=self._clock,
+                recorder=recorder,
+                stop=self._stop,
+                any_day=self._any_day,
+            )
+            task = self._spawn(self._run(ctx), f"entry-{outcome.trade.id}")
+            self._tasks[outcome.trade.id] = task
+            entry_id = outcome.trade.id
+            task.add_done_callback(lambda _task: self._tasks.pop(entry_id, None))
+        return outcome
+
+    @property
+    def running(self) -> bool:
+        """True while an entry task runs."""
+        return bool(self._tasks)
+
+    async def _run(self, ctx: EntryContext) -> None:
+        recorder = ctx.recorder
+        try:
+            await recorder.claimed()
+            if self._stop.is_set():
+                await recorder.finished(EntryStatus.CANCELLED, "shutting down before the order was sent")
+                return
+            await self._strategy.enter(ctx)
+            if recorder.final is None:
+                await self._fail(ctx, "the strategy ended without a final state")
+        except asyncio.CancelledError:
+            log.warning(
+                "entry task cancelled; the journal keeps it live for reconciliation", entry=ctx.trade.id
+            )
+            raise
+        except JournalError as exc:
+            # Fail closed: with the journal unwritable nothing more may be sent; the order (if
+            # any) is cancelled so it cannot fill unrecorded.
+            log.error("journal failed during an entry", entry=ctx.trade.id, error=str(exc))  # noqa: TRY400 -- the message says it all; no traceback for a known condition
+            self._on_fatal(f"journal: {exc}")
+            if recorder.order_sent:
+                await self._cancel_quietly(ctx)
+        except Exception as exc:
+            log.exception("entry failed", entry=ctx.trade.id)
+            self._on_fatal(f"{type(exc).__name__}: {exc}")
+            await self._fail(ctx, f"{type(exc).__name__}: {exc}")
+        finally:
+            self.guard.finish()
+
+    async def _fail(self, ctx: EntryContext, reason: str) -> None:
+        recorder = ctx.recorder
+        if recorder.final is not None:
+            return
+        if not recorder.order_sent:
+            await recorder.finished(EntryStatus.FAILED, reason)
+            return
+        final = await self._cancel_quietly(ctx)
+        if final is None:
+            log.error("order state unknown after a failure; left live for reconciliation", entry=ctx.trade.id)
+            return
+        await finish_from_broker(recorder, final.state, final.filled, ctx.trade.quantity, reason)
+
+    async def _cancel_quietly(self, ctx: EntryContext) -> Any:
+        try:
+            return await self._broker.cancel(ctx.trade.idempotency_key)
+        except (BrokerError, TimeoutError, OSError) as exc:
+            log.error("could not cancel after a failure", entry=ctx.trade.id, error=str(exc))  # noqa: TRY400 -- known condition
+            return None
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Stop starting entries; let a running one reach a safe end within `timeout_s`.
+
+        Returns True when every entry ended in time. On timeout the tasks are cancelled and
+        their entries stay live in the journal, to be reconciled on the next start.
+        """
+        self.closed = True
+        self._stop.set()
+        tasks = list(self._tasks.values())
+        if not tasks:
+            return True
+        _done, pending = await asyncio.wait(tasks, timeout=timeout_s)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=5)
+        return not pending
+
+    async def wait_idle(self) -> None:
+        """Return when no entry is running."""
+        while self._tasks:
+            await asyncio.wait(list(self._tasks.values()))
+
+
+async def finish_from_broker(
+    recorder: EntryRecorder, state: OrderState, filled: float, quantity: int, reason: str | None
+) -> TradeView:
+    """Map the broker's final order state (and fill count) to our final entry status."""
+    if filled >= quantity:
+        return await recorder.finished(EntryStatus.FILLED, None)
+    if filled > 0:
+        return await recorder.finished(EntryStatus.PARTIAL, reason or "partly filled; the rest cancelled")
+    if state is OrderState.REJECTED:
+        return await recorder.finished(EntryStatus.REJECTED, reason or "rejected by the broker")
+    return await recorder.finished(EntryStatus.CANCELLED, reason or "cancelled with no fill")

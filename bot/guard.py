@@ -1,0 +1,192 @@
+"""The entry guard: the three locks in front of every entry, and the typed outcome they produce.
+
+1. An `asyncio.Lock`, taken without waiting: a second trigger in this process never queues up
+   behind the first, it is answered at once.
+2. An in-progress flag with its start time and (once claimed) the trade, so the answer names the
+   trade that stands in the way and how long it has been running.
+3. The durable same-day claim in the journal (`Journal.claim`), inside `BEGIN IMMEDIATE`, with
+   a partial unique index behind it: this one holds across processes and restarts.
+
+Before those, two switches: `paused` (persisted; operator or fatal-error halt) and `reconciling`
+(the journal is not yet reconciled with the broker). Every refusal is journaled, and the two that
+matter to the trader (`in_progress`, `already_traded_today`) queue an SMS in the same transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import date
+
+from bot.alerts import texts
+from bot.clock import Clock
+from bot.domain import (
+    BLOCK_ALERT,
+    ActionKind,
+    AlertKind,
+    Blocked,
+    BlockReason,
+    Skipped,
+    Source,
+    Started,
+    TradeView,
+)
+from bot.journal.store import Journal
+from bot.logs import get_logger
+
+__all__ = ["EntryGuard", "InProgress"]
+
+log = get_logger(__name__)
+
+#: How long a refused requester waits to learn the id of a claim that is being written.
+_CLAIM_INFO_WAIT_S = 5.0
+
+
+@dataclass(slots=True)
+class InProgress:
+    """The flag: an entry is running since `started_mono` (clock.monotonic)."""
+
+    source: Source
+    started_mono: float
+    claimed: asyncio.Future[TradeView | None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    trade: TradeView | None = None
+
+
+class EntryGuard:
+    """Decides whether an entry may start; at most one at a time in this process."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        clock: Clock,
+        strategy: str,
+        quantity: int,
+        trading_day: Callable[[], date],
+        on_alert: Callable[[], None] = lambda: None,
+        precheck: Callable[[], Awaitable[str | None]] | None = None,
+    ) -> None:
+        self._journal = journal
+        self._clock = clock
+        self._strategy = strategy
+        self._quantity = quantity
+        self._trading_day = trading_day
+        self._on_alert = on_alert
+        self._precheck = precheck
+        self._lock = asyncio.Lock()
+        self._current: InProgress | None = None
+        self.paused = False
+        self.reconciling = True
+
+    @property
+    def current(self) -> InProgress | None:
+        """The entry in progress, if any."""
+        return self._current
+
+    def update_current(self, trade: TradeView) -> None:
+        """Keep the in-progress snapshot fresh (status, limit, fills) for refused requesters."""
+        if (
+            self._current is not None
+            and self._current.trade is not None
+            and self._current.trade.id == trade.id
+        ):
+            self._current.trade = trade
+
+    async def try_start(self, source: Source, *, force: bool = False) -> Started | Blocked | Skipped:
+        """Start an entry or say why not. On `Started` the caller must call `finish()` at its end."""
+        day = self._trading_day()
+        if self.paused:
+            return await self._refuse(BlockReason.PAUSED, day, source, None)
+        if self.reconciling:
+            return await self._refuse(BlockReason.RECONCILING, day, source, None)
+        # Guards 1 and 2: no await between the check and the acquisition, so no other task can
+        # slip in between (the event loop only switches tasks at an await).
+        if self._lock.locked() or self._current is not None:
+            return await self._refuse(BlockReason.IN_PROGRESS, day, source, await self._existing())
+        await self._lock.acquire()  # free, so this returns without yielding
+        flag = InProgress(source=source, started_mono=self._clock.monotonic())
+        self._current = flag
+        try:
+            # Risk limits are checked before the claim, inside the lock, so a refusal because an
+            # entry is running always wins over a risk skip.
+            risk = await self._precheck() if self._precheck is not None else None
+            if risk is not None:
+                self._release(flag)
+                return await self._skip(risk, day, source)
+            outcome = await self._journal.claim(self._strategy, day, source, self._quantity, force=force)
+        except BaseException:
+            self._release(flag)
+            raise
+        if isinstance(outcome, Blocked):
+            self._release(flag)
+            self._on_alert()
+            return outcome
+        flag.trade = outcome.trade
+        flag.claimed.set_result(outcome.trade)
+        log.info(
+            "entry started",
+            entry=outcome.trade.id,
+            key=outcome.trade.idempotency_key,
+            source=source.value,
+            forced=outcome.forced,
+        )
+        return outcome
+
+    def finish(self) -> None:
+        """Release the guard after the entry reached a final state (or could not start)."""
+        if self._current is not None:
+            self._release(self._current)
+
+    def _release(self, flag: InProgress) -> None:
+        if not flag.claimed.done():
+            flag.claimed.set_result(None)
+        # The lock is held exactly while `_current` is set; releasing twice must not free the
+        # lock of an entry that started in between.
+        if self._current is flag:
+            self._current = None
+            self._lock.release()
+
+    async def _existing(self) -> TradeView | None:
+        flag = self._current
+        if flag is None:
+            return None
+        if flag.trade is not None:
+            return flag.trade
+        try:
+            async with asyncio.timeout(_CLAIM_INFO_WAIT_S):
+                return await asyncio.shield(flag.claimed)
+        except TimeoutError:
+            return None
+
+    async def _skip(self, reason: str, day: date, source: Source) -> Skipped:
+        action_id = await self._journal.log_action(
+            ActionKind.SKIPPED,
+            strategy=self._strategy,
+            day=day,
+            source=source,
+            detail={"reason": reason},
+            alert=(AlertKind.DAY_SKIPPED, f"bot: entry skipped {day}: {reason}"),
+        )
+        self._on_alert()
+        log.warning("entry skipped", reason=reason, source=source.value)
+        return Skipped(reason, action_id)
+
+    async def _refuse(
+        self, reason: BlockReason, day: date, source: Source, existing: TradeView | None
+    ) -> Blocked:
+        kind = BLOCK_ALERT[reason]
+        alert: tuple[AlertKind, str] | None = None
+        if kind is AlertKind.CONCURRENT_BLOCKED:
+            alert = (kind, texts.blocked_in_progress(existing, source, self._clock.now()))
+        action_id = await self._journal.record_blocked(reason, self._strategy, day, source, existing, alert)
+        if alert is not None:
+            self._on_alert()
+        log.info(
+            "entry refused",
+            reason=reason.value,
+            source=source.value,
+            existing=existing.id if existing else None,
+        )
+        return Blocked(reason, existing, action_id)
