@@ -49,7 +49,7 @@ class InProgress:
 
     source: Source
     started_mono: float
-    claimed: asyncio.Future[TradeView | None] = field(
+    claimed: asyncio.Future[Started | Blocked | None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
     trade: TradeView | None = None
@@ -104,7 +104,8 @@ class EntryGuard:
         # Guards 1 and 2: no await between the check and the acquisition, so no other task can
         # slip in between (the event loop only switches tasks at an await).
         if self._lock.locked() or self._current is not None:
-            return await self._refuse(BlockReason.IN_PROGRESS, day, source, await self._existing())
+            reason, existing = await self._in_the_way()
+            return await self._refuse(reason, day, source, existing)
         await self._lock.acquire()  # free, so this returns without yielding
         flag = InProgress(source=source, started_mono=self._clock.monotonic())
         self._current = flag
@@ -120,11 +121,12 @@ class EntryGuard:
             self._release(flag)
             raise
         if isinstance(outcome, Blocked):
+            flag.claimed.set_result(outcome)
             self._release(flag)
             self._on_alert()
             return outcome
         flag.trade = outcome.trade
-        flag.claimed.set_result(outcome.trade)
+        flag.claimed.set_result(outcome)
         log.info(
             "entry started",
             entry=outcome.trade.id,
@@ -148,17 +150,24 @@ class EntryGuard:
             self._current = None
             self._lock.release()
 
-    async def _existing(self) -> TradeView | None:
+    async def _in_the_way(self) -> tuple[BlockReason, TradeView | None]:
+        """What blocks a trigger that found the lock taken: the running trade, or, when the holder
+        was itself still claiming, the answer the holder got (e.g. already traded today)."""
         flag = self._current
         if flag is None:
-            return None
+            return BlockReason.IN_PROGRESS, None
         if flag.trade is not None:
-            return flag.trade
+            return BlockReason.IN_PROGRESS, flag.trade
         try:
             async with asyncio.timeout(_CLAIM_INFO_WAIT_S):
-                return await asyncio.shield(flag.claimed)
+                outcome = await asyncio.shield(flag.claimed)
         except TimeoutError:
-            return None
+            return BlockReason.IN_PROGRESS, None
+        if isinstance(outcome, Started):
+            return BlockReason.IN_PROGRESS, outcome.trade
+        if isinstance(outcome, Blocked):
+            return outcome.reason, outcome.existing
+        return BlockReason.IN_PROGRESS, None
 
     async def _skip(self, reason: str, day: date, source: Source) -> Skipped:
         action_id = await self._journal.log_action(
@@ -180,6 +189,8 @@ class EntryGuard:
         alert: tuple[AlertKind, str] | None = None
         if kind is AlertKind.CONCURRENT_BLOCKED:
             alert = (kind, texts.blocked_in_progress(existing, source, self._clock.now()))
+        elif kind is AlertKind.DUPLICATE_PREVENTED and existing is not None:
+            alert = (kind, texts.blocked_duplicate(existing, source))
         action_id = await self._journal.record_blocked(reason, self._strategy, day, source, existing, alert)
         if alert is not None:
             self._on_alert()

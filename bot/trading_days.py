@@ -7,6 +7,7 @@ real trading days) and the simulated gateway (which SPXW expiries exist), so all
 from __future__ import annotations
 
 import functools
+import warnings
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -24,11 +25,20 @@ class TradingCalendar:
     def __init__(self, name: str = "XNYS", around: date | None = None) -> None:
         centre = around or date.today()  # noqa: DTZ011 -- only the span of dates to load
         self.name = name
-        self._cal = xcals.get_calendar(
-            name,
-            start=(centre - _SPAN_BEFORE).isoformat(),
-            end=(centre + _SPAN_AFTER).isoformat(),
-        )
+        # exchange_calendars still uses a pandas API that pandas 3 deprecates; the warning is
+        # theirs to fix and says nothing about our dates.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self._cal = xcals.get_calendar(
+                name,
+                start=(centre - _SPAN_BEFORE).isoformat(),
+                end=(centre + _SPAN_AFTER).isoformat(),
+            )
+            self._closes = {
+                ts.date(): datetime.fromisoformat(close.isoformat())
+                for ts, close in self._cal.schedule["close"].items()
+            }
         self.tz = ZoneInfo(str(self._cal.tz))
         self._first = self._cal.first_session.date()
         self._last = self._cal.last_session.date()
@@ -63,8 +73,7 @@ class TradingCalendar:
     def close_time(self, day: date) -> time:
         """The session's close in exchange time (13:00 on early-close days)."""
         self._check(day)
-        close = self._cal.session_close(day.isoformat())
-        return datetime.fromisoformat(close.isoformat()).astimezone(self.tz).time()
+        return self._closes[day].astimezone(self.tz).time()
 
     def reason_closed(self, day: date) -> str:
         """Why `day` has no session: weekend or holiday."""

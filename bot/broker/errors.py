@@ -5,14 +5,23 @@
     │   └── LinkDown      not connected right now (socket closed, 1100, reconnecting)
     └── DoNotRetry        retrying cannot help; stop and tell a human
         ├── OrderRejected the gateway refused the order (201, 103, ...)
-        └── SetupError    wrong port, client id held, no such contract, live account without consent
+        ├── NoSuchContract the contract is not listed (error 200, ambiguous, strike not in an expiry)
+        └── SetupError    wrong port, client id held, live account without consent
 
 The IB adapter translates every ib_async and socket error into one of these with `raise ... from`.
 """
 
 from __future__ import annotations
 
-__all__ = ["BrokerError", "DoNotRetry", "LinkDown", "OrderRejected", "RetryLater", "SetupError"]
+__all__ = [
+    "BrokerError",
+    "DoNotRetry",
+    "LinkDown",
+    "NoSuchContract",
+    "OrderRejected",
+    "RetryLater",
+    "SetupError",
+]
 
 
 class BrokerError(Exception):
@@ -42,3 +51,7 @@ class OrderRejected(DoNotRetry):
 
 class SetupError(DoNotRetry):
     """Configuration or environment is wrong (port, client id, account, contract)."""
+
+
+class NoSuchContract(DoNotRetry):
+    """The gateway does not list the contract (or lists it ambiguously)."""

@@ -158,6 +158,8 @@ class BrokerOrder:
     avg_price: float | None
     limit: float | None
     executions: tuple[ExecutionRecord, ...] = field(default=())
+    version: int = 0
+    """Increases with every change the broker reported; see `Broker.wait_order_change`."""
 
 
 class Broker(Protocol):
@@ -200,8 +202,8 @@ class Broker(Protocol):
         """Cancel `order_ref` and return its confirmed final state."""
         ...
 
-    async def wait_order_change(self, order_ref: str) -> BrokerOrder:
-        """Return the order's state when it next changes (a status, a fill)."""
+    async def wait_order_change(self, order_ref: str, after_version: int) -> BrokerOrder:
+        """Return the order once its `version` is above `after_version` (at once if it already is)."""
         ...
 
     async def lookup(self, order_refs: Sequence[str]) -> dict[str, BrokerOrder]:

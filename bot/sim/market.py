@@ -227,17 +227,13 @@ def black_scholes(
         price = spot * disc_q * _norm_cdf(d1) - strike * disc_r * _norm_cdf(d2)
         delta = disc_q * _norm_cdf(d1)
         theta = (
-            decay
-            - rate * strike * disc_r * _norm_cdf(d2)
-            + dividend_yield * spot * disc_q * _norm_cdf(d1)
+            decay - rate * strike * disc_r * _norm_cdf(d2) + dividend_yield * spot * disc_q * _norm_cdf(d1)
         )
     else:
         price = strike * disc_r * _norm_cdf(-d2) - spot * disc_q * _norm_cdf(-d1)
         delta = disc_q * (_norm_cdf(d1) - 1.0)
         theta = (
-            decay
-            + rate * strike * disc_r * _norm_cdf(-d2)
-            - dividend_yield * spot * disc_q * _norm_cdf(-d1)
+            decay + rate * strike * disc_r * _norm_cdf(-d2) - dividend_yield * spot * disc_q * _norm_cdf(-d1)
         )
     return Greeks(
         iv=vol,
@@ -393,9 +389,7 @@ class MarketModel:
 
     def is_listed(self, option: OptionContract) -> bool:
         """True when `option` trades now."""
-        return option.strike in self._strike_set and option.expiry in self.expiries(
-            option.trading_class
-        )
+        return option.strike in self._strike_set and option.expiry in self.expiries(option.trading_class)
 
     def option_by_con_id(self, con_id: int) -> OptionContract | None:
         """Decode a conId handed out by this model; None when it is not a listed option."""

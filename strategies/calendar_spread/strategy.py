@@ -1,0 +1,133 @@
+"""The SPX calendar spread: sell the front expiry, buy the back expiry, same strike and right.
+
+Shapes: a single call or put calendar, or a double calendar (a put calendar below spot and a call
+calendar above), sent as one BAG so both calendars fill together or not at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bot.broker.errors import NoSuchContract
+from bot.broker.protocol import ComboLegSpec, ComboOrderRequest, OptionContract, OptionQuote, Right
+from bot.domain import EntryStatus
+from bot.logs import get_logger
+from bot.strategy import EntryContext
+from bot.trading_days import TradingCalendar
+from strategies.calendar_spread.legs import (
+    NoLegs,
+    candidate_strikes,
+    choose_expiries,
+    strike_at_the_money,
+    strike_by_delta,
+)
+from strategies.calendar_spread.pricing import Unpriceable, combo_price, price_ladder
+from strategies.calendar_spread.walk import WalkSettings, work_order
+
+__all__ = ["CalendarParams", "CalendarSpread"]
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class CalendarParams:
+    """What the strategy needs from the configuration."""
+
+    shape: str = "call"
+    strike_mode: str = "atm"
+    target_delta: float = 0.20
+    delta_tolerance: float = 0.05
+    front_dte: int = 21
+    back_dte: int = 28
+    dte_tolerance: int = 5
+    quantity: int = 1
+    price_step: float = 0.05
+    step_interval_s: float = 15.0
+    max_steps: int = 5
+    fill_timeout_s: float = 30.0
+    max_debit: float = 60.0
+
+
+class CalendarSpread:
+    """Enters one calendar spread (single or double) per call."""
+
+    def __init__(self, name: str, params: CalendarParams, calendar: TradingCalendar) -> None:
+        self.name = name
+        self.params = params
+        self._calendar = calendar
+
+    async def enter(self, ctx: EntryContext) -> None:
+        """Choose legs, price, work the order, and record a final state."""
+        p = self.params
+        recorder = ctx.recorder
+        today = ctx.trade.trading_day
+        if not ctx.any_day and not self._calendar.is_trading_day(today):
+            await recorder.finished(EntryStatus.SKIPPED, f"{today} is not a trading day")
+            return
+        try:
+            sells, buys = await self._choose(ctx)
+        except (NoLegs, NoSuchContract, Unpriceable) as exc:
+            await recorder.finished(EntryStatus.SKIPPED, str(exc))
+            return
+        legs = [q.contract for q in sells] + [q.contract for q in buys]
+        await recorder.legs_chosen(legs, _describe(sells, buys))
+        try:
+            ladder = price_ladder(combo_price(sells, buys), p.price_step, p.max_steps, p.max_debit)
+        except Unpriceable as exc:
+            await recorder.finished(EntryStatus.SKIPPED, str(exc))
+            return
+        request = ComboOrderRequest(
+            legs=tuple(
+                [ComboLegSpec(q.contract, "SELL") for q in sells]
+                + [ComboLegSpec(q.contract, "BUY") for q in buys]
+            ),
+            quantity=ctx.trade.quantity,
+            limit=ladder[0],
+            order_ref=ctx.trade.idempotency_key,
+        )
+        log.info("working calendar", entry=ctx.trade.id, legs=_describe(sells, buys), ladder=ladder)
+        await work_order(
+            ctx.broker,
+            ctx.clock,
+            recorder,
+            ctx.stop,
+            request,
+            ladder,
+            WalkSettings(step_interval_s=p.step_interval_s, fill_timeout_s=p.fill_timeout_s),
+        )
+
+    async def _choose(self, ctx: EntryContext) -> tuple[list[OptionQuote], list[OptionQuote]]:
+        p = self.params
+        chain = await ctx.broker.chain()
+        expiries = choose_expiries(
+            chain, ctx.trade.trading_day, self._calendar, p.front_dte, p.back_dte, p.dte_tolerance
+        )
+        spot = await ctx.broker.spot()
+        rights = {"call": [Right.CALL], "put": [Right.PUT], "double": [Right.PUT, Right.CALL]}[p.shape]
+        sells: list[OptionQuote] = []
+        buys: list[OptionQuote] = []
+        for right in rights:
+            side = None if p.shape != "double" else right is Right.PUT
+            if p.strike_mode == "atm":
+                strike = strike_at_the_money(chain, spot, below=side)
+            else:
+                candidates = [
+                    OptionContract(expiries.front, k, right) for k in candidate_strikes(chain, spot, right)
+                ]
+                strike = strike_by_delta(
+                    await ctx.broker.quotes(candidates), p.target_delta, p.delta_tolerance
+                ).strike
+            front, back = await ctx.broker.quotes(
+                [OptionContract(expiries.front, strike, right), OptionContract(expiries.back, strike, right)]
+            )
+            sells.append(front)
+            buys.append(back)
+        return sells, buys
+
+
+def _describe(sells: list[OptionQuote], buys: list[OptionQuote]) -> str:
+    parts = []
+    for front, back in zip(sells, buys, strict=True):
+        c = front.contract
+        parts.append(f"{c.strike:g}{c.right.value} {c.expiry:%m/%d}-{back.contract.expiry:%m/%d}")
+    return " + ".join(parts)

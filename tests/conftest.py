@@ -1,0 +1,78 @@
+"""Fixtures shared by every layer: an injected clock, a real journal file, the core wired up."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from bot.clock import ManualClock
+from bot.entry import EntryRunner
+from bot.guard import EntryGuard
+from bot.journal.store import Journal
+from bot.progress import ProgressHub
+from bot.trading_days import calendar_for
+from strategies.calendar_spread.strategy import CalendarParams, CalendarSpread
+from tests.fakes import FakeBroker
+
+NY = ZoneInfo("America/New_York")
+#: A Wednesday with a normal session.
+TRADING_DAY = date(2026, 12, 2)
+
+
+def ny(day: date, hour: int, minute: int = 0, second: int = 0) -> datetime:
+    """An aware datetime at exchange-local wall time."""
+    return datetime(day.year, day.month, day.day, hour, minute, second, tzinfo=NY)
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    """A manual clock at 09:45 New York time on a trading day."""
+    return ManualClock(ny(TRADING_DAY, 9, 45).astimezone(UTC))
+
+
+@pytest.fixture
+async def journal(tmp_path: Path, clock: ManualClock) -> AsyncIterator[Journal]:
+    """A real journal file in a temporary directory."""
+    j = await Journal.open(tmp_path / "journal.sqlite3", clock)
+    yield j
+    await j.close()
+
+
+@dataclass
+class Core:
+    """The entry path wired as the daemon wires it, over a fake broker."""
+
+    journal: Journal
+    broker: FakeBroker
+    guard: EntryGuard
+    runner: EntryRunner
+    clock: ManualClock
+
+
+@pytest.fixture
+def params() -> CalendarParams:
+    """Strategy parameters; tests replace fields with dataclasses.replace."""
+    return CalendarParams(step_interval_s=15.0, fill_timeout_s=30.0)
+
+
+@pytest.fixture
+async def core(journal: Journal, clock: ManualClock, params: CalendarParams) -> AsyncIterator[Core]:
+    """Guard + runner + calendar strategy over a fake broker whose fill takes 5 s of clock time."""
+    broker = FakeBroker(clock, TRADING_DAY, fill_delay_s=5.0)
+    guard = EntryGuard(
+        journal,
+        clock,
+        "calendar",
+        params.quantity,
+        trading_day=lambda: clock.now().astimezone(NY).date(),
+    )
+    guard.reconciling = False
+    strategy = CalendarSpread("calendar", params, calendar_for("XNYS"))
+    runner = EntryRunner(guard, journal, strategy, broker, clock, ProgressHub())
+    yield Core(journal, broker, guard, runner, clock)
+    await runner.drain(timeout_s=5)

@@ -1,0 +1,211 @@
+"""A small in-memory broker behind our own `Broker` protocol, for tests of the core.
+
+It is a fake at our own seam (never a mock of ib_async): orders are counted here, fills come
+after a delay on the injected clock, and the link can be dropped and restored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+
+from bot.broker.errors import LinkDown, NoSuchContract
+from bot.broker.protocol import (
+    BrokerOrder,
+    ComboOrderRequest,
+    ExecutionRecord,
+    LinkState,
+    OptionChain,
+    OptionContract,
+    OptionQuote,
+    OrderState,
+    Right,
+)
+from bot.clock import Clock
+
+
+@dataclass
+class FakeOrder:
+    request: ComboOrderRequest
+    order_id: int
+    perm_id: int
+    state: OrderState = OrderState.WORKING
+    limits: list[float] = field(default_factory=list)
+    filled: float = 0.0
+    executions: list[ExecutionRecord] = field(default_factory=list)
+    version: int = 0
+
+    def view(self) -> BrokerOrder:
+        avg = sum(e.price * e.quantity for e in self.executions) / self.filled if self.filled else None
+        return BrokerOrder(
+            order_ref=self.request.order_ref,
+            order_id=self.order_id,
+            perm_id=self.perm_id,
+            state=self.state,
+            quantity=self.request.quantity,
+            filled=self.filled,
+            avg_price=avg,
+            limit=self.limits[-1],
+            executions=tuple(self.executions),
+            version=self.version,
+        )
+
+
+class FakeBroker:
+    """In-memory broker: every order is kept in `orders` (by ref) and `placed` (in order)."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        today: date,
+        *,
+        spot: float = 6000.0,
+        fill_delay_s: float | None = 5.0,
+        missing_strikes: frozenset[tuple[date, float]] = frozenset(),
+    ) -> None:
+        self._clock = clock
+        self._today = today
+        self._spot = spot
+        self.fill_delay_s = fill_delay_s
+        self.missing = missing_strikes
+        self.orders: dict[str, FakeOrder] = {}
+        self.placed: list[str] = []
+        self._ids = itertools.count(1)
+        self._perm = itertools.count(1_000_000)
+        self._exec = itertools.count(1)
+        self._cond = asyncio.Condition()
+        self._link = LinkState.UP
+        self._link_changed = asyncio.Event()
+        self._fill_tasks: set[asyncio.Task[None]] = set()
+        self.place_started = asyncio.Event()
+
+    # -- protocol ----------------------------------------------------------------------------
+
+    @property
+    def link(self) -> LinkState:
+        return self._link
+
+    async def wait_link_change(self) -> LinkState:
+        self._link_changed.clear()
+        await self._link_changed.wait()
+        return self._link
+
+    async def chain(self) -> OptionChain:
+        expiries = frozenset(
+            self._today + timedelta(days=d)
+            for d in range(0, 60)
+            if (self._today + timedelta(days=d)).weekday() < 5
+        )
+        strikes = frozenset(float(k) for k in range(5500, 6505, 5))
+        return OptionChain("SPXW", expiries, strikes)
+
+    async def spot(self) -> float:
+        self._check_link()
+        return self._spot
+
+    async def quotes(self, contracts: Sequence[OptionContract]) -> list[OptionQuote]:
+        self._check_link()
+        out = []
+        for c in contracts:
+            if (c.expiry, c.strike) in self.missing:
+                raise NoSuchContract(f"no {c.describe()}")
+            dte = (c.expiry - self._today).days
+            intrinsic = max(
+                0.0, (self._spot - c.strike) if c.right is Right.CALL else (c.strike - self._spot)
+            )
+            value = intrinsic + 2.0 + dte * 1.5
+            moneyness = (c.strike - self._spot) / 200
+            delta = max(0.01, min(0.99, 0.5 - moneyness)) * (1 if c.right is Right.CALL else -1)
+            out.append(
+                OptionQuote(
+                    contract=OptionContract(c.expiry, c.strike, c.right, con_id=hash(c) & 0xFFFFFF),
+                    bid=round(value - 0.2, 2),
+                    ask=round(value + 0.2, 2),
+                    delta=delta,
+                    underlying=self._spot,
+                    time=self._clock.now(),
+                )
+            )
+        return out
+
+    async def place(self, request: ComboOrderRequest) -> BrokerOrder:
+        self._check_link()
+        self.place_started.set()
+        order = FakeOrder(request, next(self._ids), next(self._perm), limits=[request.limit])
+        self.orders[request.order_ref] = order
+        self.placed.append(request.order_ref)
+        if self.fill_delay_s is not None:
+            task = asyncio.create_task(self._fill_later(order, self.fill_delay_s))
+            self._fill_tasks.add(task)
+            task.add_done_callback(self._fill_tasks.discard)
+        await self._changed(order)
+        return order.view()
+
+    async def modify(self, order_ref: str, limit: float) -> BrokerOrder:
+        self._check_link()
+        order = self.orders[order_ref]
+        order.limits.append(limit)
+        await self._changed(order)
+        return order.view()
+
+    async def cancel(self, order_ref: str) -> BrokerOrder:
+        self._check_link()
+        order = self.orders[order_ref]
+        if not order.state.is_final:
+            order.state = OrderState.CANCELLED
+        await self._changed(order)
+        return order.view()
+
+    async def wait_order_change(self, order_ref: str, after_version: int) -> BrokerOrder:
+        async with self._cond:
+            await self._cond.wait_for(lambda: self.orders[order_ref].version > after_version)
+        return self.orders[order_ref].view()
+
+    async def lookup(self, order_refs: Sequence[str]) -> dict[str, BrokerOrder]:
+        self._check_link()
+        return {r: self.orders[r].view() for r in order_refs if r in self.orders}
+
+    # -- test controls -----------------------------------------------------------------------
+
+    async def fill(self, order_ref: str, quantity: float | None = None) -> None:
+        """Fill `quantity` (default: the rest) of a working order at its current limit."""
+        order = self.orders[order_ref]
+        if order.state.is_final:
+            return
+        qty = quantity if quantity is not None else order.request.quantity - order.filled
+        order.filled += qty
+        order.executions.append(
+            ExecutionRecord(
+                exec_id=f"fake.{next(self._exec)}",
+                order_ref=order_ref,
+                perm_id=order.perm_id,
+                quantity=qty,
+                price=order.limits[-1],
+                time=self._clock.now(),
+            )
+        )
+        if order.filled >= order.request.quantity:
+            order.state = OrderState.FILLED
+        await self._changed(order)
+
+    async def set_link(self, state: LinkState) -> None:
+        self._link = state
+        self._link_changed.set()
+        await self._changed()
+
+    async def _fill_later(self, order: FakeOrder, delay_s: float) -> None:
+        await self._clock.sleep(delay_s)
+        await self.fill(order.request.order_ref)
+
+    async def _changed(self, order: FakeOrder | None = None) -> None:
+        if order is not None:
+            order.version += 1
+        async with self._cond:
+            self._cond.notify_all()
+
+    def _check_link(self) -> None:
+        if self._link is not LinkState.UP:
+            raise LinkDown("fake link down")
