@@ -14,7 +14,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from bot.broker.errors import BrokerError
-from bot.broker.protocol import Broker, OrderState
+from bot.broker.protocol import Broker, BrokerOrder, OrderState
 from bot.clock import Clock
 from bot.domain import Blocked, EntryStatus, Skipped, Source, Started, TradeView
 from bot.guard import EntryGuard
@@ -86,19 +86,51 @@ class EntryRunner:
             task.add_done_callback(lambda _task: self._tasks.pop(entry_id, None))
         return outcome
 
+    async def adopt(self, trade: TradeView, order: BrokerOrder) -> bool:
+        """Work an order found live at the broker during reconciliation (never re-sent).
+
+        Returns False when an entry is already running in this process (it owns that order).
+        """
+        if not await self.guard.try_adopt(trade):
+            return False
+        ctx = self._context(trade)
+        task = self._spawn(self._run(ctx, adopted=order), f"entry-{trade.id}-adopted")
+        self._track(trade.id, task)
+        return True
+
+    def _context(self, trade: TradeView) -> EntryContext:
+        recorder = EntryRecorder(
+            self._journal, self.hub, self._clock, trade, self.guard.update_current, self._on_alert
+        )
+        return EntryContext(
+            trade=trade,
+            broker=self._broker,
+            clock=self._clock,
+            recorder=recorder,
+            stop=self._stop,
+            any_day=self._any_day,
+        )
+
+    def _track(self, entry_id: int, task: asyncio.Task[None]) -> None:
+        self._tasks[entry_id] = task
+        task.add_done_callback(lambda _task: self._tasks.pop(entry_id, None))
+
     @property
     def running(self) -> bool:
         """True while an entry task runs."""
         return bool(self._tasks)
 
-    async def _run(self, ctx: EntryContext) -> None:
+    async def _run(self, ctx: EntryContext, adopted: BrokerOrder | None = None) -> None:
         recorder = ctx.recorder
         try:
             await recorder.claimed()
-            if self._stop.is_set():
+            if adopted is not None:
+                await self._strategy.resume(ctx, adopted)
+            elif self._stop.is_set():
                 await recorder.finished(EntryStatus.CANCELLED, "shutting down before the order was sent")
                 return
-            await self._strategy.enter(ctx)
+            else:
+                await self._strategy.enter(ctx)
             if recorder.final is None:
                 await self._fail(ctx, "the strategy ended without a final state")
         except asyncio.CancelledError:

@@ -136,6 +136,16 @@ class EntryGuard:
         )
         return outcome
 
+    async def try_adopt(self, trade: TradeView) -> bool:
+        """Take the guard for an entry found live at reconciliation; False if one is running."""
+        if self._lock.locked() or self._current is not None:
+            return False
+        await self._lock.acquire()  # free, so this returns without yielding
+        flag = InProgress(source=trade.source, started_mono=self._clock.monotonic(), trade=trade)
+        flag.claimed.set_result(None)
+        self._current = flag
+        return True
+
     def finish(self) -> None:
         """Release the guard after the entry reached a final state (or could not start)."""
         if self._current is not None:

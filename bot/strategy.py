@@ -16,7 +16,7 @@ from datetime import date, datetime
 from typing import Any, Protocol
 
 from bot.alerts import texts
-from bot.broker.protocol import Broker, OptionContract
+from bot.broker.protocol import Broker, BrokerOrder, OptionContract
 from bot.clock import Clock
 from bot.domain import ActionKind, AlertKind, EntryStatus, TradeView
 from bot.journal.store import Journal
@@ -146,4 +146,8 @@ class Strategy(Protocol):
 
     async def enter(self, ctx: EntryContext) -> None:
         """Choose, price and work today's order to a final state."""
+        ...
+
+    async def resume(self, ctx: EntryContext, order: BrokerOrder) -> None:
+        """Work an order adopted from the broker (after a restart) to a final state; never re-send."""
         ...

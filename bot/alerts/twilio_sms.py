@@ -70,7 +70,9 @@ class TwilioNotifier:
         self._account_sid = account_sid
         self._auth_token = auth_token
         self._sender: dict[str, str] = (
-            {"from_": from_number} if from_number is not None else {"messaging_service_sid": str(messaging_service_sid)}
+            {"from_": from_number}
+            if from_number is not None
+            else {"messaging_service_sid": str(messaging_service_sid)}
         )
         self._base_url = base_url
         self._http: Any = None

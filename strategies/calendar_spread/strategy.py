@@ -9,7 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bot.broker.errors import NoSuchContract
-from bot.broker.protocol import ComboLegSpec, ComboOrderRequest, OptionContract, OptionQuote, Right
+from bot.broker.protocol import (
+    BrokerOrder,
+    ComboLegSpec,
+    ComboOrderRequest,
+    OptionContract,
+    OptionQuote,
+    Right,
+)
 from bot.domain import EntryStatus
 from bot.logs import get_logger
 from bot.strategy import EntryContext
@@ -22,7 +29,7 @@ from strategies.calendar_spread.legs import (
     strike_by_delta,
 )
 from strategies.calendar_spread.pricing import Unpriceable, combo_price, price_ladder
-from strategies.calendar_spread.walk import WalkSettings, work_order
+from strategies.calendar_spread.walk import WalkSettings, resume_order, work_order
 
 __all__ = ["CalendarParams", "CalendarSpread"]
 
@@ -93,6 +100,19 @@ class CalendarSpread:
             ctx.stop,
             request,
             ladder,
+            WalkSettings(step_interval_s=p.step_interval_s, fill_timeout_s=p.fill_timeout_s),
+        )
+
+    async def resume(self, ctx: EntryContext, order: BrokerOrder) -> None:
+        """Finish an order adopted at reconciliation (found working at the broker)."""
+        p = self.params
+        await resume_order(
+            ctx.broker,
+            ctx.clock,
+            ctx.recorder,
+            ctx.stop,
+            order,
+            ctx.trade.quantity,
             WalkSettings(step_interval_s=p.step_interval_s, fill_timeout_s=p.fill_timeout_s),
         )
 

@@ -19,7 +19,7 @@ from bot.entry import finish_from_broker
 from bot.logs import get_logger
 from bot.strategy import EntryRecorder
 
-__all__ = ["WalkSettings", "work_order"]
+__all__ = ["WalkSettings", "resume_order", "work_order"]
 
 log = get_logger(__name__)
 
@@ -142,10 +142,28 @@ async def work_order(
         await walk.absorb(changed)
     else:
         await walk.wait(timing.fill_timeout_s)
-    await _finish(walk, broker, recorder, request)
+    await _finish(walk, broker, recorder, request.quantity)
 
 
-async def _finish(walk: _Walk, broker: Broker, recorder: EntryRecorder, request: ComboOrderRequest) -> None:
+async def resume_order(
+    broker: Broker,
+    clock: Clock,
+    recorder: EntryRecorder,
+    stop: asyncio.Event,
+    order: BrokerOrder,
+    quantity: int,
+    timing: WalkSettings,
+) -> None:
+    """Finish an order adopted from the broker after a restart: never re-sent, never re-priced;
+    it gets one fill timeout to fill, then it is cancelled and the end confirmed."""
+    walk = _Walk(broker, clock, recorder, stop, order.order_ref, quantity)
+    await recorder.sending()  # the order exists at the broker
+    await walk.absorb(order)
+    await walk.wait(timing.fill_timeout_s)
+    await _finish(walk, broker, recorder, quantity)
+
+
+async def _finish(walk: _Walk, broker: Broker, recorder: EntryRecorder, quantity: int) -> None:
     if not walk.done():
         reason = "shutting down" if walk.stop.is_set() else "fill timeout"
         final = await _cancel_confirmed(walk, broker)
@@ -154,7 +172,7 @@ async def _finish(walk: _Walk, broker: Broker, recorder: EntryRecorder, request:
         reason = None
     order = walk.order
     assert order is not None  # noqa: S101 -- set by the placement
-    await finish_from_broker(recorder, order.state, order.filled, request.quantity, reason)
+    await finish_from_broker(recorder, order.state, order.filled, quantity, reason)
 
 
 async def _cancel_confirmed(walk: _Walk, broker: Broker) -> BrokerOrder:

@@ -1,0 +1,707 @@
+"""One client connection to the simulated gateway: handshake, request parsing, per-connection answers.
+
+Owns what lives and dies with a socket: the negotiated server version, the client id, the market
+data type and the streaming subscriptions. Orders, executions, positions and faults belong to the
+gateway (`server.py`), which outlives connections; requests that touch them are parsed here and
+handed to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from bot.sim import messages as m
+from bot.sim.market import (
+    SPX_CONID,
+    SPX_INDEX,
+    ContractRef,
+    LegSpec,
+    OptionContract,
+)
+from bot.sim.wire import (
+    FieldReader,
+    Fields,
+    ProtocolError,
+    encode_frame,
+    read_frame,
+    read_greeting,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from bot.sim.server import SimulatedGateway
+
+__all__ = ["MIN_SERVER_VERSION", "PlaceRequest", "Session", "WireContract"]
+
+MIN_SERVER_VERSION = 157
+"""The oldest protocol the simulator speaks (ib_async's own minimum)."""
+
+_log = logging.getLogger("bot.sim")
+
+# Tick types: live, and the delayed ones IB sends after reqMarketDataType(3|4).
+_LIVE = {"bid": 1, "ask": 2, "last": 4, "bid_size": 0, "ask_size": 3, "last_size": 5, "close": 9}
+_LIVE_MODEL = 13
+_DELAYED = {
+    "bid": 66,
+    "ask": 67,
+    "last": 68,
+    "bid_size": 69,
+    "ask_size": 70,
+    "last_size": 71,
+    "close": 75,
+}
+_DELAYED_MODEL = 83
+
+_NO_DEFINITION = "No security definition has been found for the request"
+_V_CANCEL_MANUAL_TIME = 169
+_V_ISSUER_ID = 176
+
+
+@dataclass(frozen=True, slots=True)
+class WireContract:
+    """The 12 contract fields ib_async sends in requests (conId .. tradingClass)."""
+
+    con_id: int
+    symbol: str
+    sec_type: str
+    last_trade_date: str
+    strike: float
+    right: str
+    multiplier: str
+    exchange: str
+    primary_exchange: str
+    currency: str
+    local_symbol: str
+    trading_class: str
+
+    @classmethod
+    def read(cls, r: FieldReader) -> WireContract:
+        """Read the 12 fields."""
+        return cls(
+            con_id=r.int(),
+            symbol=r.str(),
+            sec_type=r.str(),
+            last_trade_date=r.str(),
+            strike=r.float(),
+            right=r.str(),
+            multiplier=r.str(),
+            exchange=r.str(),
+            primary_exchange=r.str(),
+            currency=r.str(),
+            local_symbol=r.str(),
+            trading_class=r.str(),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PlaceRequest:
+    """A placeOrder message, parsed up to and including the BAG block."""
+
+    order_id: int
+    contract: WireContract
+    action: str
+    quantity: float
+    order_type: str
+    lmt_price: float | None
+    tif: str
+    account: str
+    order_ref: str
+    transmit: bool
+    legs: tuple[tuple[LegSpec, str], ...]
+    """(leg, exchange) pairs; empty unless the contract is a BAG."""
+    combo_params: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def parse(cls, fields: Fields) -> PlaceRequest:
+        """Parse msg 3 (no version field; see the wire notes for the indices)."""
+        r = FieldReader(fields)
+        order_id = r.int()
+        contract = WireContract.read(r)
+        r.skip(2)  # secIdType, secId
+        action = r.str()
+        quantity = r.float()
+        order_type = r.str()
+        lmt_text = r.str()
+        r.skip(1)  # auxPrice
+        tif = r.str()
+        r.skip(1)  # ocaGroup
+        account = r.str()
+        r.skip(2)  # openClose, origin
+        order_ref = r.str()
+        transmit = r.bool()
+        r.skip(7)  # parentId, blockOrder, sweepToFill, displaySize, triggerMethod, outsideRth, hidden
+        legs: list[tuple[LegSpec, str]] = []
+        params: list[tuple[str, str]] = []
+        if contract.sec_type == "BAG":
+            for _ in range(r.int()):
+                con_id, ratio, leg_action, exchange = r.int(), r.int(), r.str(), r.str()
+                r.skip(4)  # openClose, shortSaleSlot, designatedLocation, exemptCode
+                legs.append((LegSpec(con_id, ratio, leg_action), exchange))
+            r.skip(r.int())  # per-leg order prices
+            for _ in range(r.int()):
+                params.append((r.str(), r.str()))
+        try:
+            lmt_price = float(lmt_text) if lmt_text else None
+        except ValueError as exc:
+            raise ProtocolError(f"lmtPrice is not a number: {lmt_text!r}") from exc
+        return cls(
+            order_id=order_id,
+            contract=contract,
+            action=action,
+            quantity=quantity,
+            order_type=order_type,
+            lmt_price=lmt_price,
+            tif=tif,
+            account=account,
+            order_ref=order_ref,
+            transmit=transmit,
+            legs=tuple(legs),
+            combo_params=tuple(params),
+        )
+
+
+# What a market data request is about: the index, one option, or a combo of options.
+_Target = ContractRef | OptionContract | tuple[LegSpec, ...]
+
+
+class Session:
+    """One client connection; created by the gateway for each accepted socket."""
+
+    def __init__(
+        self,
+        gateway: SimulatedGateway,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        self.gw = gateway
+        self.reader = reader
+        self.writer = writer
+        self.version = 0
+        self.client_id: int | None = None
+        self.market_data_type = 1
+        self.connected_at: datetime | None = None
+        self.subscriptions: dict[int, asyncio.Task[None]] = {}
+        self.closed = False
+        self._handlers: dict[int, Callable[[Fields], None]] = {
+            1: self._req_mkt_data,
+            2: self._cancel_mkt_data,
+            3: self._place_order,
+            4: self._cancel_order,
+            5: self._req_open_orders,
+            6: self._req_account_updates,
+            7: self._req_executions,
+            8: self._req_ids,
+            9: self._req_contract_details,
+            15: self._req_auto_open_orders,
+            16: self._req_all_open_orders,
+            17: self._req_managed_accounts,
+            49: self._req_current_time,
+            58: self._req_global_cancel,
+            59: self._req_market_data_type,
+            61: self._req_positions,
+            62: self._req_account_summary,
+            63: self._cancel_silently,
+            64: self._cancel_silently,
+            74: self._req_positions_multi,
+            75: self._cancel_silently,
+            76: self._req_account_updates_multi,
+            77: self._cancel_silently,
+            78: self._req_sec_def_opt_params,
+            99: self._req_completed_orders,
+        }
+
+    # -- output --------------------------------------------------------------------------------
+
+    def send(self, msg: list[object]) -> None:
+        """Send one message, subject to the armed omit/delay faults."""
+        if self.closed:
+            return
+        msg_id = int(str(msg[0]))
+        action = self.gw.faults.outgoing(msg_id, self.client_id if self.client_id is not None else -1)
+        if action.omit:
+            self.gw.record("omitted", self.client_id, msg)
+            return
+        if action.delay_s > 0:
+            self.gw.record("delayed", self.client_id, msg)
+            self.gw.spawn(self._send_later(msg, action.delay_s), f"sim-delayed-{msg_id}")
+            return
+        self.write(msg)
+
+    async def _send_later(self, msg: list[object], delay_s: float) -> None:
+        await self.gw.clock.sleep(delay_s)
+        self.write(msg)
+
+    def write(self, msg: list[object]) -> None:
+        """Write one message now, bypassing faults (the handshake, delayed sends)."""
+        if self.closed or self.writer.is_closing():
+            return
+        self.writer.write(encode_frame(msg))
+        self.gw.record("out", self.client_id, msg)
+
+    def error(self, req_id: int, code: int, text: str) -> None:
+        """Send error/notice `code` for `req_id`."""
+        self.send(m.error(req_id, code, text, self.version))
+
+    def close(self) -> None:
+        """Close the socket (pending output is flushed first) and stop this session's streams."""
+        if self.closed:
+            return
+        self.closed = True
+        for task in self.subscriptions.values():
+            task.cancel()
+        self.subscriptions.clear()
+        with contextlib.suppress(Exception):
+            self.writer.close()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve the connection until either side closes it."""
+        try:
+            if await self._handshake():
+                while not self.closed:
+                    fields = await read_frame(self.reader)
+                    self.gw.record("in", self.client_id, fields)
+                    self._dispatch(fields)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the peer went away; that is how connections end
+        except ProtocolError as exc:
+            self.gw.protocol_error(f"client {self.client_id}: {exc}")
+        finally:
+            self.close()
+            self.gw.session_ended(self)
+
+    async def _handshake(self) -> bool:
+        versions = await read_greeting(self.reader)
+        version = min(versions.max_version, self.gw.config.server_version)
+        if version < max(versions.min_version, MIN_SERVER_VERSION):
+            _log.warning(
+                "refusing client: versions v%d..%d, simulator speaks up to %d",
+                versions.min_version,
+                versions.max_version,
+                self.gw.config.server_version,
+            )
+            self.gw.log_connection(None, "refused_version")
+            return False
+        self.version = version
+        self.write([version, m.ib_time(self.gw.clock.now())])
+        fields = await read_frame(self.reader)
+        self.gw.record("in", None, fields)
+        if not fields or fields[0] != "71":
+            raise ProtocolError(f"expected startApi (71), got {fields[:1]}")
+        r = FieldReader(fields)
+        r.skip(1)  # version
+        client_id = r.int()
+        self.client_id = client_id
+        if not self.gw.admit(self):
+            self.error(
+                -1,
+                326,
+                "Unable to connect as the client id is already in use. Retry with a unique client id.",
+            )
+            return False
+        self.connected_at = self.gw.clock.now()
+        self.send(m.managed_accounts([self.gw.config.account]))
+        self.send(m.next_valid_id(self.gw.next_order_id(client_id)))
+        if self.gw.config.farm_status_messages:
+            self.error(-1, 2104, "Market data farm connection is OK:usopt")
+            self.error(-1, 2106, "HMDS data farm connection is OK:ushmds")
+            self.error(-1, 2158, "Sec-def data farm connection is OK:secdefnj")
+        return True
+
+    def _dispatch(self, fields: Fields) -> None:
+        try:
+            msg_id = int(fields[0])
+        except (ValueError, IndexError):
+            self.gw.protocol_error(f"client {self.client_id}: bad message id in {fields[:3]}")
+            return
+        handler = self._handlers.get(msg_id)
+        if handler is None:
+            self.gw.protocol_error(
+                f"client {self.client_id}: unsupported message id {msg_id}: {fields[:6]}"
+            )
+            return
+        try:
+            handler(fields)
+        except ProtocolError as exc:
+            self.gw.protocol_error(f"client {self.client_id}: message {msg_id}: {exc}")
+
+    def _expect_end(self, r: FieldReader, what: str) -> None:
+        if r.remaining:
+            raise ProtocolError(f"{what}: {r.remaining} unexpected trailing field(s)")
+
+    @property
+    def cid(self) -> int:
+        """The client id (sessions dispatch requests only after startApi set it)."""
+        assert self.client_id is not None
+        return self.client_id
+
+    # -- contracts -----------------------------------------------------------------------------
+
+    def _describe(self, wc: WireContract) -> list[m.ContractDetailsRow]:
+        market = self.gw.market
+        if wc.con_id:
+            if wc.con_id == SPX_CONID and wc.sec_type in ("", "IND"):
+                return [_index_row()]
+            option = market.option_by_con_id(wc.con_id)
+            if option is not None and wc.sec_type in ("", "OPT"):
+                return [_option_row(option, wc.exchange or "SMART")]
+            return []
+        if wc.symbol != "SPX" or wc.currency not in ("", "USD"):
+            return []
+        if wc.sec_type == "IND":
+            return [_index_row()] if wc.exchange in ("", "CBOE") else []
+        if wc.sec_type != "OPT" or wc.exchange not in ("", "SMART", "CBOE"):
+            return []
+        if wc.multiplier not in ("", "100"):
+            return []
+        options = market.find_options(
+            expiry=wc.last_trade_date,
+            strike=wc.strike,
+            right=wc.right,
+            trading_class=wc.trading_class,
+        )
+        if wc.local_symbol:
+            options = [o for o in options if o.local_symbol == wc.local_symbol]
+        return [_option_row(o, wc.exchange or "SMART") for o in options]
+
+    def _req_contract_details(self, fields: Fields) -> None:
+        r = FieldReader(fields)
+        r.skip(1)  # version
+        req_id = r.int()
+        wc = WireContract.read(r)
+        r.skip(3)  # includeExpired, secIdType, secId
+        if self.version >= _V_ISSUER_ID:
+            r.skip(1)
+        self._expect_end(r, "reqContractDetails")
+        rows = self._describe(wc)
+        if not rows:
+            self.error(req_id, 200, _NO_DEFINITION)
+            return
+        for row in rows:
+            self.send(m.contract_details(req_id, row, self.version))
+        self.send(m.contract_details_end(req_id))
+
+    def _req_sec_def_opt_params(self, fields: Fields) -> None:
+        r = FieldReader(fields)
+        req_id = r.int()
+        symbol = r.str()
+        r.skip(1)  # futFopExchange
+        sec_type = r.str()
+        con_id = r.int()
+        self._expect_end(r, "reqSecDefOptParams")
+        if symbol == "SPX" and sec_type == "IND" and con_id in (0, SPX_CONID):
+            market = self.gw.market
+            for exchange in ("SMART", "CBOE"):
+                for tc in ("SPX", "SPXW"):
+                    self.send(
+                        m.sec_def_opt_params(
+                            req_id,
+                            exchange,
+                            SPX_CONID,
+                            tc,
+                            "100",
+                            [d.strftime("%Y%m%d") for d in market.expiries(tc)],
+                            list(market.strikes),
+                        )
+                    )
+        self.send(m.sec_def_opt_params_end(req_id))
+
+    # -- market data ---------------------------------------------------------------------------
+
+    def _req_market_data_type(self, fields: Fields) -> None:
+        r = FieldReader(fields)
+        r.skip(1)
+        data_type = r.int()
+        self._expect_end(r, "reqMarketDataType")
+        if data_type not in (1, 2, 3, 4):
+            raise ProtocolError(f"market data type {data_type} does not exist")
+        self.market_data_type = data_type
+
+    def _resolve_target(self, wc: WireContract, legs: list[LegSpec]) -> _Target | str:
+        if wc.sec_type == "BAG":
+            if not legs or any(self.gw.market.option_by_con_id(leg.con_id) is None for leg in legs):
+                return _NO_DEFINITION
+            return tuple(legs)
+        rows = self._describe(wc)
+        if not rows:
+            return _NO_DEFINITION
+        if len(rows) > 1:
+            return f"The contract description specified for {wc.symbol} is ambiguous"
+        ref = rows[0].contract
+        if ref.con_id == SPX_CONID:
+            return SPX_INDEX
+        option = self.gw.market.option_by_con_id(ref.con_id)
+        return option if option is not None else _NO_DEFINITION
+
+    def _req_mkt_data(self, fields: Fields) -> None:
+        r = FieldReader(fields)
+        r.skip(1)  # version
+        req_id = r.int()
+        wc = WireContract.read(r)
+        legs: list[LegSpec] = []
+        if wc.sec_type == "BAG":
+            for _ in range(r.int()):
+                con_id, ratio, action = r.int(), r.int(), r.str()
+                r.skip(1)  # exchange
+                legs.append(LegSpec(con_id, ratio, action))
+        if r.bool():
+            r.skip(3)  # delta-neutral contract
+        r.skip(1)  # genericTickList
+        snapshot = r.bool()
+        r.skip(2)  # regulatorySnapshot, mktDataOptions
+        self._expect_end(r, "reqMktData")
+        target = self._resolve_target(wc, legs)
+        if isinstance(target, str):
+            self.error(req_id, 200, target)
+            return
+        delayed = self.market_data_type in (3, 4)
+        if not delayed and not self.gw.config.market_data_entitled:
+            self.error(req_id, 354, "Requested market data is not subscribed.")
+            return
+        self.send(m.market_data_type(req_id, self.market_data_type))
+        self._send_ticks(req_id, target)
+        if snapshot:
+            self.send(m.tick_snapshot_end(req_id))
+            return
+        old = self.subscriptions.pop(req_id, None)
+        if old is not None:
+            old.cancel()
+        self.subscriptions[req_id] = self.gw.spawn(
+            self._stream(req_id, target), f"sim-stream-{self.client_id}-{req_id}"
+        )
+        self.gw.notify()
+
+    async def _stream(self, req_id: int, target: _Target) -> None:
+        while not self.closed:
+            await self.gw.clock.sleep(self.gw.config.tick_interval_s)
+            if not self.gw.connectivity_lost:
+                self._send_ticks(req_id, target)
+
+    def _send_ticks(self, req_id: int, target: _Target) -> None:
+        ids = _DELAYED if self.market_data_type in (3, 4) else _LIVE
+        market = self.gw.market
+        if isinstance(target, ContractRef):
+            q = market.index_quote()
+            self.send(m.tick_price(req_id, ids["last"], q.last, 0))
+            self.send(m.tick_price(req_id, ids["close"], q.close, 0))
+        elif isinstance(target, OptionContract):
+            oq = market.quote(target)
+            if oq.bid_size:
+                self.send(m.tick_price(req_id, ids["bid"], oq.bid, oq.bid_size))
+            else:
+                self.send(m.tick_price(req_id, ids["bid"], -1.0, 0))
+            self.send(m.tick_size(req_id, ids["bid_size"], oq.bid_size))
+            self.send(m.tick_price(req_id, ids["ask"], oq.ask, oq.ask_size))
+            self.send(m.tick_size(req_id, ids["ask_size"], oq.ask_size))
+            self.send(m.tick_price(req_id, ids["last"], oq.last, oq.last_size))
+            self.send(m.tick_size(req_id, ids["last_size"], oq.last_size))
+            model = _DELAYED_MODEL if ids is _DELAYED else _LIVE_MODEL
+            self.send(m.tick_option_computation(req_id, model, oq.greeks))
+        else:
+            cq = market.combo_quote(list(target))
+            if cq is None:
+                return
+            self.send(m.tick_price(req_id, ids["bid"], cq.bid, cq.bid_size))
+            self.send(m.tick_size(req_id, ids["bid_size"], cq.bid_size))
+            self.send(m.tick_price(req_id, ids["ask"], cq.ask, cq.ask_size))
+            self.send(m.tick_size(req_id, ids["ask_size"], cq.ask_size))
+
+    def _cancel_mkt_data(self, fields: Fields) -> None:
+        r = FieldReader(fields)
+        r.skip(1)
+        req_id = r.int()
+        self._expect_end(r, "cancelMktData")
+        task = self.subscriptions.pop(req_id, None)
+        if task is not None:
+            task.cancel()
+        self.gw.notify()
+
+    def drop_subscriptions(self) -> None:
+        """Forget every stream (after 1101, data lost: clients must subscribe again)."""
+        for task in self.subscriptions.values():
+            task.cancel()
+        self.subscriptions.clear()
+
+    # -- orders --------------------------------------------------------------------------------
+
+    def _place_order(self, fields: Fields) -> None:
+        if self.gw.faults.take_drop_before_place():
+            _log.info("fault: dropping client %s before reading its placeOrder", self.client_id)
+            self.gw.record("dropped", self.client_id, fields)
+            self.close()
+            return
+        request = PlaceRequest.parse(fields)
+        self.gw.place_order(self, request)
+
+    def _cancel_order(self, fields: Fields) -> None:
+        r = FieldReader(fields)
+        r.skip(1)
+        order_id = r.int()
+        if self.version >= _V_CANCEL_MANUAL_TIME:
+            r.skip(1)  # manualCancelOrderTime
+        self._expect_end(r, "cancelOrder")
+        self.gw.cancel_order(self, order_id)
+
+    def _req_global_cancel(self, fields: Fields) -> None:
+        self.gw.global_cancel()
+
+    def _req_open_orders(self, fields: Fields) -> None:
+        for o in self.gw.ledger.working():
+            if o.client_id == self.client_id:
+                self.send(m.open_order(o, self.version))
+                self.send(m.order_status(o))
+        self.send(m.open_order_end())
+
+    def _req_all_open_orders(self, fields: Fields) -> None:
+        for o in self.gw.ledger.working():
+            self.send(m.open_order(o, self.version))
+            self.send(m.order_status(o))
+        self.send(m.open_order_end())
+
+    def _req_auto_open_orders(self, fields: Fields) -> None:
+        pass  # binding TWS-entered orders to client 0: there are none in the simulator
+
+    def _req_completed_orders(self, fields: Fields) -> None:
+        for o in self.gw.ledger.completed():
+            self.send(m.completed_order(o, self.version))
+        self.send(m.completed_orders_end())
+
+    def _req_executions(self, fields: Fields) -> None:
+        r = FieldReader(fields)
+        r.skip(1)
+        req_id = r.int()
+        client_id = r.int()
+        account, since, symbol, sec_type, exchange, side = (r.str() for _ in range(6))
+        self._expect_end(r, "reqExecutions")
+        since_key = since.replace("-", " ")[:17]
+        wanted_side = {"BUY": "BOT", "SELL": "SLD"}.get(side.upper(), side.upper())
+        for ex in self.gw.ledger.executions:
+            if client_id and ex.client_id != client_id:
+                continue
+            if account and ex.account != account:
+                continue
+            if symbol and ex.contract.symbol != symbol:
+                continue
+            if sec_type and ex.contract.sec_type != sec_type:
+                continue
+            if exchange and ex.exchange != exchange:
+                continue
+            if wanted_side and ex.side != wanted_side:
+                continue
+            if since_key and m.ib_time(ex.time)[:17] < since_key:
+                continue
+            self.send(m.exec_details(req_id, ex, self.version))
+            self.send(m.commission_report(ex))
+        self.send(m.exec_details_end(req_id))
+
+    def _req_ids(self, fields: Fields) -> None:
+        self.send(m.next_valid_id(self.gw.next_order_id(self.cid)))
+
+    # -- account -------------------------------------------------------------------------------
+
+    def _req_managed_accounts(self, fields: Fields) -> None:
+        self.send(m.managed_accounts([self.gw.config.account]))
+
+    def _req_current_time(self, fields: Fields) -> None:
+        self.send(m.current_time(int(self.gw.clock.now().timestamp())))
+
+    def _req_positions(self, fields: Fields) -> None:
+        account = self.gw.config.account
+        for p in self.gw.positions():
+            self.send(m.position(account, p.contract, p.qty, p.avg_cost))
+        self.send(m.position_end())
+
+    def _req_positions_multi(self, fields: Fields) -> None:
+        r = FieldReader(fields)
+        r.skip(1)
+        req_id = r.int()
+        r.skip(1)  # account
+        model_code = r.str()
+        account = self.gw.config.account
+        for p in self.gw.positions():
+            self.send(m.position_multi(req_id, account, p.contract, p.qty, p.avg_cost, model_code))
+        self.send(m.position_multi_end(req_id))
+
+    def _req_account_updates(self, fields: Fields) -> None:
+        r = FieldReader(fields)
+        r.skip(1)
+        subscribe = r.bool()
+        r.skip(1)  # account code
+        self._expect_end(r, "reqAccountUpdates")
+        if not subscribe:
+            return
+        account = self.gw.config.account
+        for key, value, currency in self.gw.account_values():
+            self.send(m.account_value(key, value, currency, account))
+        for p in self.gw.positions():
+            price = self.gw.mark_price(p.contract)
+            value = p.qty * price * float(p.contract.multiplier or 1)
+            unrealized = value - p.qty * p.avg_cost
+            self.send(
+                m.portfolio_value(p.contract, p.qty, price, value, p.avg_cost, unrealized, 0.0, account)
+            )
+        self.send(m.account_time(self.gw.market.now()))
+        self.send(m.account_download_end(account))
+
+    def _req_account_updates_multi(self, fields: Fields) -> None:
+        r = FieldReader(fields)
+        r.skip(1)
+        req_id = r.int()
+        r.skip(1)  # account
+        model_code = r.str()
+        r.skip(1)  # ledgerAndNLV
+        self._expect_end(r, "reqAccountUpdatesMulti")
+        account = self.gw.config.account
+        for key, value, currency in self.gw.account_values():
+            self.send(m.account_update_multi(req_id, account, model_code, key, value, currency))
+        self.send(m.account_update_multi_end(req_id))
+
+    def _req_account_summary(self, fields: Fields) -> None:
+        r = FieldReader(fields)
+        r.skip(1)
+        req_id = r.int()
+        r.skip(1)  # group
+        tags = set(r.str().split(","))
+        self._expect_end(r, "reqAccountSummary")
+        account = self.gw.config.account
+        for key, value, currency in self.gw.account_values():
+            if key in tags:
+                self.send(m.account_summary(req_id, account, key, value, currency))
+        self.send(m.account_summary_end(req_id))
+
+    def _cancel_silently(self, fields: Fields) -> None:
+        pass  # cancelAccountSummary/cancelPositions/...: the simulator streams none of them
+
+
+def _index_row() -> m.ContractDetailsRow:
+    return m.ContractDetailsRow(
+        SPX_INDEX,
+        market_name="SPX",
+        min_tick=0.01,
+        valid_exchanges="CBOE",
+        under_con_id=0,
+        long_name="S&P 500 Stock Index",
+    )
+
+
+def _option_row(option: OptionContract, exchange: str) -> m.ContractDetailsRow:
+    return m.ContractDetailsRow(
+        replace(option.ref, exchange=exchange),
+        market_name=option.trading_class,
+        min_tick=0.05,
+        valid_exchanges="SMART,CBOE",
+        under_con_id=SPX_CONID,
+        long_name="S&P 500 Stock Index",
+        contract_month=option.expiry.strftime("%Y%m"),
+        under_symbol="SPX",
+        under_sec_type="IND",
+        market_rule_ids="110,110",
+        real_expiration_date=option.last_trade_date,
+    )
