@@ -1,5 +1,242 @@
-"""The `bot` command line (placeholder until the foundation lands)."""
+"""The `bot` command line: parse, load the configuration once, call one function.
+
+Every problem a user can meet ends in one line on stderr naming it and the fix, and a distinct
+exit code (see `bot.errors.ExitCode`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from bot import __version__
+from bot.config import RuntimeEnv, Settings, dump_effective, environ, load_settings
+from bot.errors import ExitCode, UserError
+
+__all__ = ["main"]
+
+#: Where a system install's daemon listens (systemd RuntimeDirectory=bot); operators' shells
+#: have no RUNTIME_DIRECTORY, so the CLI looks here before falling back to the state directory.
+SYSTEM_SOCKET = Path("/run/bot/bot.sock")
 
 
-def main(argv: list[str] | None = None) -> int:
-    return 0
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="bot",
+        description="An exactly-once SPX calendar-spread trader for Interactive Brokers.",
+    )
+    p.add_argument("--version", action="version", version=f"bot {__version__}")
+    p.add_argument("--config", type=Path, help="TOML configuration file (default: $BOT_CONFIG)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the daemon (simulated gateway unless configured)")
+    run.add_argument(
+        "--demo",
+        nargs="?",
+        type=float,
+        const=5.0,
+        metavar="SECONDS",
+        help="schedule one entry SECONDS (default 5) after start, on any day",
+    )
+
+    cc = sub.add_parser("check-config", help="print the effective configuration, secrets masked")
+    cc.add_argument("--json", action="store_true", help="JSON output")
+
+    sch = sub.add_parser("schedule", help="print the coming entry times and skipped days")
+    sch.add_argument("--from", dest="start", type=date.fromisoformat, help="first day (YYYY-MM-DD)")
+    sch.add_argument("--days", type=int, default=14, help="how many calendar days (default 14)")
+    sch.add_argument("--json", action="store_true", help="JSON output")
+
+    tr = sub.add_parser("trade", help="ask the running daemon for a manual entry now")
+    tr.add_argument("--force", action="store_true", help="bypass the same-day rule (asks to confirm)")
+    tr.add_argument("--yes", action="store_true", help="do not ask to confirm --force")
+    tr.add_argument("--no-wait", action="store_true", help="return once the entry started")
+    tr.add_argument("--json", action="store_true", help="one JSON event per line")
+
+    st = sub.add_parser("status", help="the daemon's state (exit 0 healthy, 1 degraded, 69 down)")
+    st.add_argument("--json", action="store_true", help="JSON output")
+
+    hi = sub.add_parser("history", help="entries and blocked attempts by day")
+    hi.add_argument("--days", type=int, default=7, help="how many days back (default 7)")
+    hi.add_argument("--json", action="store_true", help="JSON output")
+
+    sub.add_parser("pause", help="stop scheduled and manual entries until resumed")
+    sub.add_parser("resume", help="allow entries again")
+
+    al = sub.add_parser("alerts", help="SMS alerts")
+    al_sub = al.add_subparsers(dest="alerts_command", required=True, metavar="ACTION")
+    al_sub.add_parser("test", help="send one test SMS through the running daemon")
+
+    sim = sub.add_parser("simulator", help="run the simulated IB Gateway in the foreground")
+    sim.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    sim.add_argument("--port", type=int, default=4002, help="port (default 4002, IB's paper port)")
+    sim.add_argument("--seed", type=int, default=7, help="market model seed")
+    sim.add_argument("--spot", type=float, default=6000.0, help="SPX spot")
+    sim.add_argument("--control", type=Path, help="Unix socket for the fault-injection control channel")
+    return p
+
+
+def _socket_path(settings: Settings, runtime: RuntimeEnv) -> Path:
+    if settings.control.socket_path is None and runtime.runtime_directory is None and SYSTEM_SOCKET.exists():
+        return SYSTEM_SOCKET
+    return settings.socket_path(runtime)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `bot` console script; returns the exit code."""
+    args = _parser().parse_args(argv)
+    env = environ()
+    runtime = RuntimeEnv.from_environ(env)
+    try:
+        if args.command == "simulator":
+            return _simulator(args, runtime)
+        settings = load_settings(args.config)
+        return _dispatch(args, settings, runtime)
+    except UserError as exc:
+        print(exc.message, file=sys.stderr)
+        return int(exc.code)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace, settings: Settings, runtime: RuntimeEnv) -> int:
+    from bot.logs import configure_logging
+
+    command: str = args.command
+    if command == "run":
+        configure_logging(settings.log_level, stream=sys.stdout, journal_stream=runtime.journal_stream)
+        return _run(settings, runtime, args.demo)
+    configure_logging("WARNING", stream=sys.stderr)
+    if command == "check-config":
+        return _check_config(settings, runtime, as_json=args.json)
+    if command == "schedule":
+        return _schedule(settings, args.start, args.days, as_json=args.json)
+    from bot.control import commands
+
+    path = _socket_path(settings, runtime)
+    out = sys.stdout
+    if command == "trade":
+        return asyncio.run(
+            commands.trade(
+                path,
+                force=args.force,
+                yes=args.yes,
+                wait=not args.no_wait,
+                as_json=args.json,
+                out=out,
+                err=sys.stderr,
+                stdin_isatty=sys.stdin.isatty(),
+            )
+        )
+    if command == "status":
+        return asyncio.run(commands.status(path, as_json=args.json, out=out))
+    if command == "history":
+        return asyncio.run(_history(settings, path, args.days, as_json=args.json))
+    if command == "pause":
+        return asyncio.run(commands.pause(path, out))
+    if command == "resume":
+        return asyncio.run(commands.resume(path, out))
+    if command == "alerts":
+        return asyncio.run(commands.alerts_test(path, out))
+    raise AssertionError(command)  # argparse only accepts the commands above
+
+
+def _run(settings: Settings, runtime: RuntimeEnv, demo_s: float | None) -> int:
+    from bot.clock import SystemClock
+    from bot.service.daemon import Daemon
+    from bot.service.sdnotify import SystemdNotifier
+
+    if settings.broker.mode == "live":
+        print("bot: LIVE trading enabled (broker.mode = live, allow_live = true)", file=sys.stderr)
+    daemon = Daemon(
+        settings, runtime, SystemClock(), SystemdNotifier.from_environ(environ()), demo_delay_s=demo_s
+    )
+    asyncio.run(daemon.run())
+    return int(ExitCode.OK)
+
+
+def _check_config(settings: Settings, runtime: RuntimeEnv, *, as_json: bool) -> int:
+    data = dump_effective(settings)
+    data["_derived"] = {
+        "journal": str(settings.journal_path),
+        "lock": str(settings.lock_path),
+        "socket": str(_socket_path(settings, runtime)),
+        "sms": "on" if settings.alerts.sms_enabled else "off (alerts are journaled and logged only)",
+    }
+    if as_json:
+        print(json.dumps(data, indent=2))
+    else:
+        _print_tree(data)
+    return int(ExitCode.OK)
+
+
+def _print_tree(data: dict[str, Any], prefix: str = "") -> None:
+    for key, value in data.items():
+        if isinstance(value, dict):
+            _print_tree(value, f"{prefix}{key}.")
+        else:
+            print(f"{prefix}{key} = {json.dumps(value)}")
+
+
+def _schedule(settings: Settings, start: date | None, days: int, *, as_json: bool) -> int:
+    from zoneinfo import ZoneInfo
+
+    from bot.clock import SystemClock
+    from bot.scheduler import plan_days
+    from bot.trading_days import calendar_for
+
+    sch = settings.schedule
+    tz = ZoneInfo(sch.timezone)
+    first = start or SystemClock().now().astimezone(tz).date()
+    plans = plan_days(
+        calendar_for(sch.exchange_calendar), first, days, sch.entry_time, sch.entry_window_end, tz
+    )
+    if as_json:
+        print(json.dumps([p.to_json() for p in plans], indent=2))
+        return int(ExitCode.OK)
+    for plan in plans:
+        if plan.entry_at is None:
+            print(f"{plan.day:%a %Y-%m-%d}  skipped: {plan.skipped}")
+        else:
+            local = plan.entry_at.astimezone()
+            print(f"{plan.day:%a %Y-%m-%d}  {plan.entry_at:%H:%M %Z}  (local {local:%H:%M %Z})")
+    return int(ExitCode.OK)
+
+
+async def _history(settings: Settings, path: Path, days: int, *, as_json: bool) -> int:
+    from bot.control import commands
+
+    try:
+        return await commands.history(path, days=days, as_json=as_json, out=sys.stdout)
+    except UserError as exc:
+        if exc.code is not ExitCode.UNAVAILABLE:
+            raise
+    # The daemon is down: read the journal directly, read-only (never blocks a daemon starting).
+    from bot.history import read_history
+
+    data = await read_history(settings.journal_path, settings.schedule.timezone, days)
+    if as_json:
+        print(json.dumps(data, indent=2))
+    else:
+        print("(daemon not running; read from the journal)", file=sys.stderr)
+        commands.render_history(data, sys.stdout)
+    return int(ExitCode.OK)
+
+
+def _simulator(args: argparse.Namespace, runtime: RuntimeEnv) -> int:
+    from bot.logs import configure_logging
+    from bot.sim.standalone import run_simulator
+
+    configure_logging("INFO", stream=sys.stdout, journal_stream=runtime.journal_stream)
+    asyncio.run(
+        run_simulator(
+            host=args.host, port=args.port, seed=args.seed, spot=args.spot, control_path=args.control
+        )
+    )
+    return int(ExitCode.OK)

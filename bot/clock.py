@@ -79,6 +79,11 @@ class ManualClock:
         """How many tasks are waiting on this clock right now."""
         return sum(1 for _, _, f in self._sleepers if not f.done())
 
+    def next_wake_in(self) -> float | None:
+        """Seconds until the earliest pending sleeper wakes, if any."""
+        pending = [d for d, _, f in self._sleepers if not f.done()]
+        return min(pending) - self._mono if pending else None
+
     async def advance(self, seconds: float) -> None:
         """Move both clocks forward, waking each sleeper whose deadline passes, in order."""
         target = self._mono + seconds

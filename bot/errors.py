@@ -29,6 +29,8 @@ class ExitCode(enum.IntEnum):
     """The daemon is not running (or its socket is unreachable)."""
     SOFTWARE = 70
     """An internal error; a bug."""
+    IOERR = 74
+    """The journal cannot be opened or written; nothing was sent."""
     TEMPFAIL = 75
     """Another daemon already holds this state directory."""
     NOPERM = 77

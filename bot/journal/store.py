@@ -139,6 +139,18 @@ class Journal:
             raise
         return journal
 
+    @classmethod
+    async def open_readonly(cls, path: Path, clock: Clock) -> Journal:
+        """Open an existing journal read-only (a reader never blocks the daemon in WAL mode)."""
+        try:
+            conn = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+            await conn.execute("PRAGMA busy_timeout = 5000")
+        except sqlite3.Error as exc:
+            raise JournalError(
+                f"cannot read the journal {path}: {exc} (has the daemon ever run with this state_dir?)"
+            ) from exc
+        return cls(conn, path, clock)
+
     async def close(self) -> None:
         """Flush pending writes and close the connection."""
         if self._closed:
@@ -180,6 +192,13 @@ class Journal:
                 raise JournalError(f"cannot write the journal: {exc}") from exc
             try:
                 yield _Tx(self._conn, self._clock)
+            except sqlite3.IntegrityError:
+                # A constraint said no (e.g. a second live entry): the caller decides what it means.
+                await asyncio.shield(self._rollback())
+                raise
+            except sqlite3.Error as exc:
+                await asyncio.shield(self._rollback())
+                raise JournalError(f"cannot write the journal: {exc}") from exc
             except BaseException:
                 # Shielded: a cancelled caller must still leave the connection out of a transaction.
                 await asyncio.shield(self._rollback())

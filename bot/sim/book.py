@@ -73,6 +73,39 @@ class FillModel:
         if self.partial_qty is not None and self.partial_qty <= 0:
             raise ValueError("partial_qty must be positive")
 
+    @classmethod
+    def threshold(
+        cls,
+        over_mid: float = 0.10,
+        *,
+        delay_s: float = 0.0,
+        partial_qty: float | None = None,
+        rest_after_s: float | None = None,
+    ) -> FillModel:
+        """Fill at the limit once it is `over_mid` through the mid, `delay_s` after that."""
+        return cls(FillMode.THRESHOLD, over_mid, delay_s, partial_qty, rest_after_s)
+
+    @classmethod
+    def always(
+        cls,
+        *,
+        delay_s: float = 0.0,
+        partial_qty: float | None = None,
+        rest_after_s: float | None = None,
+    ) -> FillModel:
+        """Fill every order at its limit, `delay_s` after it arrives."""
+        return cls(FillMode.ALWAYS, 0.0, delay_s, partial_qty, rest_after_s)
+
+    @classmethod
+    def never(cls) -> FillModel:
+        """Let orders work without filling."""
+        return cls(FillMode.NEVER)
+
+    @classmethod
+    def reject(cls, reason: str = "Order rejected by the simulated gateway's fill model") -> FillModel:
+        """Reject new orders with 201."""
+        return cls(FillMode.REJECT, reject_reason=reason)
+
 
 @dataclass(frozen=True, slots=True)
 class LedgerLeg:
@@ -169,7 +202,9 @@ class LedgerOrder:
         return max(len(self.limit_prices) - 1, 0)
 
     def set_status(self, status: str, when: datetime) -> None:
-        """Record a status change (repeats of the same status are recorded too, as IB sends them)."""
+        """Record a status change (a repeat of the current status is not a change)."""
+        if self.status_history and self.status_history[-1] == status:
+            return
         self.status_history.append(status)
         self.status_times.append(when)
         if status in DONE_STATUSES and self.completed_at is None:

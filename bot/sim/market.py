@@ -25,9 +25,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BAG_CONID",
+    "BAG_CONTRACT",
     "NEW_YORK",
     "OPTION_MULTIPLIER",
     "SPX_CONID",
+    "SPX_INDEX",
     "STRIKE_STEP",
     "TICK",
     "ComboQuote",
@@ -80,8 +82,10 @@ class ContractRef:
     trading_class: str = ""
 
 
-SPX_INDEX = ContractRef(SPX_CONID, "SPX", "IND", exchange="CBOE", local_symbol="SPX")
+SPX_INDEX = ContractRef(SPX_CONID, "SPX", "IND", exchange="CBOE", local_symbol="SPX", trading_class="SPX")
+"""The SPX index as contract details describe it."""
 BAG_CONTRACT = ContractRef(BAG_CONID, "SPX", "BAG", exchange="SMART")
+"""An SPX combo as openOrder and execDetails describe it."""
 
 
 @dataclass(frozen=True, slots=True, order=True)

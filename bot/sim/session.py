@@ -13,10 +13,11 @@ import contextlib
 import logging
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 from bot.sim import messages as m
 from bot.sim.market import (
+    BAG_CONTRACT,
     SPX_CONID,
     SPX_INDEX,
     ContractRef,
@@ -35,6 +36,7 @@ from bot.sim.wire import (
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from bot.sim.book import Position
     from bot.sim.server import SimulatedGateway
 
 __all__ = ["MIN_SERVER_VERSION", "PlaceRequest", "Session", "WireContract"]
@@ -84,18 +86,18 @@ class WireContract:
     def read(cls, r: FieldReader) -> WireContract:
         """Read the 12 fields."""
         return cls(
-            con_id=r.int(),
-            symbol=r.str(),
-            sec_type=r.str(),
-            last_trade_date=r.str(),
-            strike=r.float(),
-            right=r.str(),
-            multiplier=r.str(),
-            exchange=r.str(),
-            primary_exchange=r.str(),
-            currency=r.str(),
-            local_symbol=r.str(),
-            trading_class=r.str(),
+            con_id=r.integer(),
+            symbol=r.string(),
+            sec_type=r.string(),
+            last_trade_date=r.string(),
+            strike=r.number(),
+            right=r.string(),
+            multiplier=r.string(),
+            exchange=r.string(),
+            primary_exchange=r.string(),
+            currency=r.string(),
+            local_symbol=r.string(),
+            trading_class=r.string(),
         )
 
 
@@ -121,31 +123,30 @@ class PlaceRequest:
     def parse(cls, fields: Fields) -> PlaceRequest:
         """Parse msg 3 (no version field; see the wire notes for the indices)."""
         r = FieldReader(fields)
-        order_id = r.int()
+        order_id = r.integer()
         contract = WireContract.read(r)
         r.skip(2)  # secIdType, secId
-        action = r.str()
-        quantity = r.float()
-        order_type = r.str()
-        lmt_text = r.str()
+        action = r.string()
+        quantity = r.number()
+        order_type = r.string()
+        lmt_text = r.string()
         r.skip(1)  # auxPrice
-        tif = r.str()
+        tif = r.string()
         r.skip(1)  # ocaGroup
-        account = r.str()
+        account = r.string()
         r.skip(2)  # openClose, origin
-        order_ref = r.str()
-        transmit = r.bool()
+        order_ref = r.string()
+        transmit = r.flag()
         r.skip(7)  # parentId, blockOrder, sweepToFill, displaySize, triggerMethod, outsideRth, hidden
         legs: list[tuple[LegSpec, str]] = []
         params: list[tuple[str, str]] = []
         if contract.sec_type == "BAG":
-            for _ in range(r.int()):
-                con_id, ratio, leg_action, exchange = r.int(), r.int(), r.str(), r.str()
+            for _ in range(r.integer()):
+                con_id, ratio, leg_action, exchange = r.integer(), r.integer(), r.string(), r.string()
                 r.skip(4)  # openClose, shortSaleSlot, designatedLocation, exemptCode
                 legs.append((LegSpec(con_id, ratio, leg_action), exchange))
-            r.skip(r.int())  # per-leg order prices
-            for _ in range(r.int()):
-                params.append((r.str(), r.str()))
+            r.skip(r.integer())  # per-leg order prices
+            params.extend((r.string(), r.string()) for _ in range(r.integer()))
         try:
             lmt_price = float(lmt_text) if lmt_text else None
         except ValueError as exc:
@@ -167,7 +168,7 @@ class PlaceRequest:
 
 
 # What a market data request is about: the index, one option, or a combo of options.
-_Target = ContractRef | OptionContract | tuple[LegSpec, ...]
+_Target: TypeAlias = ContractRef | OptionContract | tuple[LegSpec, ...]
 
 
 class Session:
@@ -187,6 +188,8 @@ class Session:
         self.market_data_type = 1
         self.connected_at: datetime | None = None
         self.subscriptions: dict[int, asyncio.Task[None]] = {}
+        self.positions_subscribed = False
+        self.account_subscribed = False
         self.closed = False
         self._handlers: dict[int, Callable[[Fields], None]] = {
             1: self._req_mkt_data,
@@ -207,7 +210,7 @@ class Session:
             61: self._req_positions,
             62: self._req_account_summary,
             63: self._cancel_silently,
-            64: self._cancel_silently,
+            64: self._cancel_positions,
             74: self._req_positions_multi,
             75: self._cancel_silently,
             76: self._req_account_updates_multi,
@@ -297,7 +300,7 @@ class Session:
             raise ProtocolError(f"expected startApi (71), got {fields[:1]}")
         r = FieldReader(fields)
         r.skip(1)  # version
-        client_id = r.int()
+        client_id = r.integer()
         self.client_id = client_id
         if not self.gw.admit(self):
             self.error(
@@ -323,9 +326,7 @@ class Session:
             return
         handler = self._handlers.get(msg_id)
         if handler is None:
-            self.gw.protocol_error(
-                f"client {self.client_id}: unsupported message id {msg_id}: {fields[:6]}"
-            )
+            self.gw.protocol_error(f"client {self.client_id}: unsupported message id {msg_id}: {fields[:6]}")
             return
         try:
             handler(fields)
@@ -339,7 +340,8 @@ class Session:
     @property
     def cid(self) -> int:
         """The client id (sessions dispatch requests only after startApi set it)."""
-        assert self.client_id is not None
+        if self.client_id is None:
+            raise ProtocolError("request before startApi")
         return self.client_id
 
     # -- contracts -----------------------------------------------------------------------------
@@ -374,7 +376,7 @@ class Session:
     def _req_contract_details(self, fields: Fields) -> None:
         r = FieldReader(fields)
         r.skip(1)  # version
-        req_id = r.int()
+        req_id = r.integer()
         wc = WireContract.read(r)
         r.skip(3)  # includeExpired, secIdType, secId
         if self.version >= _V_ISSUER_ID:
@@ -390,11 +392,11 @@ class Session:
 
     def _req_sec_def_opt_params(self, fields: Fields) -> None:
         r = FieldReader(fields)
-        req_id = r.int()
-        symbol = r.str()
+        req_id = r.integer()
+        symbol = r.string()
         r.skip(1)  # futFopExchange
-        sec_type = r.str()
-        con_id = r.int()
+        sec_type = r.string()
+        con_id = r.integer()
         self._expect_end(r, "reqSecDefOptParams")
         if symbol == "SPX" and sec_type == "IND" and con_id in (0, SPX_CONID):
             market = self.gw.market
@@ -418,7 +420,7 @@ class Session:
     def _req_market_data_type(self, fields: Fields) -> None:
         r = FieldReader(fields)
         r.skip(1)
-        data_type = r.int()
+        data_type = r.integer()
         self._expect_end(r, "reqMarketDataType")
         if data_type not in (1, 2, 3, 4):
             raise ProtocolError(f"market data type {data_type} does not exist")
@@ -443,18 +445,18 @@ class Session:
     def _req_mkt_data(self, fields: Fields) -> None:
         r = FieldReader(fields)
         r.skip(1)  # version
-        req_id = r.int()
+        req_id = r.integer()
         wc = WireContract.read(r)
         legs: list[LegSpec] = []
         if wc.sec_type == "BAG":
-            for _ in range(r.int()):
-                con_id, ratio, action = r.int(), r.int(), r.str()
+            for _ in range(r.integer()):
+                con_id, ratio, action = r.integer(), r.integer(), r.string()
                 r.skip(1)  # exchange
                 legs.append(LegSpec(con_id, ratio, action))
-        if r.bool():
+        if r.flag():
             r.skip(3)  # delta-neutral contract
         r.skip(1)  # genericTickList
-        snapshot = r.bool()
+        snapshot = r.flag()
         r.skip(2)  # regulatorySnapshot, mktDataOptions
         self._expect_end(r, "reqMktData")
         target = self._resolve_target(wc, legs)
@@ -516,7 +518,7 @@ class Session:
     def _cancel_mkt_data(self, fields: Fields) -> None:
         r = FieldReader(fields)
         r.skip(1)
-        req_id = r.int()
+        req_id = r.integer()
         self._expect_end(r, "cancelMktData")
         task = self.subscriptions.pop(req_id, None)
         if task is not None:
@@ -538,21 +540,41 @@ class Session:
             self.close()
             return
         request = PlaceRequest.parse(fields)
-        self.gw.place_order(self, request)
+        self.gw.place_order(self, request, self._order_contract(request))
+
+    def _order_contract(self, req: PlaceRequest) -> ContractRef | str:
+        """What the order trades, or why that is not known (error 200)."""
+        if req.contract.sec_type == "BAG":
+            market = self.gw.market
+            if not req.legs or any(market.option_by_con_id(leg.con_id) is None for leg, _ in req.legs):
+                return _NO_DEFINITION
+            return replace(
+                BAG_CONTRACT,
+                exchange=req.contract.exchange or "SMART",
+                currency=req.contract.currency or "USD",
+            )
+        rows = self._describe(req.contract)
+        if len(rows) != 1:
+            return _NO_DEFINITION if not rows else "The contract description is ambiguous"
+        if rows[0].contract.sec_type != "OPT":
+            return "The simulated gateway trades only SPX options and their combos"
+        return rows[0].contract
 
     def _cancel_order(self, fields: Fields) -> None:
         r = FieldReader(fields)
         r.skip(1)
-        order_id = r.int()
+        order_id = r.integer()
         if self.version >= _V_CANCEL_MANUAL_TIME:
             r.skip(1)  # manualCancelOrderTime
         self._expect_end(r, "cancelOrder")
         self.gw.cancel_order(self, order_id)
 
     def _req_global_cancel(self, fields: Fields) -> None:
+        _fixed(fields, 2, "reqGlobalCancel")
         self.gw.global_cancel()
 
     def _req_open_orders(self, fields: Fields) -> None:
+        _fixed(fields, 2, "reqOpenOrders")
         for o in self.gw.ledger.working():
             if o.client_id == self.client_id:
                 self.send(m.open_order(o, self.version))
@@ -560,15 +582,18 @@ class Session:
         self.send(m.open_order_end())
 
     def _req_all_open_orders(self, fields: Fields) -> None:
+        _fixed(fields, 2, "reqAllOpenOrders")
         for o in self.gw.ledger.working():
             self.send(m.open_order(o, self.version))
             self.send(m.order_status(o))
         self.send(m.open_order_end())
 
     def _req_auto_open_orders(self, fields: Fields) -> None:
-        pass  # binding TWS-entered orders to client 0: there are none in the simulator
+        # Binding TWS-entered orders to client 0: there are none in the simulator.
+        _fixed(fields, 3, "reqAutoOpenOrders")
 
     def _req_completed_orders(self, fields: Fields) -> None:
+        _fixed(fields, 2, "reqCompletedOrders")  # msgId, apiOnly: no version field
         for o in self.gw.ledger.completed():
             self.send(m.completed_order(o, self.version))
         self.send(m.completed_orders_end())
@@ -576,9 +601,9 @@ class Session:
     def _req_executions(self, fields: Fields) -> None:
         r = FieldReader(fields)
         r.skip(1)
-        req_id = r.int()
-        client_id = r.int()
-        account, since, symbol, sec_type, exchange, side = (r.str() for _ in range(6))
+        req_id = r.integer()
+        client_id = r.integer()
+        account, since, symbol, sec_type, exchange, side = (r.string() for _ in range(6))
         self._expect_end(r, "reqExecutions")
         since_key = since.replace("-", " ")[:17]
         wanted_side = {"BUY": "BOT", "SELL": "SLD"}.get(side.upper(), side.upper())
@@ -602,17 +627,22 @@ class Session:
         self.send(m.exec_details_end(req_id))
 
     def _req_ids(self, fields: Fields) -> None:
+        _fixed(fields, 3, "reqIds")
         self.send(m.next_valid_id(self.gw.next_order_id(self.cid)))
 
     # -- account -------------------------------------------------------------------------------
 
     def _req_managed_accounts(self, fields: Fields) -> None:
+        _fixed(fields, 2, "reqManagedAccts")
         self.send(m.managed_accounts([self.gw.config.account]))
 
     def _req_current_time(self, fields: Fields) -> None:
+        _fixed(fields, 2, "reqCurrentTime")
         self.send(m.current_time(int(self.gw.clock.now().timestamp())))
 
     def _req_positions(self, fields: Fields) -> None:
+        _fixed(fields, 2, "reqPositions")
+        self.positions_subscribed = True  # position changes are pushed until cancelPositions
         account = self.gw.config.account
         for p in self.gw.positions():
             self.send(m.position(account, p.contract, p.qty, p.avg_cost))
@@ -621,9 +651,9 @@ class Session:
     def _req_positions_multi(self, fields: Fields) -> None:
         r = FieldReader(fields)
         r.skip(1)
-        req_id = r.int()
+        req_id = r.integer()
         r.skip(1)  # account
-        model_code = r.str()
+        model_code = r.string()
         account = self.gw.config.account
         for p in self.gw.positions():
             self.send(m.position_multi(req_id, account, p.contract, p.qty, p.avg_cost, model_code))
@@ -632,30 +662,41 @@ class Session:
     def _req_account_updates(self, fields: Fields) -> None:
         r = FieldReader(fields)
         r.skip(1)
-        subscribe = r.bool()
+        subscribe = r.flag()
         r.skip(1)  # account code
         self._expect_end(r, "reqAccountUpdates")
+        self.account_subscribed = subscribe
         if not subscribe:
             return
         account = self.gw.config.account
-        for key, value, currency in self.gw.account_values():
-            self.send(m.account_value(key, value, currency, account))
-        for p in self.gw.positions():
-            price = self.gw.mark_price(p.contract)
-            value = p.qty * price * float(p.contract.multiplier or 1)
-            unrealized = value - p.qty * p.avg_cost
-            self.send(
-                m.portfolio_value(p.contract, p.qty, price, value, p.avg_cost, unrealized, 0.0, account)
-            )
+        self.send_account_values()
+        self.send_portfolio(self.gw.positions())
         self.send(m.account_time(self.gw.market.now()))
         self.send(m.account_download_end(account))
+
+    def send_account_values(self) -> None:
+        """Send every account value (msg 6)."""
+        account = self.gw.config.account
+        for key, value, currency in self.gw.account_values():
+            self.send(m.account_value(key, value, currency, account))
+
+    def send_portfolio(self, positions: list[Position]) -> None:
+        """Send portfolio rows (msg 7) for `positions`."""
+        account = self.gw.config.account
+        for p in positions:
+            price = self.gw.mark_price(p.contract)
+            worth = p.qty * price * float(p.contract.multiplier or 1)
+            unrealized = worth - p.qty * p.avg_cost
+            self.send(
+                m.portfolio_value(p.contract, p.qty, price, worth, p.avg_cost, unrealized, 0.0, account)
+            )
 
     def _req_account_updates_multi(self, fields: Fields) -> None:
         r = FieldReader(fields)
         r.skip(1)
-        req_id = r.int()
+        req_id = r.integer()
         r.skip(1)  # account
-        model_code = r.str()
+        model_code = r.string()
         r.skip(1)  # ledgerAndNLV
         self._expect_end(r, "reqAccountUpdatesMulti")
         account = self.gw.config.account
@@ -666,9 +707,9 @@ class Session:
     def _req_account_summary(self, fields: Fields) -> None:
         r = FieldReader(fields)
         r.skip(1)
-        req_id = r.int()
+        req_id = r.integer()
         r.skip(1)  # group
-        tags = set(r.str().split(","))
+        tags = set(r.string().split(","))
         self._expect_end(r, "reqAccountSummary")
         account = self.gw.config.account
         for key, value, currency in self.gw.account_values():
@@ -677,7 +718,17 @@ class Session:
         self.send(m.account_summary_end(req_id))
 
     def _cancel_silently(self, fields: Fields) -> None:
-        pass  # cancelAccountSummary/cancelPositions/...: the simulator streams none of them
+        # cancelAccountSummary/cancelPositionsMulti/...: the simulator streams none of them.
+        _fixed(fields, 3, f"cancel message {fields[0]}")
+
+    def _cancel_positions(self, fields: Fields) -> None:
+        _fixed(fields, 2, "cancelPositions")
+        self.positions_subscribed = False
+
+
+def _fixed(fields: Fields, n: int, what: str) -> None:
+    if len(fields) != n:
+        raise ProtocolError(f"{what}: expected {n} fields, got {len(fields)}")
 
 
 def _index_row() -> m.ContractDetailsRow:

@@ -129,7 +129,7 @@ class FieldReader:
         """How many fields are left unread."""
         return len(self._fields) - self._pos
 
-    def str(self) -> str:
+    def string(self) -> str:
         """The next field as text."""
         if self._pos >= len(self._fields):
             raise ProtocolError(f"message {self._fields[:1]} ended after {self._pos} fields")
@@ -137,9 +137,9 @@ class FieldReader:
         self._pos += 1
         return value
 
-    def int(self, default: int = 0) -> int:
+    def integer(self, default: int = 0) -> int:
         """The next field as an int (empty -> `default`)."""
-        text = self.str()
+        text = self.string()
         if text == "":
             return default
         try:
@@ -147,9 +147,9 @@ class FieldReader:
         except ValueError as exc:
             raise ProtocolError(f"field {self._pos - 1} is not an int: {text!r}") from exc
 
-    def float(self, default: float = 0.0) -> float:
+    def number(self, default: float = 0.0) -> float:
         """The next field as a float (empty -> `default`)."""
-        text = self.str()
+        text = self.string()
         if text == "":
             return default
         try:
@@ -157,11 +157,11 @@ class FieldReader:
         except ValueError as exc:
             raise ProtocolError(f"field {self._pos - 1} is not a number: {text!r}") from exc
 
-    def bool(self) -> bool:
+    def flag(self) -> bool:
         """The next field as a 0/1 flag (empty -> False)."""
-        return self.int() != 0
+        return self.integer() != 0
 
     def skip(self, n: int = 1) -> None:
         """Skip `n` fields."""
         for _ in range(n):
-            self.str()
+            self.string()

@@ -1,0 +1,551 @@
+"""The composition root: `bot run` builds every part here and runs them in one TaskGroup.
+
+Start-up order (fail closed at each step): single-instance lock → journal → broker (the built-in
+simulator when `broker.mode = "simulated"`) → control socket → first reconciliation → `READY=1`.
+Entries are refused (`reconciling`) until the journal has been reconciled with the broker, and
+again after every link loss until the next reconciliation completes.
+
+Stop (SIGTERM/SIGINT): no new entries; a working order is driven to a safe end (filled, or
+cancelled and confirmed) within `service.drain_timeout_s`; the journal is final; exit 0. A second
+signal, or the drain timeout, ends the process promptly; the next start reconciles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from datetime import date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from bot.alerts.outbox import AlertSender
+from bot.broker.errors import BrokerError
+from bot.broker.ib import IBBroker
+from bot.broker.protocol import Broker, LinkState
+from bot.clock import Clock
+from bot.config import RuntimeEnv, Settings
+from bot.control.server import ControlServer
+from bot.domain import ActionKind, AlertKind, Blocked, BlockReason, Skipped, Source, Started
+from bot.entry import EntryRunner
+from bot.errors import ExitCode, UserError
+from bot.guard import EntryGuard
+from bot.history import history_from_journal
+from bot.journal.store import Journal, JournalError
+from bot.logs import get_logger
+from bot.progress import ProgressHub
+from bot.reconcile import reconcile
+from bot.scheduler import FIRED_KEY, Scheduler
+from bot.service.lock import InstanceLock
+from bot.service.sdnotify import SystemdNotifier
+from bot.service.watchdog import watchdog_loop
+from bot.sim import FillModel, SimConfig, SimulatedGateway
+from bot.trading_days import calendar_for
+from strategies.calendar_spread.strategy import CalendarParams, CalendarSpread
+
+__all__ = ["Daemon"]
+
+log = get_logger(__name__)
+
+PAUSED_KEY = "entries.paused"
+RUNNING_KEY = "daemon.running"
+
+
+class Daemon:
+    """One running bot. Implements the control socket's `DaemonApi`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        runtime: RuntimeEnv,
+        clock: Clock,
+        notifier: SystemdNotifier,
+        *,
+        demo_delay_s: float | None = None,
+        handle_signals: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.runtime = runtime
+        self.clock = clock
+        self.notifier = notifier
+        self.demo_delay_s = demo_delay_s
+        self.handle_signals = handle_signals
+        self.tz = ZoneInfo(settings.schedule.timezone)
+        self.calendar = calendar_for(settings.schedule.exchange_calendar)
+        self.stop_requested = asyncio.Event()
+        self.hub = ProgressHub()
+        self.last_error: str | None = None
+        self.reconciliation = "pending"
+        self._reconciled = asyncio.Event()
+        self._fatal_today: tuple[date, int] = (date.min, 0)
+        self._link_down_since: float | None = None
+        self._link_alerted = False
+        self._signals = 0
+        # Set in run():
+        self.journal: Journal
+        self.broker: Any
+        self.guard: EntryGuard
+        self.runner: EntryRunner
+        self.scheduler: Scheduler
+        self.alerts: AlertSender
+        self.control: ControlServer
+        self._sim: Any = None
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def trading_day(self) -> date:
+        """Today's date in the exchange's zone."""
+        return self.clock.now().astimezone(self.tz).date()
+
+    def _wake_alerts(self) -> None:
+        sender = getattr(self, "alerts", None)
+        if sender is not None:
+            sender.wake()
+
+    def _on_fatal(self, reason: str) -> None:
+        self.last_error = reason
+        day = self.trading_day()
+        seen_day, count = self._fatal_today
+        count = count + 1 if seen_day == day else 1
+        self._fatal_today = (day, count)
+        if count >= self.settings.service.max_fatal_errors_per_day and not self.guard.paused:
+            asyncio.get_running_loop().create_task(self._halt(count), name="halt")
+
+    async def _halt(self, count: int) -> None:
+        await self._set_paused(
+            True,
+            by="halt",
+            kind=ActionKind.HALTED,
+            alert=(
+                AlertKind.HALTED,
+                f"bot: {count} fatal errors today; entries paused. `bot resume` after checking",
+            ),
+        )
+
+    # -- run -----------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until stopped; raises `UserError` for start-up problems a user can fix."""
+        s = self.settings
+        lock = InstanceLock.acquire(s.lock_path)
+        try:
+            try:
+                self.journal = await Journal.open(s.journal_path, self.clock)
+            except JournalError as exc:
+                raise UserError(
+                    f"cannot open the journal: {exc} (check that {s.state_dir} is writable)", ExitCode.IOERR
+                ) from exc
+            try:
+                await self._run_with_journal()
+            finally:
+                await self.journal.close()
+        finally:
+            lock.release()
+
+    async def _run_with_journal(self) -> None:
+        s = self.settings
+        crashed = await self.journal.get_state(RUNNING_KEY) == "1"
+        await self.journal.set_state(
+            RUNNING_KEY,
+            "1",
+            ActionKind.DAEMON_STARTED,
+            {"mode": s.broker.mode, "after_crash": crashed},
+            alert=(
+                AlertKind.CRASH_RESTART,
+                "bot: daemon restarted after an unclean stop; reconciling with IB",
+            )
+            if crashed
+            else None,
+        )
+        self.broker = await self._make_broker()
+        params = CalendarParams(
+            shape=s.strategy.shape,
+            strike_mode=s.strategy.strike_mode,
+            target_delta=s.strategy.target_delta,
+            delta_tolerance=s.strategy.delta_tolerance,
+            front_dte=s.strategy.front_dte,
+            back_dte=s.strategy.back_dte,
+            dte_tolerance=s.strategy.dte_tolerance,
+            quantity=s.strategy.quantity,
+            price_step=s.strategy.price_step,
+            step_interval_s=s.strategy.step_interval_s,
+            max_steps=s.strategy.max_steps,
+            fill_timeout_s=s.strategy.fill_timeout_s,
+            max_debit=s.strategy.max_debit,
+        )
+        strategy = CalendarSpread(s.strategy.name, params, self.calendar)
+        self.guard = EntryGuard(
+            self.journal,
+            self.clock,
+            s.strategy.name,
+            s.strategy.quantity,
+            trading_day=self.trading_day,
+            on_alert=self._wake_alerts,
+            precheck=self._risk_check,
+        )
+        self.guard.paused = await self.journal.get_state(PAUSED_KEY) == "1"
+        self.runner = EntryRunner(
+            self.guard,
+            self.journal,
+            strategy,
+            self.broker,
+            self.clock,
+            self.hub,
+            on_alert=self._wake_alerts,
+            on_fatal=self._on_fatal,
+            any_day=self.demo_delay_s is not None or s.broker.mode == "simulated",
+        )
+        demo_at = (
+            self.clock.now() + timedelta(seconds=self.demo_delay_s) if self.demo_delay_s is not None else None
+        )
+        self.scheduler = Scheduler(
+            self.clock,
+            self.calendar,
+            s.schedule.entry_time,
+            s.schedule.entry_window_end,
+            self.tz,
+            fire=self._scheduled_fire,
+            missed=self._scheduled_missed,
+            load_last_day=self._load_last_day,
+            save_last_day=self._save_last_day,
+            recheck_s=s.schedule.recheck_s,
+            demo_at=demo_at,
+        )
+        self.alerts = AlertSender.from_settings(self.journal, s.alerts, self.clock)
+        self.control = ControlServer(
+            self,
+            s.socket_path(self.runtime),
+            allowed_group=s.control.allowed_group,
+            max_line_bytes=s.control.max_line_bytes,
+            read_timeout_s=s.control.read_timeout_s,
+            max_connections=s.control.max_connections,
+        )
+        await self.control.start()
+        try:
+            await self._supervise()
+        finally:
+            await self.control.close()
+            await self._close_broker()
+            await self.journal.set_state(RUNNING_KEY, "0", ActionKind.DAEMON_STOPPED, {})
+
+    async def _make_broker(self) -> Broker:
+        s = self.settings
+        host, port = s.broker.host, s.broker.port
+        if s.broker.mode == "simulated":
+            self._sim = SimulatedGateway(
+                SimConfig(seed=s.simulator.seed, spot=s.simulator.spot, vol=s.simulator.vol, strict=False),
+                clock=self.clock,
+            )
+            self._sim.fill_model = FillModel.threshold(
+                over_mid=s.simulator.fill_over_mid, delay_s=s.simulator.fill_delay_s
+            )
+            host, port = "127.0.0.1", await self._sim.start(host="127.0.0.1", port=0)
+            log.info("simulated IB Gateway started", port=port)
+        account = s.broker.account.get_secret_value() if s.broker.account else None
+        return IBBroker(
+            host=host,
+            port=port,
+            client_id=s.broker.client_id,
+            account=account,
+            market_data_type=s.broker.market_data_type,
+            connect_timeout_s=s.broker.connect_timeout_s,
+            request_timeout_s=s.broker.request_timeout_s,
+            reconnect_min_s=s.broker.reconnect_min_s,
+            reconnect_max_s=s.broker.reconnect_max_s,
+            clock=self.clock,
+        )
+
+    async def _close_broker(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.broker.close()
+        if self._sim is not None:
+            with contextlib.suppress(Exception):
+                await self._sim.stop()
+
+    async def _supervise(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._on_signal)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tasks = [
+                    tg.create_task(self.broker.run(), name="broker-link"),
+                    tg.create_task(self._reconcile_on_connect(), name="reconciler"),
+                    tg.create_task(self.control.serve_forever(), name="control-socket"),
+                    tg.create_task(self.alerts.run(), name="alert-sender"),
+                    tg.create_task(self._status_loop(), name="status"),
+                    tg.create_task(self._ready_when_reconciled(), name="ready"),
+                ]
+                interval = self.notifier.watchdog_interval_s
+                if interval is not None:
+                    tasks.append(
+                        tg.create_task(
+                            watchdog_loop(self.notifier, interval, self._healthy, self.clock), name="watchdog"
+                        )
+                    )
+                scheduler_task = tg.create_task(self._run_scheduler(), name="scheduler")
+                await self.stop_requested.wait()
+                log.info("stopping: no new entries; draining the entry in flight")
+                self.notifier.stopping("draining the entry in flight")
+                scheduler_task.cancel()
+                drained = await self.runner.drain(self.settings.service.drain_timeout_s)
+                if not drained:
+                    log.error("drain timed out; the next start will reconcile the open entry")
+                for task in tasks:
+                    task.cancel()
+        finally:
+            if self.handle_signals:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+
+    def _on_signal(self) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            self.stop_requested.set()
+        else:
+            # A second signal: stop waiting for the drain. Entries left live are reconciled
+            # on the next start.
+            log.warning("second stop signal: exiting without waiting for the drain")
+            for task in asyncio.all_tasks():
+                if task.get_name().startswith("entry-"):
+                    task.cancel()
+
+    async def _run_scheduler(self) -> None:
+        if not self.settings.schedule.enabled and self.demo_delay_s is None:
+            log.info("schedule disabled; entries only through `bot trade`")
+            return
+        await self.scheduler.run()
+
+    async def _ready_when_reconciled(self) -> None:
+        await self._reconciled.wait()
+        self.notifier.ready(self._status_line())
+        log.info("ready", mode=self.settings.broker.mode, socket=str(self.control.path))
+
+    def _healthy(self) -> bool:
+        return not self.stop_requested.is_set()
+
+    # -- reconciliation --------------------------------------------------------------------------
+
+    async def _reconcile_on_connect(self) -> None:
+        """After each (re)connect: reconcile, then allow entries. While down: refuse entries."""
+        while True:
+            state = self.broker.link
+            if state is LinkState.UP:
+                await self._reconcile_until_done()
+            else:
+                self._mark_unreconciled("link " + state.value)
+            await self._watch_link(await self.broker.wait_link_change())
+
+    def _mark_unreconciled(self, why: str) -> None:
+        if self.reconciliation != "pending":
+            log.warning("entries blocked until reconciliation", why=why)
+        self.guard.reconciling = True
+        self.reconciliation = "pending"
+
+    async def _reconcile_until_done(self) -> None:
+        self.guard.reconciling = True
+        self.reconciliation = "running"
+        delay_s = 1.0
+        while self.broker.link is LinkState.UP:
+            try:
+                report = await reconcile(
+                    self.journal,
+                    self.broker,
+                    self.runner,
+                    self.settings.strategy.name,
+                    self.trading_day(),
+                    on_alert=self._wake_alerts,
+                )
+            except (BrokerError, TimeoutError, JournalError) as exc:
+                self.last_error = f"reconciliation: {exc}"
+                log.warning("reconciliation incomplete; entries stay blocked", error=str(exc))
+                await self.clock.sleep(delay_s)
+                delay_s = min(delay_s * 2, 30.0)
+                continue
+            await self.journal.log_action(ActionKind.RECONCILED, detail=report.to_json())
+            self.reconciliation = "done"
+            self.guard.reconciling = False
+            self._reconciled.set()
+            return
+
+    async def _watch_link(self, state: LinkState) -> None:
+        now = self.clock.monotonic()
+        if state is LinkState.UP:
+            if self._link_alerted:
+                down_s = now - (self._link_down_since or now)
+                await self.journal.log_action(
+                    ActionKind.LINK_RESTORED,
+                    detail={"down_s": round(down_s, 1)},
+                    alert=(AlertKind.LINK_RESTORED, f"bot: IB gateway link restored after {down_s:.0f}s"),
+                )
+                self._wake_alerts()
+            self._link_down_since = None
+            self._link_alerted = False
+            return
+        if self._link_down_since is None:
+            self._link_down_since = now
+            await self.journal.log_action(ActionKind.LINK_LOST, detail={"state": state.value})
+
+    async def _status_loop(self) -> None:
+        """Keep systemd's STATUS= current and raise the link-lost alert after its threshold."""
+        while True:
+            self.notifier.status(self._status_line())
+            since = self._link_down_since
+            threshold = self.settings.alerts.link_lost_after_s
+            if since is not None and not self._link_alerted and self.clock.monotonic() - since >= threshold:
+                self._link_alerted = True
+                await self.journal.log_action(
+                    ActionKind.LINK_LOST,
+                    detail={"alerted": True},
+                    alert=(AlertKind.LINK_LOST, f"bot: IB gateway link down for over {threshold:.0f}s"),
+                )
+                self._wake_alerts()
+            await self.clock.sleep(5.0)
+
+    def _status_line(self) -> str:
+        current = self.guard.current if hasattr(self, "guard") else None
+        if current is not None and current.trade is not None:
+            t = current.trade
+            if t.last_limit is not None:
+                return f"working order #{t.id} at {t.last_limit:.2f}"
+            return f"entry #{t.id} {t.status.value}"
+        if self._link_down_since is not None:
+            return "gateway link down; entries blocked"
+        if self.guard.paused:
+            return "paused"
+        plan = self.scheduler.next_plan if hasattr(self, "scheduler") else None
+        if plan is not None and plan.entry_at is not None:
+            return f"next entry {plan.entry_at:%a %H:%M} ET"
+        return "idle"
+
+    # -- scheduler callbacks -------------------------------------------------------------------
+
+    async def _load_last_day(self) -> date | None:
+        value = await self.journal.get_state(FIRED_KEY)
+        return date.fromisoformat(value) if value else None
+
+    async def _save_last_day(self, day: date) -> None:
+        await self.journal.set_state(
+            FIRED_KEY, day.isoformat(), ActionKind.RECONCILED, {"scheduler_day": day.isoformat()}
+        )
+
+    async def _scheduled_fire(self, day: date) -> None:
+        window_end = datetime.combine(day, self.settings.schedule.entry_window_end, tzinfo=self.tz)
+        wait_s = max(1.0, (window_end - self.clock.now()).total_seconds())
+        if not self._reconciled.is_set() or self.guard.reconciling:
+            log.info("scheduled entry waits for reconciliation", until=window_end.isoformat())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait_s):
+                    while self.guard.reconciling:
+                        await self._reconciled.wait()
+                        if self.guard.reconciling:
+                            await self.broker.wait_link_change()
+        outcome = await self.runner.request(Source.SCHEDULER)
+        if isinstance(outcome, Blocked) and outcome.reason is BlockReason.RECONCILING:
+            await self._scheduled_missed(
+                day, "the broker state could not be established before the window ended"
+            )
+
+    async def _scheduled_missed(self, day: date, reason: str) -> None:
+        await self.journal.log_action(
+            ActionKind.SKIPPED,
+            strategy=self.settings.strategy.name,
+            day=day,
+            source=Source.SCHEDULER,
+            detail={"reason": reason},
+            alert=(AlertKind.DAY_SKIPPED, f"bot: no entry {day}: {reason}"[:300]),
+        )
+        self._wake_alerts()
+
+    async def _risk_check(self) -> str | None:
+        s = self.settings.strategy
+        if s.quantity > s.max_contracts:
+            return f"quantity {s.quantity} exceeds max_contracts {s.max_contracts}"
+        open_now = await self.journal.open_calendars(s.name, self.trading_day())
+        if open_now >= s.max_open_calendars:
+            return f"{open_now} calendars open, at max_open_calendars {s.max_open_calendars}"
+        return None
+
+    # -- DaemonApi -------------------------------------------------------------------------------
+
+    async def trade(self, *, force: bool) -> Started | Blocked | Skipped:
+        """A manual entry request."""
+        if self.stop_requested.is_set():
+            return Blocked(BlockReason.PAUSED, None, None)
+        return await self.runner.request(Source.MANUAL, force=force)
+
+    def follow(self, entry_id: int) -> asyncio.Queue[dict[str, Any]]:
+        """Progress events of an entry."""
+        return self.hub.subscribe(entry_id)
+
+    def unfollow(self, entry_id: int, queue: asyncio.Queue[dict[str, Any]]) -> None:
+        """Stop following."""
+        self.hub.unsubscribe(entry_id, queue)
+
+    async def status(self) -> dict[str, Any]:
+        """The daemon's state for `bot status`."""
+        now = self.clock.now()
+        plan = self.scheduler.next_plan
+        today = await self.journal.entries_on(self.settings.strategy.name, self.trading_day())
+        alert_status = self.alerts.status()
+        link = self.broker.link.value
+        healthy = (
+            link == LinkState.UP.value
+            and self.reconciliation == "done"
+            and not self.guard.paused
+            and not alert_status.get("failed")
+        )
+        current = self.guard.current
+        return {
+            "running": True,
+            "mode": self.settings.broker.mode,
+            "link": link,
+            "link_error": getattr(self.broker, "last_error", None),
+            "reconciliation": self.reconciliation,
+            "paused": self.guard.paused,
+            "in_progress": current.trade.to_json(now) if current and current.trade else None,
+            "next_entry": {
+                "exchange": plan.entry_at.isoformat() if plan and plan.entry_at else None,
+                "local": plan.entry_at.astimezone().isoformat() if plan and plan.entry_at else None,
+            },
+            "today": [t.to_json(now) for t in today],
+            "alerts": alert_status,
+            "last_error": self.last_error,
+            "healthy": healthy,
+        }
+
+    async def history(self, days: int) -> dict[str, Any]:
+        """Entries and blocked attempts by day."""
+        return await history_from_journal(self.journal, self.trading_day(), days, self.clock.now())
+
+    async def _set_paused(
+        self, paused: bool, *, by: str, kind: ActionKind, alert: tuple[AlertKind, str]
+    ) -> dict[str, Any]:
+        await self.journal.set_state(PAUSED_KEY, "1" if paused else "0", kind, {"by": by}, alert=alert)
+        self.guard.paused = paused
+        self._wake_alerts()
+        return {"paused": paused}
+
+    async def pause(self, by: str) -> dict[str, Any]:
+        """Pause entries (persisted)."""
+        return await self._set_paused(
+            True, by=by, kind=ActionKind.PAUSED, alert=(AlertKind.PAUSED, f"bot: entries paused by {by}")
+        )
+
+    async def resume(self, by: str) -> dict[str, Any]:
+        """Resume entries."""
+        self._fatal_today = (date.min, 0)
+        return await self._set_paused(
+            False, by=by, kind=ActionKind.RESUMED, alert=(AlertKind.RESUMED, f"bot: entries resumed by {by}")
+        )
+
+    async def alerts_test(self) -> dict[str, Any]:
+        """Send one test SMS through the outbox."""
+        return await self.alerts.send_test()
+
+    async def peer_refused(self, pid: int, uid: int, gid: int, why: str) -> None:
+        """Journal a refused control-socket peer."""
+        await self.journal.log_action(
+            ActionKind.PEER_REFUSED, detail={"pid": pid, "uid": uid, "gid": gid, "why": why}
+        )

@@ -1,0 +1,38 @@
+"""The simulated IB Gateway: the TWS API socket protocol on loopback, an order book and a market.
+
+The unmodified ib_async client connects to it as to a real IB Gateway. It is the embedded default
+broker (the daemon starts one in-process when no gateway is configured) and the backbone of the
+wire tests, which arm faults on it and assert on its ledger.
+
+Modules: `wire` (framing and fields), `messages` (outgoing layouts per server version), `market`
+(contracts and Black-Scholes quotes), `book` (ledger, fill model, positions), `faults`, `session`
+(one connection), `server` (the gateway), `control` (a line-JSON control socket) and `standalone`
+(`run_simulator`).
+"""
+
+from bot.sim.book import (
+    Execution,
+    FillMode,
+    FillModel,
+    Ledger,
+    LedgerFill,
+    LedgerLeg,
+    LedgerOrder,
+    RefusedPlacement,
+)
+from bot.sim.faults import Faults
+from bot.sim.server import SimConfig, SimulatedGateway
+
+__all__ = [
+    "Execution",
+    "Faults",
+    "FillMode",
+    "FillModel",
+    "Ledger",
+    "LedgerFill",
+    "LedgerLeg",
+    "LedgerOrder",
+    "RefusedPlacement",
+    "SimConfig",
+    "SimulatedGateway",
+]

@@ -1,0 +1,191 @@
+"""A line-JSON control socket for a simulated gateway running in another process.
+
+Owns the tiny protocol fault-campaign tests use to steer a standalone simulator: one JSON object
+per line in (`{"op": "...", ...}`, an optional `"id"` is echoed), one JSON object per line out
+(`{"ok": true, ...}` or `{"ok": false, "error": "..."}`). Listens on a loopback TCP port or a Unix
+socket path. Operations (arguments as in the Python API of `SimulatedGateway` and `Faults`):
+
+    ping, status, ledger,
+    drop_after_place_read {count}, drop_before_place_read {count},
+    omit {msg_id, count?, client_id?}, delay {msg_id, seconds, count?, client_id?},
+    hold_client_id {client_id, attempts?}, release_client_id {client_id}, clear_faults,
+    restart {next_valid_id?, down_s?}, drop_connections,
+    connectivity {lost? | restored?, data_maintained?},
+    fill_model {mode, threshold_over_mid?, delay_s?, partial_qty?, rest_after_s?},
+    set_spot {spot}, set_vol {vol}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bot.sim.book import FillMode, FillModel
+
+if TYPE_CHECKING:
+    from bot.sim.server import SimulatedGateway
+
+__all__ = ["ControlServer"]
+
+_log = logging.getLogger("bot.sim")
+_MAX_LINE = 64 * 1024
+
+
+class ControlServer:
+    """Serves the control protocol for one gateway."""
+
+    def __init__(self, gateway: SimulatedGateway) -> None:
+        self.gw = gateway
+        self._server: asyncio.Server | None = None
+        self._path: Path | None = None
+        self.port: int | None = None
+
+    async def start_tcp(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        """Listen on a TCP port (loopback by default); returns the bound port."""
+        self._server = await asyncio.start_server(self._on_client, host, port, limit=_MAX_LINE)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        _log.info("simulator control listening on %s:%d", host, self.port)
+        return self.port
+
+    async def start_unix(self, path: str | Path) -> None:
+        """Listen on a Unix socket at `path` (replacing a stale socket file)."""
+        self._path = Path(path)
+        with contextlib.suppress(FileNotFoundError):
+            self._path.unlink()
+        self._server = await asyncio.start_unix_server(self._on_client, str(self._path), limit=_MAX_LINE)
+        _log.info("simulator control listening on %s", self._path)
+
+    async def stop(self) -> None:
+        """Stop listening (and remove the socket file)."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 1.0)
+        if self._path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self._path.unlink()
+
+    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := await reader.readline():
+                reply = await self.handle_line(line)
+                writer.write(json.dumps(reply).encode() + b"\n")
+                await writer.drain()
+        except (ConnectionError, asyncio.LimitOverrunError, ValueError):
+            pass  # a client that goes away or sends an over-long line just loses its connection
+        finally:
+            writer.close()
+
+    async def handle_line(self, line: bytes) -> dict[str, Any]:
+        """Answer one request line."""
+        try:
+            request = json.loads(line)
+        except json.JSONDecodeError as exc:
+            return {"ok": False, "error": f"not JSON: {exc}"}
+        if not isinstance(request, dict):
+            return {"ok": False, "error": "a request is a JSON object"}
+        reply: dict[str, Any]
+        try:
+            reply = {"ok": True, **await self.handle(request)}
+        except (KeyError, TypeError, ValueError) as exc:
+            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        if "id" in request:
+            reply["id"] = request["id"]
+        return reply
+
+    async def handle(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Perform one operation; raises KeyError/TypeError/ValueError on a bad request."""
+        gw = self.gw
+        faults = gw.faults
+        op = req["op"]
+        match op:
+            case "ping":
+                return {}
+            case "status":
+                return self._status()
+            case "ledger":
+                return gw.ledger.to_dict()
+            case "drop_after_place_read":
+                faults.drop_after_place_read(int(req.get("count", 1)))
+            case "drop_before_place_read":
+                faults.drop_before_place_read(int(req.get("count", 1)))
+            case "omit":
+                faults.omit(int(req["msg_id"]), _opt_int(req, "count"), client_id=_opt_int(req, "client_id"))
+            case "delay":
+                faults.delay(
+                    int(req["msg_id"]),
+                    float(req["seconds"]),
+                    _opt_int(req, "count"),
+                    client_id=_opt_int(req, "client_id"),
+                )
+            case "hold_client_id":
+                faults.hold_client_id(int(req["client_id"]), _opt_int(req, "attempts"))
+            case "release_client_id":
+                faults.release_client_id(int(req["client_id"]))
+            case "clear_faults":
+                faults.clear()
+            case "restart":
+                await gw.restart(_opt_int(req, "next_valid_id"), float(req.get("down_s", 0.0)))
+            case "drop_connections":
+                await gw.drop_connections()
+            case "connectivity":
+                await gw.connectivity(
+                    lost=bool(req.get("lost", False)),
+                    restored=bool(req.get("restored", False)),
+                    data_maintained=bool(req.get("data_maintained", True)),
+                )
+            case "fill_model":
+                gw.fill_model = FillModel(
+                    mode=FillMode(req["mode"]),
+                    threshold_over_mid=float(req.get("threshold_over_mid", 0.10)),
+                    delay_s=float(req.get("delay_s", 0.0)),
+                    partial_qty=_opt_float(req, "partial_qty"),
+                    rest_after_s=_opt_float(req, "rest_after_s"),
+                )
+            case "set_spot":
+                gw.market.set_spot(float(req["spot"]))
+                gw.notify()
+            case "set_vol":
+                gw.market.set_vol(float(req["vol"]))
+                gw.notify()
+            case _:
+                raise ValueError(f"unknown op {op!r}")
+        return {}
+
+    def _status(self) -> dict[str, Any]:
+        gw = self.gw
+        model = gw.fill_model
+        return {
+            "port": gw.port,
+            "serving": gw.is_serving,
+            "connected_client_ids": gw.connected_client_ids,
+            "orders": len(gw.ledger.orders),
+            "working": sum(1 for _ in gw.ledger.working()),
+            "duplicate_refs": gw.ledger.duplicate_refs(),
+            "protocol_errors": list(gw.protocol_errors),
+            "connectivity_lost": gw.connectivity_lost,
+            "spot": gw.market.spot(),
+            "fill_model": {
+                "mode": model.mode.value,
+                "threshold_over_mid": model.threshold_over_mid,
+                "delay_s": model.delay_s,
+                "partial_qty": model.partial_qty,
+                "rest_after_s": model.rest_after_s,
+            },
+            "faults": gw.faults.describe(),
+        }
+
+
+def _opt_int(req: dict[str, Any], key: str) -> int | None:
+    value = req.get(key)
+    return None if value is None else int(value)
+
+
+def _opt_float(req: dict[str, Any], key: str) -> float | None:
+    value = req.get(key)
+    return None if value is None else float(value)

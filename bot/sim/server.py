@@ -1,0 +1,830 @@
+"""The simulated IB Gateway: an asyncio TCP server on loopback that ib_async talks to unmodified.
+
+Owns the gateway's lifetime (start, stop, restart, dropped connections, connectivity notices),
+the order book that outlives connections, the fill engine, and the observability tests rely on:
+the `ledger`, `protocol_errors`, a transcript of frames, and `wait_for`, which wakes on every
+state change instead of sleeping.
+
+How orders move: `placeOrder` books the order (status Submitted) and starts one worker task per
+working order. The worker asks the current `fill_model` whether and when the order fills,
+sleeping on the injected clock for delays and waking on any state change (modification, new
+model, cancel, market move). Fills are reported to the owning client id's current connection;
+when that client is disconnected, or connectivity is "lost" (1100), the reports are not sent
+(the client finds them again with reqExecutions/reqOpenOrders/reqCompletedOrders, as at IB).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+from bot.clock import Clock, SystemClock
+from bot.sim import messages as m
+from bot.sim.book import (
+    Execution,
+    FillMode,
+    FillModel,
+    Ledger,
+    LedgerFill,
+    LedgerLeg,
+    LedgerOrder,
+    Position,
+    RefusedPlacement,
+)
+from bot.sim.faults import Faults
+from bot.sim.market import OPTION_MULTIPLIER, ContractRef, LegSpec, MarketModel
+from bot.sim.session import Session
+from bot.sim.wire import fmt
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Coroutine
+
+    from bot.sim.session import PlaceRequest
+    from bot.trading_days import TradingCalendar
+
+__all__ = ["ConnectionEvent", "SimConfig", "SimulatedGateway", "TranscriptEntry"]
+
+_log = logging.getLogger("bot.sim")
+
+Direction = Literal["in", "out", "omitted", "delayed", "dropped"]
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    """Everything that shapes one simulated gateway. Defaults suit tests; see `run_simulator`."""
+
+    seed: int = 0
+    """Seeds the quote sizes, the optional spot wander and the execution id prefix."""
+    spot: float = 6000.0
+    vol: float = 0.18
+    account: str = "DU1234567"
+    strict: bool = True
+    """Record unknown or malformed client messages in `protocol_errors` (tests fail on them)."""
+    server_version: int = 178
+    """The highest protocol version offered; the connection uses min(client max, this)."""
+    first_order_id: int = 1
+    """nextValidId for a client id that never placed an order."""
+    rate: float = 0.04
+    dividend_yield: float = 0.0
+    horizon_days: int = 90
+    strike_range_pct: float = 0.10
+    spot_wander_pct: float = 0.0
+    """Relative amplitude of a slow seeded wander of spot; 0 keeps spot where it is set."""
+    spread_base: float = 0.10
+    spread_frac: float = 0.003
+    tick_interval_s: float = 1.0
+    """Clock seconds between updates of a streaming market data subscription."""
+    fill_poll_s: float = 1.0
+    """Clock seconds between re-checks of a working order against a moving market."""
+    leg_executions: bool = True
+    """Report one execution per combo leg besides the BAG-level one, as IB does."""
+    commission_per_contract: float = 1.0
+    market_data_entitled: bool = True
+    """False models a paper account without live option data: live requests get error 354."""
+    farm_status_messages: bool = True
+    """Send the 2104/2106/2158 farm notices after connect, as a real gateway does."""
+    cash: float = 1_000_000.0
+    fill_model: FillModel = field(default_factory=FillModel)
+    transcript_limit: int = 50_000
+    """How many frames `transcript` keeps (the oldest are forgotten first)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptEntry:
+    """One frame the gateway read, wrote, delayed, omitted or dropped."""
+
+    direction: Direction
+    client_id: int | None
+    fields: tuple[str, ...]
+    time: datetime
+
+    @property
+    def msg_id(self) -> int:
+        """The message id (for the handshake reply, the version)."""
+        return int(self.fields[0]) if self.fields and self.fields[0].isdigit() else -1
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionEvent:
+    """A client connected, was refused, or went away."""
+
+    client_id: int | None
+    event: Literal["accepted", "refused_326", "refused_version", "closed"]
+    time: datetime
+
+
+@dataclass(slots=True)
+class _Work:
+    """Fill-engine state of one working order (not part of the ledger)."""
+
+    eligible_since: float | None = None
+    last_fill_model: FillModel | None = None
+    last_fill_mono: float = 0.0
+
+
+class _Changes:
+    """A broadcast "something changed" that sync code can fire and async code can await."""
+
+    def __init__(self) -> None:
+        self.generation = 0
+        self._event = asyncio.Event()
+
+    def notify(self) -> None:
+        self.generation += 1
+        event, self._event = self._event, asyncio.Event()
+        event.set()
+
+    async def wait(self, seen: int, timeout_s: float | None, clock: Clock) -> None:
+        """Return once the generation moves past `seen`, or after `timeout_s` of `clock` time."""
+        if self.generation != seen:
+            return
+        waiter = asyncio.ensure_future(self._event.wait())
+        tasks: set[asyncio.Future[Any]] = {waiter}
+        if timeout_s is not None:
+            tasks.add(asyncio.ensure_future(clock.sleep(timeout_s)))
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in tasks:
+                t.cancel()
+
+
+class SimulatedGateway:
+    """A simulated IB Gateway. Start it, point ib_async at `port`, assert on `ledger`.
+
+    Faults are armed on `faults`; `fill_model` may be replaced at any time. Everything runs on
+    the event loop that called `start`.
+    """
+
+    def __init__(
+        self,
+        config: SimConfig | None = None,
+        *,
+        clock: Clock | None = None,
+        calendar: TradingCalendar | None = None,
+    ) -> None:
+        self.config = config or SimConfig()
+        self.clock: Clock = clock or SystemClock()
+        if calendar is None:
+            from bot.trading_days import calendar_for  # noqa: PLC0415 -- loading takes ~0.5 s
+
+            calendar = calendar_for("XNYS")
+        self.market = MarketModel(
+            spot=self.config.spot,
+            vol=self.config.vol,
+            clock=self.clock,
+            calendar=calendar,
+            seed=self.config.seed,
+            rate=self.config.rate,
+            dividend_yield=self.config.dividend_yield,
+            horizon_days=self.config.horizon_days,
+            strike_range_pct=self.config.strike_range_pct,
+            spot_wander_pct=self.config.spot_wander_pct,
+            spread_base=self.config.spread_base,
+            spread_frac=self.config.spread_frac,
+        )
+        self.ledger = Ledger()
+        self.faults = Faults()
+        self.protocol_errors: list[str] = []
+        self.transcript: deque[TranscriptEntry] = deque(maxlen=self.config.transcript_limit)
+        self.connections: list[ConnectionEvent] = []
+        self.connectivity_lost = False
+        self.host = "127.0.0.1"
+        self.port = 0
+        self._fill_model = self.config.fill_model
+        self._server: asyncio.Server | None = None
+        self._sessions: dict[Session, asyncio.Task[Any] | None] = {}
+        self._admitted: list[Session] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._workers: dict[int, asyncio.Task[None]] = {}
+        self._next_ids: dict[int, int] = {}
+        self._default_next_id = self.config.first_order_id
+        self._positions: dict[int, Position] = {}
+        self._cash = self.config.cash
+        self._exec_seq = 0
+        self._exec_prefix = f"{(0xE0D5 + self.config.seed) & 0xFFFFFFFF:08x}"
+        self._state = _Changes()  # the book, the model, the market: wakes the fill engine
+        self._any = _Changes()  # also every frame: wakes `wait_for`
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        """Listen on `host:port` (0 picks a free port) and return the bound port."""
+        if self._server is not None:
+            raise RuntimeError("the simulated gateway is already started")
+        self._server = await asyncio.start_server(self._on_client, host, port)
+        self.host = host
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        for order in self.ledger.working():
+            self._start_worker(order)
+        _log.info("simulated IB gateway listening on %s:%d", host, self.port)
+        return self.port
+
+    async def stop(self) -> None:
+        """Close every connection and the listener, and stop all background work."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        await self.drop_connections()
+        if server is not None:
+            await server.wait_closed()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._workers.clear()
+        _log.info("simulated IB gateway on port %d stopped", self.port)
+
+    async def __aenter__(self) -> SimulatedGateway:
+        if self._server is None:
+            await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    @property
+    def is_serving(self) -> bool:
+        """True while the listener accepts connections."""
+        return self._server is not None
+
+    async def drop_connections(self) -> None:
+        """Close every client connection from the gateway side (orders stay in the book)."""
+        sessions = list(self._sessions.items())
+        for session, _ in sessions:
+            session.close()
+        await asyncio.gather(*(t for _, t in sessions if t is not None), return_exceptions=True)
+        self.notify()
+
+    async def restart(self, next_valid_id: int | None = None, down_s: float = 0.0) -> None:
+        """Restart like a Gateway's nightly auto-restart: drop every connection, keep the book.
+
+        `next_valid_id` rolls every client id's nextValidId back (or forward) to that value, as
+        gateways do after a restart; the ids of orders already booked then collide (103).
+        `down_s` keeps the port closed for that many clock seconds.
+        """
+        await self.drop_connections()
+        if down_s > 0 and self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+            await self.clock.sleep(down_s)
+            self._server = await asyncio.start_server(self._on_client, self.host, self.port)
+        if next_valid_id is not None:
+            self._next_ids = dict.fromkeys(self._next_ids, next_valid_id)
+            self._default_next_id = next_valid_id
+        self.connectivity_lost = False
+        _log.info("simulated gateway restarted (nextValidId rollback: %s)", next_valid_id)
+        self.notify()
+
+    async def connectivity(
+        self, *, lost: bool = False, restored: bool = False, data_maintained: bool = True
+    ) -> None:
+        """Tell every client the gateway lost (1100) or regained (1101/1102) its IB link.
+
+        While lost, streaming ticks pause and order reports are not sent (they are lost, as in
+        the incidents the bot must survive). Restored with `data_maintained=False` (1101) also
+        drops every market data subscription; clients must subscribe again.
+        """
+        if lost == restored:
+            raise ValueError("pass exactly one of lost=True or restored=True")
+        if lost:
+            self.connectivity_lost = True
+            for s in self._admitted:
+                s.error(-1, 1100, "Connectivity between IB and Trader Workstation has been lost.")
+        else:
+            self.connectivity_lost = False
+            code = 1102 if data_maintained else 1101
+            state = "maintained" if data_maintained else "lost"
+            for s in self._admitted:
+                if not data_maintained:
+                    s.drop_subscriptions()
+                s.error(
+                    -1,
+                    code,
+                    f"Connectivity between IB and Trader Workstation has been restored - data {state}.",
+                )
+        self.notify()
+
+    # -- observation ---------------------------------------------------------------------------
+
+    @property
+    def fill_model(self) -> FillModel:
+        """How working orders fill; assigning a new model re-evaluates every working order."""
+        return self._fill_model
+
+    @fill_model.setter
+    def fill_model(self, model: FillModel) -> None:
+        self._fill_model = model
+        self.notify()
+
+    @property
+    def connected_client_ids(self) -> list[int]:
+        """Client ids with a live, started API connection."""
+        return sorted(s.client_id for s in self._admitted if s.client_id is not None)
+
+    def subscriptions(self, client_id: int | None = None) -> int:
+        """How many streaming market data subscriptions are live (for one client id, or all)."""
+        return sum(
+            len(s.subscriptions) for s in self._admitted if client_id is None or s.client_id == client_id
+        )
+
+    def sent(self, msg_id: int, client_id: int | None = None) -> list[tuple[str, ...]]:
+        """Fields of every frame with `msg_id` written to clients (optionally one client id)."""
+        return self._frames("out", msg_id, client_id)
+
+    def received(self, msg_id: int, client_id: int | None = None) -> list[tuple[str, ...]]:
+        """Fields of every frame with `msg_id` read from clients (optionally one client id)."""
+        return self._frames("in", msg_id, client_id)
+
+    def _frames(self, direction: Direction, msg_id: int, cid: int | None) -> list[tuple[str, ...]]:
+        return [
+            e.fields
+            for e in self.transcript
+            if e.direction == direction and e.msg_id == msg_id and (cid is None or e.client_id == cid)
+        ]
+
+    async def wait_for(
+        self,
+        predicate: Callable[[], bool],
+        timeout: float = 5.0,  # noqa: ASYNC109 -- the public test API; applied via asyncio.timeout
+        poll_s: float | None = None,
+    ) -> None:
+        """Return once `predicate()` is true; re-checked on every gateway state change or frame.
+
+        `timeout` is in real seconds (an upper bound, never a timing assertion). For predicates on
+        client-side state, which changes after the client reads a frame, pass `poll_s` to re-check
+        periodically as well.
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                while not predicate():
+                    seen = self._any.generation
+                    if poll_s is None:
+                        await self._any.wait(seen, None, self.clock)
+                    else:
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(poll_s):
+                                await self._any.wait(seen, None, self.clock)
+        except TimeoutError:
+            raise TimeoutError(f"wait_for: condition still false after {timeout} s") from None
+
+    # -- used by sessions ----------------------------------------------------------------------
+
+    def notify(self) -> None:
+        """Something in the gateway changed: wake the fill engine and `wait_for`."""
+        self._state.notify()
+        self._any.notify()
+
+    def record(self, direction: Direction, client_id: int | None, msg: list[object] | list[str]) -> None:
+        """Append a frame to the transcript (and wake `wait_for`)."""
+        entry = TranscriptEntry(direction, client_id, tuple(fmt(f) for f in msg), self.clock.now())
+        self.transcript.append(entry)
+        if _log.isEnabledFor(logging.DEBUG):
+            _log.debug("%s client=%s %s", direction, client_id, ",".join(entry.fields))
+        self._any.notify()
+
+    def protocol_error(self, text: str) -> None:
+        """A client broke the protocol: logged, and kept in `protocol_errors` when strict."""
+        _log.warning("protocol error: %s", text)
+        if self.config.strict:
+            self.protocol_errors.append(text)
+        self.notify()
+
+    def spawn(self, coro: Coroutine[object, object, None], name: str) -> asyncio.Task[None]:
+        """Run `coro` as a named background task owned (and cancelled at stop) by the gateway."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            _log.error("simulator task %s failed", task.get_name(), exc_info=task.exception())
+
+    def log_connection(
+        self,
+        client_id: int | None,
+        event: Literal["accepted", "refused_326", "refused_version", "closed"],
+    ) -> None:
+        """Keep a connection event in `connections`."""
+        self.connections.append(ConnectionEvent(client_id, event, self.clock.now()))
+        self.notify()
+
+    def admit(self, session: Session) -> bool:
+        """Accept a started API session unless its client id is in use or held (326)."""
+        cid = session.client_id
+        busy = any(s.client_id == cid for s in self._admitted)
+        if busy or (cid is not None and self.faults.take_held(cid)):
+            _log.info("client id %s refused with 326 (%s)", cid, "in use" if busy else "held")
+            self.log_connection(cid, "refused_326")
+            return False
+        self._admitted.append(session)
+        _log.info("client %s connected (server version %d)", cid, session.version)
+        self.log_connection(cid, "accepted")
+        return True
+
+    def session_ended(self, session: Session) -> None:
+        """Forget a session whose socket closed."""
+        self._sessions.pop(session, None)
+        if session in self._admitted:
+            self._admitted.remove(session)
+            _log.info("client %s disconnected", session.client_id)
+            self.log_connection(session.client_id, "closed")
+        self.notify()
+
+    def next_order_id(self, client_id: int) -> int:
+        """The nextValidId for `client_id`: above every id it used, unless rolled back."""
+        return self._next_ids.get(client_id, self._default_next_id)
+
+    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        session = Session(self, reader, writer)
+        self._sessions[session] = asyncio.current_task()
+        try:
+            await session.run()
+        except Exception:  # noqa: BLE001 -- a bug in one session must not kill the server
+            _log.exception("simulator session crashed")
+            self.protocol_error("session crashed; see the log")
+
+    def _session_of(self, client_id: int) -> Session | None:
+        return next((s for s in self._admitted if s.client_id == client_id), None)
+
+    # -- orders --------------------------------------------------------------------------------
+
+    def place_order(self, session: Session, req: PlaceRequest, contract: ContractRef | str) -> None:
+        """Book, modify, refuse (103) or reject (200/201) one placeOrder from `session`."""
+        cid = session.cid
+        now = self.clock.now()
+        existing = self.ledger.find(cid, req.order_id)
+        if existing is not None:
+            if existing.is_working and existing.order_ref == req.order_ref:
+                self._modify(session, existing, req)
+            else:
+                self._refuse(session, req, 103, "Duplicate order id")
+            return
+        order = LedgerOrder(
+            order_id=req.order_id,
+            client_id=cid,
+            perm_id=self.ledger.next_perm_id(),
+            order_ref=req.order_ref,
+            account=req.account or self.config.account,
+            action=req.action,
+            quantity=req.quantity,
+            order_type=req.order_type,
+            tif=req.tif or "DAY",
+            contract=contract if isinstance(contract, ContractRef) else ContractRef(0, "", ""),
+            legs=[LedgerLeg(leg.con_id, leg.ratio, leg.action, ex) for leg, ex in req.legs],
+            combo_params=dict(req.combo_params),
+            transmit=req.transmit,
+            received_at=now,
+            limit_prices=[req.lmt_price] if req.lmt_price is not None else [],
+        )
+        self.ledger.add(order)
+        self._next_ids[cid] = max(self.next_order_id(cid), req.order_id + 1)
+        rejection = (200, contract) if isinstance(contract, str) else self._rejection(order)
+        drop = self.faults.take_drop_after_place()
+        if rejection is not None:
+            code, text = rejection
+            order.reject_code = code
+            order.set_status("Inactive", now)
+            _log.info("order %s/%s ref=%r rejected: %s", cid, req.order_id, req.order_ref, text)
+        else:
+            order.set_status("Submitted", now)
+            _log.info(
+                "order %s/%s ref=%r %s %s @ %s booked (permId %d)",
+                cid,
+                req.order_id,
+                req.order_ref,
+                req.action,
+                req.quantity,
+                req.lmt_price,
+                order.perm_id,
+            )
+            self._start_worker(order)
+        if drop:
+            _log.info("fault: dropping client %s after reading placeOrder %d", cid, req.order_id)
+            session.close()
+        elif rejection is not None:
+            order.acked = True
+            session.error(req.order_id, rejection[0], rejection[1])
+        else:
+            order.acked = True
+            session.send(m.open_order(order, session.version))
+            session.send(m.order_status(order))
+        self.notify()
+
+    def _rejection(self, order: LedgerOrder) -> tuple[int, str] | None:
+        why = "Order rejected - reason:"
+        if order.action not in ("BUY", "SELL"):
+            return 201, f"{why} action must be BUY or SELL"
+        if order.order_type != "LMT" or not order.limit_prices:
+            return 201, f"{why} the simulated gateway accepts only LMT orders with a limit price"
+        if order.quantity <= 0:
+            return 201, f"{why} the order size must be positive"
+        if order.legs and order.action == "BUY" and order.lmt_price <= 0:
+            quote = self.market.combo_quote(_leg_specs(order))
+            if quote is None or quote.mid > 0:
+                return 201, (
+                    f"{why} a BUY of a debit combo needs a positive limit price "
+                    f"(got {order.lmt_price}); a negative limit would mean a credit"
+                )
+        if self._fill_model.mode is FillMode.REJECT:
+            return 201, f"{why} {self._fill_model.reject_reason}"
+        return None
+
+    def _modify(self, session: Session, order: LedgerOrder, req: PlaceRequest) -> None:
+        if req.lmt_price is not None:
+            order.limit_prices.append(req.lmt_price)
+        if req.quantity > order.filled_qty:
+            order.quantity = req.quantity
+        _log.info(
+            "order %s/%s ref=%r modified to %s @ %s",
+            order.client_id,
+            order.order_id,
+            order.order_ref,
+            req.quantity,
+            req.lmt_price,
+        )
+        if self.faults.take_drop_after_place():
+            session.close()
+        else:
+            session.send(m.open_order(order, session.version))
+            session.send(m.order_status(order))
+        self.notify()
+
+    def _refuse(self, session: Session, req: PlaceRequest, code: int, text: str) -> None:
+        self.ledger.refused.append(
+            RefusedPlacement(
+                client_id=session.cid,
+                order_id=req.order_id,
+                order_ref=req.order_ref,
+                code=code,
+                message=text,
+                lmt_price=req.lmt_price if req.lmt_price is not None else 0.0,
+                time=self.clock.now(),
+            )
+        )
+        _log.info("placeOrder %s/%s ref=%r refused: %d", session.cid, req.order_id, req.order_ref, code)
+        if self.faults.take_drop_after_place():
+            session.close()
+        else:
+            session.error(req.order_id, code, text)
+        self.notify()
+
+    def cancel_order(self, session: Session, order_id: int) -> None:
+        """Cancel one of `session`'s client id's working orders (202), else 10147."""
+        order = self.ledger.find(session.cid, order_id)
+        if order is None or not order.is_working:
+            session.error(order_id, 10147, f"OrderId {order_id} that needs to be cancelled is not found.")
+            return
+        self._cancel(order)
+
+    def global_cancel(self) -> None:
+        """Cancel every working order of every client."""
+        for order in list(self.ledger.working()):
+            self._cancel(order)
+
+    def _cancel(self, order: LedgerOrder) -> None:
+        order.set_status("Cancelled", self.clock.now())
+        worker = self._workers.pop(order.perm_id, None)
+        if worker is not None:
+            worker.cancel()
+        _log.info("order %s/%s ref=%r cancelled", order.client_id, order.order_id, order.order_ref)
+        owner = self._session_of(order.client_id)
+        if owner is not None and not self.connectivity_lost:
+            owner.send(m.order_status(order))
+            owner.error(order.order_id, 202, "Order Canceled - reason:")
+        self.notify()
+
+    # -- the fill engine -----------------------------------------------------------------------
+
+    def _start_worker(self, order: LedgerOrder) -> None:
+        if order.perm_id in self._workers and not self._workers[order.perm_id].done():
+            return
+        self._workers[order.perm_id] = self.spawn(self._work(order), f"sim-order-{order.perm_id}")
+
+    async def _work(self, order: LedgerOrder) -> None:
+        state = _Work()
+        try:
+            while order.is_working:
+                seen = self._state.generation
+                wait_s = self._step(order, state)
+                if not order.is_working or wait_s == 0.0:
+                    continue
+                await self._state.wait(seen, wait_s, self.clock)
+        finally:
+            if self._workers.get(order.perm_id) is asyncio.current_task():
+                del self._workers[order.perm_id]
+
+    def _step(self, order: LedgerOrder, state: _Work) -> float | None:
+        """Fill now if due; else how long to wait (None: until something changes)."""
+        model = self._fill_model
+        if model.mode in (FillMode.NEVER, FillMode.REJECT):
+            state.eligible_since = None
+            return None
+        now = self.clock.monotonic()
+        remaining = order.quantity - order.filled_qty
+        continuing = bool(order.fills) and state.last_fill_model is model
+        if continuing and model.rest_after_s is None:
+            return None  # partly filled under this model, which stops there
+        if model.mode is FillMode.THRESHOLD and not self._through_threshold(order, model):
+            state.eligible_since = None
+            return self.config.fill_poll_s
+        if continuing and model.rest_after_s is not None:
+            due = state.last_fill_mono + model.rest_after_s
+            qty = remaining
+        else:
+            if state.eligible_since is None:
+                state.eligible_since = now
+            due = state.eligible_since + model.delay_s
+            qty = min(model.partial_qty, remaining) if model.partial_qty else remaining
+        if now + 1e-9 < due:
+            left = due - now
+            return min(left, self.config.fill_poll_s) if model.mode is FillMode.THRESHOLD else left
+        self._fill(order, qty, order.lmt_price)
+        state.last_fill_model = model
+        state.last_fill_mono = now
+        state.eligible_since = None
+        return 0.0
+
+    def _through_threshold(self, order: LedgerOrder, model: FillModel) -> bool:
+        mid = self.order_mid(order)
+        if mid is None:
+            return False
+        if order.action == "BUY":
+            return order.lmt_price >= mid + model.threshold_over_mid - 1e-9
+        return order.lmt_price <= mid - model.threshold_over_mid + 1e-9
+
+    def order_mid(self, order: LedgerOrder) -> float | None:
+        """The model mid of what `order` trades: the combo's net mid, or the option's mid."""
+        if order.legs:
+            quote = self.market.combo_quote(_leg_specs(order))
+            return quote.mid if quote else None
+        option = self.market.option_by_con_id(order.contract.con_id)
+        return self.market.quote(option).mid if option else None
+
+    def _fill(self, order: LedgerOrder, qty: float, price: float) -> None:
+        now = self.clock.now()
+        combo_side = "BOT" if order.action == "BUY" else "SLD"
+        leg_execs: list[Execution] = []
+        touched: list[int] = []
+        if order.legs:
+            specs = _leg_specs(order)
+            leg_prices = self.market.leg_prices(specs, price)
+            for leg, leg_price in zip(order.legs, leg_prices, strict=True):
+                option = self.market.option_by_con_id(leg.con_id)
+                ref = option.ref if option else ContractRef(leg.con_id, "SPX", "OPT")
+                buys = (leg.action == "BUY") == (order.action == "BUY")
+                shares = qty * leg.ratio
+                self._book_position(ref, shares if buys else -shares, leg_price)
+                touched.append(ref.con_id)
+                if self.config.leg_executions:
+                    leg_execs.append(
+                        self._execution(
+                            order, ref, "BOT" if buys else "SLD", shares, leg_price, shares, leg_price, now
+                        )
+                    )
+        else:
+            signed = qty if order.action == "BUY" else -qty
+            self._book_position(order.contract, signed, price)
+            touched.append(order.contract.con_id)
+        order.fills.append(LedgerFill(self._next_exec_id(), qty, price, now))
+        n_contracts = qty * (sum(leg.ratio for leg in order.legs) if order.legs else 1)
+        combo = self._execution(
+            order,
+            order.contract,
+            combo_side,
+            qty,
+            price,
+            order.filled_qty,
+            order.avg_fill_price,
+            now,
+            exec_id=order.fills[-1].exec_id,
+            commission=0.0 if leg_execs else self.config.commission_per_contract * n_contracts,
+        )
+        executions = [*leg_execs, combo]
+        self.ledger.executions.extend(executions)
+        self._cash -= sum(e.commission for e in executions)
+        done = order.filled_qty >= order.quantity - 1e-9
+        if done:
+            order.set_status("Filled", now)
+            self._workers.pop(order.perm_id, None)
+        _log.info(
+            "order %s/%s ref=%r filled %s @ %s (%s of %s)",
+            order.client_id,
+            order.order_id,
+            order.order_ref,
+            qty,
+            price,
+            order.filled_qty,
+            order.quantity,
+        )
+        owner = self._session_of(order.client_id)
+        if owner is not None and not self.connectivity_lost:
+            owner.send(m.open_order(order, owner.version))
+            for ex in executions:
+                owner.send(m.exec_details(-1, ex, owner.version))
+            owner.send(m.order_status(order))
+            for ex in executions:
+                owner.send(m.commission_report(ex))
+        self._push_positions(touched)
+        self.notify()
+
+    def _push_positions(self, con_ids: list[int]) -> None:
+        """Tell subscribed clients about changed positions (msg 61, and 7 + 6 for account updates)."""
+        if self.connectivity_lost:
+            return
+        changed = [self._positions[c] for c in con_ids if c in self._positions]
+        for s in self._admitted:
+            if s.positions_subscribed:
+                for p in changed:
+                    s.send(m.position(self.config.account, p.contract, p.qty, p.avg_cost))
+            if s.account_subscribed:
+                s.send_portfolio(changed)
+                s.send_account_values()
+
+    def _next_exec_id(self) -> str:
+        self._exec_seq += 1
+        return f"{self._exec_prefix}.{self._exec_seq:08x}.01.01"
+
+    def _execution(
+        self,
+        order: LedgerOrder,
+        contract: ContractRef,
+        side: str,
+        shares: float,
+        price: float,
+        cum_qty: float,
+        avg_price: float,
+        when: datetime,
+        *,
+        exec_id: str | None = None,
+        commission: float | None = None,
+    ) -> Execution:
+        return Execution(
+            exec_id=exec_id or self._next_exec_id(),
+            order_id=order.order_id,
+            client_id=order.client_id,
+            perm_id=order.perm_id,
+            order_ref=order.order_ref,
+            account=order.account,
+            contract=contract,
+            side=side,
+            shares=shares,
+            price=price,
+            cum_qty=cum_qty,
+            avg_price=avg_price,
+            time=when,
+            exchange="CBOE",
+            commission=(
+                commission if commission is not None else self.config.commission_per_contract * shares
+            ),
+        )
+
+    # -- account -------------------------------------------------------------------------------
+
+    def _book_position(self, contract: ContractRef, signed_qty: float, price: float) -> None:
+        position = self._positions.setdefault(contract.con_id, Position(contract))
+        position.apply(signed_qty, price, OPTION_MULTIPLIER)
+        self._cash -= signed_qty * price * OPTION_MULTIPLIER
+
+    def positions(self) -> list[Position]:
+        """Non-zero positions, by conId."""
+        return [p for _, p in sorted(self._positions.items()) if p.qty != 0]
+
+    def mark_price(self, contract: ContractRef) -> float:
+        """The model mid of an option position (0 for anything else, or once expired)."""
+        option = self.market.option_by_con_id(contract.con_id)
+        return self.market.quote(option).mid if option else 0.0
+
+    def account_values(self) -> list[tuple[str, str, str]]:
+        """(key, value, currency) rows for account updates and summaries."""
+        gross = sum(abs(p.qty) * self.mark_price(p.contract) * OPTION_MULTIPLIER for p in self.positions())
+        net = self._cash + sum(
+            p.qty * self.mark_price(p.contract) * OPTION_MULTIPLIER for p in self.positions()
+        )
+        money = {
+            "NetLiquidation": net,
+            "TotalCashValue": self._cash,
+            "SettledCash": self._cash,
+            "AvailableFunds": net,
+            "ExcessLiquidity": net,
+            "BuyingPower": net * 4,
+            "EquityWithLoanValue": net,
+            "GrossPositionValue": gross,
+            "InitMarginReq": 0.0,
+            "MaintMarginReq": 0.0,
+        }
+        return [("AccountType", "INDIVIDUAL", ""), ("Currency", "USD", "USD")] + [
+            (key, f"{value:.2f}", "USD") for key, value in money.items()
+        ]
+
+
+def _leg_specs(order: LedgerOrder) -> list[LegSpec]:
+    return [LegSpec(leg.con_id, leg.ratio, leg.action) for leg in order.legs]

@@ -1,0 +1,109 @@
+"""The simulator as a foreground process: what `bot simulator` runs.
+
+Owns only the wiring: build a gateway on the system clock, listen (loopback by default), optionally
+open the line-JSON control socket, log every client and order (through the `bot.sim` logger; the
+caller configures logging), and run until cancelled or sent SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import signal
+from typing import TYPE_CHECKING
+
+from bot.clock import SystemClock
+from bot.sim.book import FillModel
+from bot.sim.control import ControlServer
+from bot.sim.server import SimConfig, SimulatedGateway
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+__all__ = ["run_simulator"]
+
+_log = logging.getLogger("bot.sim")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+async def run_simulator(
+    host: str = "127.0.0.1",
+    port: int = 4002,
+    seed: int = 0,
+    spot: float = 6000.0,
+    *,
+    vol: float = 0.18,
+    account: str = "DU1234567",
+    fill_model: FillModel | None = None,
+    spot_wander_pct: float = 0.001,
+    control_port: int | None = None,
+    control_path: str | Path | None = None,
+    strict: bool = False,
+    handle_signals: bool = True,
+    on_started: Callable[[SimulatedGateway, ControlServer | None], None] | None = None,
+) -> None:
+    """Serve a simulated IB Gateway on `host:port` until cancelled, SIGTERM or SIGINT.
+
+    `control_port` (loopback TCP) and/or `control_path` (Unix socket) open the control protocol
+    of `bot.sim.control`. `on_started` is called once listening (tests use it to learn ports).
+    A non-loopback `host` is honoured, with a warning: the simulator has no authentication.
+    """
+    if not _is_loopback(host):
+        _log.warning("simulator listening on non-loopback address %s: anyone there can trade", host)
+    config = SimConfig(
+        seed=seed,
+        spot=spot,
+        vol=vol,
+        account=account,
+        strict=strict,
+        spot_wander_pct=spot_wander_pct,
+        fill_model=fill_model or FillModel(),
+    )
+    gateway = SimulatedGateway(config, clock=SystemClock())
+    control: ControlServer | None = None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    try:
+        bound = await gateway.start(host=host, port=port)
+        if control_port is not None or control_path is not None:
+            control = ControlServer(gateway)
+            if control_port is not None:
+                await control.start_tcp("127.0.0.1", control_port)
+            if control_path is not None:
+                await control.start_unix(control_path)
+        if handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+                installed.append(sig)
+        _log.info(
+            "simulated IB gateway ready on %s:%d (seed %d, SPX %.2f, vol %.2f, account %s)",
+            host,
+            bound,
+            seed,
+            spot,
+            vol,
+            account,
+        )
+        if on_started is not None:
+            on_started(gateway, control)
+        await stop.wait()
+        _log.info("simulated IB gateway stopping")
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        if control is not None:
+            await control.stop()
+        with contextlib.suppress(Exception):
+            await asyncio.shield(gateway.stop())
