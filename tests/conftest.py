@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -60,19 +60,35 @@ def params() -> CalendarParams:
     return CalendarParams(step_interval_s=15.0, fill_timeout_s=30.0)
 
 
+CoreFactory = Callable[[CalendarParams], Core]
+
+
 @pytest.fixture
-async def core(journal: Journal, clock: ManualClock, params: CalendarParams) -> AsyncIterator[Core]:
-    """Guard + runner + calendar strategy over a fake broker whose fill takes 5 s of clock time."""
-    broker = FakeBroker(clock, TRADING_DAY, fill_delay_s=5.0)
-    guard = EntryGuard(
-        journal,
-        clock,
-        "calendar",
-        params.quantity,
-        trading_day=lambda: clock.now().astimezone(NY).date(),
-    )
-    guard.reconciling = False
-    strategy = CalendarSpread("calendar", params, calendar_for("XNYS"))
-    runner = EntryRunner(guard, journal, strategy, broker, clock, ProgressHub())
-    yield Core(journal, broker, guard, runner, clock)
-    await runner.drain(timeout_s=5)
+async def core_factory(journal: Journal, clock: ManualClock) -> AsyncIterator[CoreFactory]:
+    """Builds the entry path over a fake broker whose fill takes 5 s of clock time."""
+    built: list[Core] = []
+
+    def build(params: CalendarParams) -> Core:
+        broker = FakeBroker(clock, TRADING_DAY, fill_delay_s=5.0)
+        guard = EntryGuard(
+            journal,
+            clock,
+            "calendar",
+            params.quantity,
+            trading_day=lambda: clock.now().astimezone(NY).date(),
+        )
+        guard.reconciling = False
+        strategy = CalendarSpread("calendar", params, calendar_for("XNYS"))
+        runner = EntryRunner(guard, journal, strategy, broker, clock, ProgressHub())
+        built.append(Core(journal, broker, guard, runner, clock))
+        return built[-1]
+
+    yield build
+    for c in built:
+        await c.runner.drain(timeout_s=5)
+
+
+@pytest.fixture
+def core(core_factory: CoreFactory, params: CalendarParams) -> Core:
+    """The entry path with default parameters."""
+    return core_factory(params)
