@@ -6,15 +6,9 @@ A request is one JSON object on one line::
 
 Commands and their `args` (every field optional, unknown fields refused):
 
-=============  =====================================================================
-``ping``       none
-``status``     none
-``trade``      ``force`` (bool, default false), ``wait`` (bool, default true)
-``history``    ``days`` (int 1..3660, default 7)
-``pause``      none
-``resume``     none
-``alerts_test`` none
-=============  =====================================================================
+* ``ping``, ``status``, ``pause``, ``resume``, ``alerts_test``: none
+* ``trade``: ``force`` (bool, default false), ``wait`` (bool, default true)
+* ``history``: ``days`` (int 1..3660, default 7)
 
 Every request line gets exactly one reply line, echoing `v` and `id`::
 
@@ -29,6 +23,11 @@ Every request line gets exactly one reply line, echoing `v` and `id`::
 The last event is `{"event": "final", ...}`; the reply follows it. The `trade` reply's result is
 `{"outcome": "started" | "blocked" | "skipped", "reason": ..., "trade": {...} | null,
 "forced": bool}`; see `trade_result`.
+
+A connection may carry several requests in turn; each is answered before the next is read. The
+daemon closes a connection after `line_too_long`, `forbidden`, `busy` and `timeout` (no complete
+line within its read timeout), and after a last line sent without a newline. A started trade
+keeps running when its requester hangs up: the entry belongs to the daemon, not the connection.
 
 This module is pure: parsing, validation and encoding, no I/O.
 """
@@ -51,13 +50,16 @@ __all__ = [
     "PROTOCOL_VERSION",
     "AlertsTestRequest",
     "ErrorCode",
+    "HistoryArgs",
     "HistoryRequest",
+    "NoArgs",
     "PauseRequest",
     "PingRequest",
     "ProtocolError",
     "Request",
     "ResumeRequest",
     "StatusRequest",
+    "TradeArgs",
     "TradeRequest",
     "encode",
     "error_reply",

@@ -219,6 +219,7 @@ class Daemon:
             max_line_bytes=s.control.max_line_bytes,
             read_timeout_s=s.control.read_timeout_s,
             max_connections=s.control.max_connections,
+            clock=self.clock,
         )
         await self.control.start()
         try:
