@@ -126,7 +126,9 @@ def configure_logging(
     root.setLevel(level)
     # The twilio SDK logs request URLs (which carry the account SID) at INFO; ib_async is chatty.
     logging.getLogger("twilio").setLevel(logging.WARNING)
-    logging.getLogger("ib_async").setLevel(max(logging.INFO, logging.getLevelName(level)))
+    # ib_async logs whole Trade objects at INFO on every status; the adapter logs its own
+    # concise lines, so ib_async speaks up only for warnings (or when debugging).
+    logging.getLogger("ib_async").setLevel(logging.DEBUG if level == "DEBUG" else logging.WARNING)
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),

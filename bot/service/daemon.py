@@ -158,6 +158,7 @@ class Daemon:
             else None,
         )
         self.broker = await self._make_broker()
+        demo = self.demo_delay_s is not None
         params = CalendarParams(
             shape=s.strategy.shape,
             strike_mode=s.strategy.strike_mode,
@@ -168,9 +169,10 @@ class Daemon:
             dte_tolerance=s.strategy.dte_tolerance,
             quantity=s.strategy.quantity,
             price_step=s.strategy.price_step,
-            step_interval_s=s.strategy.step_interval_s,
+            # A demo shows the whole walk in seconds rather than minutes.
+            step_interval_s=min(s.strategy.step_interval_s, 3.0) if demo else s.strategy.step_interval_s,
             max_steps=s.strategy.max_steps,
-            fill_timeout_s=s.strategy.fill_timeout_s,
+            fill_timeout_s=min(s.strategy.fill_timeout_s, 10.0) if demo else s.strategy.fill_timeout_s,
             max_debit=s.strategy.max_debit,
         )
         strategy = CalendarSpread(s.strategy.name, params, self.calendar)
@@ -489,7 +491,7 @@ class Daemon:
         now = self.clock.now()
         plan = self.scheduler.next_plan
         today = await self.journal.entries_on(self.settings.strategy.name, self.trading_day())
-        alert_status = self.alerts.status()
+        alert_status = await self.alerts.status()
         link = self.broker.link.value
         healthy = (
             link == LinkState.UP.value
