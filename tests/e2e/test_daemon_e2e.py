@@ -87,7 +87,7 @@ async def test_many_trade_commands_while_the_scheduled_entry_fires_send_one_orde
     """Incident 004 end to end: N `bot trade` processes launched at once as the scheduled entry
     fires. Exactly one order reaches the gateway; every refused client exits 3 naming that trade."""
     n = 200 if FULL else 24
-    await sim.control("fill_model", mode="threshold", threshold_over_mid=0.1, delay_s=2.0)
+    await sim.control("fill_model", mode="threshold", threshold_over_mid=0.05, delay_s=0.5)
     d = DaemonProcess(tmp_path, sim_port=sim.port, demo_s=4.0).start()
     daemons.append(d)
     await d.wait_ready()
@@ -107,9 +107,12 @@ async def test_many_trade_commands_while_the_scheduled_entry_fires_send_one_orde
             first = json.loads(r.stdout.splitlines()[-1])
             assert json.dumps(first).count(str(entry_id)) >= 1
     blocked_rows = _journal_rows(
-        d, "SELECT COUNT(*) FROM actions WHERE kind IN ('CONCURRENT_BLOCKED', 'DUPLICATE_PREVENTED')"
+        d,
+        "SELECT COUNT(*) FROM actions WHERE source = 'manual' "
+        "AND kind IN ('CONCURRENT_BLOCKED', 'DUPLICATE_PREVENTED')",
     )
-    assert blocked_rows[0][0] == codes.count(3)
+    assert blocked_rows[0][0] == codes.count(3)  # one journal row per refused client
+    assert _journal_rows(d, "SELECT COUNT(*) FROM actions WHERE kind = 'TRADE_STARTED'") == [(1,)]
 
 
 async def test_notify_ready_watchdog_status_and_stopping(
