@@ -77,7 +77,7 @@ CREATE TABLE alerts (
                     CHECK (state IN ('pending', 'sent', 'folded', 'failed', 'logged')),
     attempts        INTEGER NOT NULL DEFAULT 0,
     next_attempt_at TEXT,
-    provider_ids    TEXT,                           -- JSON list, one per recipient
+    provider_ids    TEXT,                           -- JSON {recipient: message id or null}
     last_error      TEXT,
     sent_at         TEXT,
     folded_into     INTEGER REFERENCES alerts (id)  -- the follow-up that carried this one
@@ -92,6 +92,7 @@ CREATE TABLE alert_attempts (
     provider_id TEXT,
     error       TEXT
 );
+CREATE INDEX alert_attempts_by_alert ON alert_attempts (alert_id);
 
 CREATE TABLE state (
     key   TEXT PRIMARY KEY,

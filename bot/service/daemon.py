@@ -545,7 +545,8 @@ class Daemon:
 
     async def alerts_test(self) -> dict[str, Any]:
         """Send one test SMS through the outbox."""
-        return await self.alerts.send_test()
+        # Within the control client's 10 s request timeout.
+        return await self.alerts.send_test(timeout_s=8.0)
 
     async def peer_refused(self, pid: int, uid: int, gid: int, why: str) -> None:
         """Journal a refused control-socket peer."""

@@ -42,6 +42,7 @@ class ControlServer:
         self.gw = gateway
         self._server: asyncio.Server | None = None
         self._path: Path | None = None
+        self._clients: set[asyncio.StreamWriter] = set()
         self.port: int | None = None
 
     async def start_tcp(self, host: str = "127.0.0.1", port: int = 0) -> int:
@@ -60,10 +61,16 @@ class ControlServer:
         _log.info("simulator control listening on %s", self._path)
 
     async def stop(self) -> None:
-        """Stop listening (and remove the socket file)."""
+        """Stop listening, close open control connections, and remove the socket file."""
         server, self._server = self._server, None
         if server is not None:
             server.close()
+        for writer in list(self._clients):
+            writer.close()
+        for writer in list(self._clients):
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+        if server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 1.0)
         if self._path is not None:
@@ -71,6 +78,7 @@ class ControlServer:
                 self._path.unlink()
 
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._clients.add(writer)
         try:
             while line := await reader.readline():
                 reply = await self.handle_line(line)
@@ -79,7 +87,10 @@ class ControlServer:
         except (ConnectionError, asyncio.LimitOverrunError, ValueError):
             pass  # a client that goes away or sends an over-long line just loses its connection
         finally:
+            self._clients.discard(writer)
             writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
 
     async def handle_line(self, line: bytes) -> dict[str, Any]:
         """Answer one request line."""

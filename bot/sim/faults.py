@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Faults", "OutgoingAction"]
+__all__ = ["FAULT_SPEC_HELP", "Faults", "OutgoingAction", "apply_fault_spec"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,3 +154,44 @@ class Faults:
             },
             "held_client_ids": {str(k): v for k, v in self._held.items()},
         }
+
+
+FAULT_SPEC_HELP = (
+    "drop-after-place[:N] | drop-before-place[:N] | omit:MSG_ID[:N] | delay:MSG_ID:SECONDS[:N] | "
+    "hold-client-id:ID[:ATTEMPTS]"
+)
+"""The fault specs `apply_fault_spec` understands (for a repeatable `--fault` CLI flag)."""
+
+
+def apply_fault_spec(faults: Faults, spec: str) -> None:
+    """Arm one fault from its text form, e.g. `omit:53`, `delay:3:5.0:1`, `hold-client-id:7:2`.
+
+    Raises ValueError naming the accepted forms when `spec` is not one of them.
+    """
+    name, *args = spec.strip().split(":")
+    try:
+        armed = _arm(faults, name, args)
+    except ValueError as exc:
+        raise ValueError(f"bad fault {spec!r} ({exc}); use {FAULT_SPEC_HELP}") from None
+    if not armed:
+        raise ValueError(f"unknown fault {spec!r}; use {FAULT_SPEC_HELP}")
+
+
+def _arm(faults: Faults, name: str, args: list[str]) -> bool:
+    def opt(i: int) -> int | None:
+        return int(args[i]) if len(args) > i else None
+
+    match name, len(args):
+        case "drop-after-place", 0 | 1:
+            faults.drop_after_place_read(opt(0) or 1)
+        case "drop-before-place", 0 | 1:
+            faults.drop_before_place_read(opt(0) or 1)
+        case "omit", 1 | 2:
+            faults.omit(int(args[0]), opt(1))
+        case "delay", 2 | 3:
+            faults.delay(int(args[0]), float(args[1]), opt(2))
+        case "hold-client-id", 1 | 2:
+            faults.hold_client_id(int(args[0]), opt(1))
+        case _:
+            return False
+    return True

@@ -139,19 +139,17 @@ class _Changes:
         event, self._event = self._event, asyncio.Event()
         event.set()
 
-    async def wait(self, seen: int, timeout_s: float | None, clock: Clock) -> None:
-        """Return once the generation moves past `seen`, or after `timeout_s` of `clock` time."""
-        if self.generation != seen:
+    async def wait(self, seen: int, also: asyncio.Future[Any] | None = None) -> None:
+        """Return once the generation moves past `seen`, or once `also` (a timer) is done."""
+        if self.generation != seen or (also is not None and also.done()):
             return
         waiter = asyncio.ensure_future(self._event.wait())
-        tasks: set[asyncio.Future[Any]] = {waiter}
-        if timeout_s is not None:
-            tasks.add(asyncio.ensure_future(clock.sleep(timeout_s)))
         try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                {waiter} if also is None else {waiter, also}, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
-            for t in tasks:
-                t.cancel()
+            waiter.cancel()
 
 
 class SimulatedGateway:
@@ -210,6 +208,8 @@ class SimulatedGateway:
         self._exec_prefix = f"{(0xE0D5 + self.config.seed) & 0xFFFFFFFF:08x}"
         self._state = _Changes()  # the book, the model, the market: wakes the fill engine
         self._any = _Changes()  # also every frame: wakes `wait_for`
+        self._listeners: list[Callable[[], None]] = []
+        self._announce_pending = False
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -273,6 +273,7 @@ class SimulatedGateway:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
+            self.notify()
             await self.clock.sleep(down_s)
             self._server = await asyncio.start_server(self._on_client, self.host, self.port)
         if next_valid_id is not None:
@@ -366,20 +367,49 @@ class SimulatedGateway:
                 while not predicate():
                     seen = self._any.generation
                     if poll_s is None:
-                        await self._any.wait(seen, None, self.clock)
+                        await self._any.wait(seen)
                     else:
                         with contextlib.suppress(TimeoutError):
                             async with asyncio.timeout(poll_s):
-                                await self._any.wait(seen, None, self.clock)
+                                await self._any.wait(seen)
         except TimeoutError:
             raise TimeoutError(f"wait_for: condition still false after {timeout} s") from None
 
     # -- used by sessions ----------------------------------------------------------------------
 
     def notify(self) -> None:
-        """Something in the gateway changed: wake the fill engine and `wait_for`."""
+        """Something in the gateway changed: wake the fill engine, `wait_for` and listeners."""
         self._state.notify()
+        self._changed()
+
+    def add_listener(self, callback: Callable[[], None]) -> None:
+        """Call `callback()` after every state change and every frame (it must not block)."""
+        self._listeners.append(callback)
+
+    def remove_listener(self, callback: Callable[[], None]) -> None:
+        """Stop calling `callback`."""
+        self._listeners.remove(callback)
+
+    def _changed(self) -> None:
+        # Observers (wait_for, listeners) hear of a change two loop iterations later, never at
+        # once. Everything a change implies (an order's worker, its fill-delay timer, a stream)
+        # is scheduled within one iteration of it, so by the time a test wakes and, say,
+        # advances a ManualClock, every timer that the change armed is already registered.
+        if self._announce_pending:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (configuring before start): nobody can be waiting yet
+            self._announce()
+            return
+        self._announce_pending = True
+        loop.call_soon(loop.call_soon, self._announce)
+
+    def _announce(self) -> None:
+        self._announce_pending = False
         self._any.notify()
+        for callback in list(self._listeners):
+            callback()
 
     def record(self, direction: Direction, client_id: int | None, msg: list[object] | list[str]) -> None:
         """Append a frame to the transcript (and wake `wait_for`)."""
@@ -387,7 +417,7 @@ class SimulatedGateway:
         self.transcript.append(entry)
         if _log.isEnabledFor(logging.DEBUG):
             _log.debug("%s client=%s %s", direction, client_id, ",".join(entry.fields))
-        self._any.notify()
+        self._changed()
 
     def protocol_error(self, text: str) -> None:
         """A client broke the protocol: logged, and kept in `protocol_errors` when strict."""
@@ -496,6 +526,9 @@ class SimulatedGateway:
             _log.info("order %s/%s ref=%r rejected: %s", cid, req.order_id, req.order_ref, text)
         else:
             order.set_status("Submitted", now)
+            if order.combo_params.get("NonGuaranteed") == "1":
+                # IB guarantees only smart-routed option/option combos; NonGuaranteed adds leg risk.
+                _log.warning("order %s/%s ref=%r is NonGuaranteed", cid, req.order_id, req.order_ref)
             _log.info(
                 "order %s/%s ref=%r %s %s @ %s booked (permId %d)",
                 cid,
@@ -611,14 +644,34 @@ class SimulatedGateway:
 
     async def _work(self, order: LedgerOrder) -> None:
         state = _Work()
+        # The timer survives wake-ups that do not change its deadline: re-arming it on every
+        # unrelated state change would restart it at the clock's then-current time, and with a
+        # ManualClock a test's `advance` could slip between the cancel and the re-arm.
+        timer: asyncio.Future[None] | None = None
+        timer_due = 0.0
         try:
             while order.is_working:
                 seen = self._state.generation
                 wait_s = self._step(order, state)
                 if not order.is_working or wait_s == 0.0:
                     continue
-                await self._state.wait(seen, wait_s, self.clock)
+                if wait_s is None:
+                    if timer is not None:
+                        timer.cancel()
+                        timer = None
+                else:
+                    due = self.clock.monotonic() + wait_s
+                    if timer is None or timer.done() or abs(due - timer_due) > 1e-9:
+                        if timer is not None:
+                            timer.cancel()
+                        timer = asyncio.ensure_future(self.clock.sleep(wait_s))
+                        timer_due = due
+                await self._state.wait(seen, timer)
+                if timer is not None and timer.done():
+                    timer = None
         finally:
+            if timer is not None:
+                timer.cancel()
             if self._workers.get(order.perm_id) is asyncio.current_task():
                 del self._workers[order.perm_id]
 

@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING
 from bot.clock import SystemClock
 from bot.sim.book import FillModel
 from bot.sim.control import ControlServer
+from bot.sim.faults import apply_fault_spec
 from bot.sim.server import SimConfig, SimulatedGateway
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
     from pathlib import Path
 
 __all__ = ["run_simulator"]
@@ -46,6 +47,8 @@ async def run_simulator(
     vol: float = 0.18,
     account: str = "DU1234567",
     fill_model: FillModel | None = None,
+    faults: Sequence[str] = (),
+    server_version: int = 178,
     spot_wander_pct: float = 0.001,
     control_port: int | None = None,
     control_path: str | Path | None = None,
@@ -55,6 +58,7 @@ async def run_simulator(
 ) -> None:
     """Serve a simulated IB Gateway on `host:port` until cancelled, SIGTERM or SIGINT.
 
+    `faults` are armed at start, in `apply_fault_spec` form (e.g. `omit:53`, `hold-client-id:7:2`).
     `control_port` (loopback TCP) and/or `control_path` (Unix socket) open the control protocol
     of `bot.sim.control`. `on_started` is called once listening (tests use it to learn ports).
     A non-loopback `host` is honoured, with a warning: the simulator has no authentication.
@@ -68,9 +72,12 @@ async def run_simulator(
         account=account,
         strict=strict,
         spot_wander_pct=spot_wander_pct,
+        server_version=server_version,
         fill_model=fill_model or FillModel(),
     )
     gateway = SimulatedGateway(config, clock=SystemClock())
+    for spec in faults:
+        apply_fault_spec(gateway.faults, spec)
     control: ControlServer | None = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

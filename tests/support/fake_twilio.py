@@ -40,8 +40,8 @@ class Reply:
     status: int
     body: str = ""
     content_type: str = "application/json"
-    hang: bool = False
-    """Hold the request open until `FakeTwilio.release()`."""
+    hold: bool = False
+    """Hold the request open until `FakeTwilio.release()` (see `Reply.hang`)."""
 
     @classmethod
     def ok(cls) -> Reply:
@@ -82,7 +82,7 @@ class Reply:
     @classmethod
     def hang(cls) -> Reply:
         """Never answer (until released; then 201)."""
-        return cls(201, hang=True)
+        return cls(201, hold=True)
 
     @classmethod
     def _legacy(cls, status: int, code: int, message: str) -> Reply:
@@ -187,7 +187,7 @@ class FakeTwilio:
         async with self._changed:
             self.requests.append(Recorded(request.path, form, user, password, reply, sid))
             self._changed.notify_all()
-        if reply.hang:
+        if reply.hold:
             held = self._held
             self._holding_count += 1
             self.holding.set()

@@ -9,7 +9,7 @@ only as upper bounds. Every gateway a test starts must end with no protocol erro
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -30,6 +30,44 @@ FAR = "20270115"
 TODAY = "20261217"
 
 
+class _Wakeups:
+    """A broadcast poked by every client's packets, errors and disconnects and every gateway change.
+
+    `until` waits on it, so client-side predicates are re-checked exactly when something arrived.
+    """
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def poke(self, *_args: object) -> None:
+        event, self._event = self._event, asyncio.Event()
+        event.set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+
+_wakeups = _Wakeups()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_wakeups() -> None:
+    """A new broadcast per test (an asyncio.Event belongs to one event loop)."""
+    global _wakeups  # noqa: PLW0603 -- one per test, read by the module-level `until`
+    _wakeups = _Wakeups()
+
+
+def _poke_wakeups(*_args: object) -> None:
+    # Looks `_wakeups` up at call time: the autouse fixture replaces it for every test.
+    _wakeups.poke()
+
+
+def _watch(ib: IB) -> None:
+    ib.updateEvent += _poke_wakeups
+    ib.errorEvent += _poke_wakeups
+    ib.disconnectedEvent += _poke_wakeups
+
+
 class GatewayFactory(Protocol):
     """Start one more simulated gateway (same clock and calendar) with config overrides."""
 
@@ -44,7 +82,7 @@ class ClientFactory(Protocol):
         client_id: int = 7,
         *,
         gateway: SimulatedGateway | None = None,
-        timeout: float = 2.0,
+        timeout_s: float = 2.0,
     ) -> IB: ...
 
 
@@ -75,6 +113,7 @@ async def make_gateway(
 
     async def _make(**overrides: Any) -> SimulatedGateway:
         gw = SimulatedGateway(replace(sim_config, **overrides), clock=clock, calendar=calendar)
+        gw.add_listener(_poke_wakeups)
         await gw.start(host="127.0.0.1", port=0)
         started.append(gw)
         return gw
@@ -98,13 +137,14 @@ async def connect(gateway: SimulatedGateway) -> AsyncIterator[ClientFactory]:
     clients: list[IB] = []
 
     async def _connect(
-        client_id: int = 7, *, gateway: SimulatedGateway | None = None, timeout: float = 2.0
+        client_id: int = 7, *, gateway: SimulatedGateway | None = None, timeout_s: float = 2.0
     ) -> IB:
         target = gateway or _default
         ib = IB()
         clients.append(ib)
+        _watch(ib)
         await ib.connectAsync(
-            "127.0.0.1", target.port, clientId=client_id, timeout=timeout, raiseSyncErrors=True
+            "127.0.0.1", target.port, clientId=client_id, timeout=timeout_s, raiseSyncErrors=True
         )
         return ib
 
@@ -120,11 +160,14 @@ async def ib(connect: ClientFactory) -> IB:
     return await connect(7)
 
 
-async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait until `predicate()` holds, re-checking as the loop runs (for client-side state)."""
-    async with asyncio.timeout(timeout):
+async def until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    """Wait until `predicate()` holds; re-checked whenever a client or a gateway saw something.
+
+    `timeout_s` (real time) is only an upper bound for a test that would otherwise hang.
+    """
+    async with asyncio.timeout(timeout_s):
         while not predicate():
-            await asyncio.sleep(0.002)
+            await _wakeups.wait()
 
 
 async def sync(ib: IB) -> None:
@@ -174,6 +217,3 @@ def errors_of(ib: IB) -> list[tuple[int, int]]:
 
     ib.errorEvent += on_error
     return seen
-
-
-Waiter = Callable[[], Awaitable[None]]

@@ -7,7 +7,7 @@ no spare field is left over where the decoder reads a tail with `*rest`).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import pytest
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.wire
 # Every version at which ib_async's decoder changes a layout we send, plus both ends.
 VERSIONS = [157, 159, 160, 162, 163, 164, 166, 170, 176, 177, 178]
 WHEN = datetime(2026, 12, 17, 15, 0, 1, tzinfo=UTC)
-OPTION = OptionContract(datetime(2027, 1, 15).date(), 6000.0, "C", "SPXW")
+OPTION = OptionContract(date(2027, 1, 15), 6000.0, "C", "SPXW")
 
 
 class _Spy:
