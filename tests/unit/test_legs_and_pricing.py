@@ -77,7 +77,7 @@ def test_strike_by_delta_within_tolerance() -> None:
     """Target 0.20: the strike with |delta| nearest 0.20 wins; none within tolerance → NoLegs."""
     quotes = [_q(6050, 0.35), _q(6100, 0.22), _q(6150, 0.17), _q(6200, None)]
     assert strike_by_delta(quotes, 0.20, 0.05).strike == 6100
-    with pytest.raises(NoLegs, match="closest 0.350"):
+    with pytest.raises(NoLegs, match=r"closest 0\.350"):
         strike_by_delta([_q(6050, 0.35)], 0.20, 0.05)
 
 
