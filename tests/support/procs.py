@@ -140,15 +140,12 @@ class DaemonProcess:
             if sim_port is not None
             else '[broker]\nmode = "simulated"\n[simulator]\nfill_delay_s = 0.5\n'
         )
-        self.config.write_text(
-            f'state_dir = "{self.state_dir}"\n'
-            + broker
-            + f'[control]\nsocket_path = "{self.socket}"\n'
-            + extra_config
-        )
+        self.config.write_text(f'state_dir = "{self.state_dir}"\n' + broker + extra_config)
         self.demo_s = demo_s
-        self.extra_env = dict(env or {})
+        # The socket path goes through the environment, so a test's own [control] table is free.
+        self.extra_env = {"BOT_CONTROL__SOCKET_PATH": str(self.socket), **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
+        self.last_cli_error = ""
 
     def start(self) -> DaemonProcess:
         args = [sys.executable, "-m", "bot", "--config", str(self.config), "run"]
@@ -172,7 +169,8 @@ class DaemonProcess:
     async def status(self) -> dict[str, Any] | None:
         """`bot status --json`, or None while the daemon does not answer."""
         done = await self.cli("status", "--json")
-        if done.returncode == 69:
+        if done.returncode not in (0, 1):
+            self.last_cli_error = f"status exit {done.returncode}: {done.stdout}{done.stderr}"
             return None
         data: dict[str, Any] = json.loads(done.stdout)
         return data
@@ -190,7 +188,10 @@ class DaemonProcess:
             result.update(status)
             return True
 
-        await wait_until(ready, timeout_s, "the daemon to be ready")
+        try:
+            await wait_until(ready, timeout_s, "the daemon to be ready")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; last status: {self.last_cli_error}") from None
         return result
 
     async def cli(self, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:

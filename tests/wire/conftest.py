@@ -62,10 +62,15 @@ def _poke_wakeups(*_args: object) -> None:
     _wakeups.poke()
 
 
-def _watch(ib: IB) -> None:
-    ib.updateEvent += _poke_wakeups
-    ib.errorEvent += _poke_wakeups
-    ib.disconnectedEvent += _poke_wakeups
+def watch(target: IB | SimulatedGateway) -> None:
+    """Make `until` re-check whenever `target` (a client or gateway not made by the fixtures)
+    sees something; clients from `connect` and gateways from `make_gateway` are watched already."""
+    if isinstance(target, SimulatedGateway):
+        target.add_listener(_poke_wakeups)
+    else:
+        target.updateEvent += _poke_wakeups
+        target.errorEvent += _poke_wakeups
+        target.disconnectedEvent += _poke_wakeups
 
 
 class GatewayFactory(Protocol):
@@ -113,7 +118,7 @@ async def make_gateway(
 
     async def _make(**overrides: Any) -> SimulatedGateway:
         gw = SimulatedGateway(replace(sim_config, **overrides), clock=clock, calendar=calendar)
-        gw.add_listener(_poke_wakeups)
+        watch(gw)
         await gw.start(host="127.0.0.1", port=0)
         started.append(gw)
         return gw
@@ -142,7 +147,7 @@ async def connect(gateway: SimulatedGateway) -> AsyncIterator[ClientFactory]:
         target = gateway or _default
         ib = IB()
         clients.append(ib)
-        _watch(ib)
+        watch(ib)
         await ib.connectAsync(
             "127.0.0.1", target.port, clientId=client_id, timeout=timeout_s, raiseSyncErrors=True
         )
@@ -161,7 +166,7 @@ async def ib(connect: ClientFactory) -> IB:
 
 
 async def until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    """Wait until `predicate()` holds; re-checked whenever a client or a gateway saw something.
+    """Wait until `predicate()` holds; re-checked whenever a watched client or gateway saw something.
 
     `timeout_s` (real time) is only an upper bound for a test that would otherwise hang.
     """
