@@ -190,6 +190,18 @@ class EntryRunner:
             await asyncio.wait(pending, timeout=5)
         return not pending
 
+    def abort(self) -> list[asyncio.Task[None]]:
+        """Cancel every entry task now, without a drain (a second SIGTERM, a crash stop).
+
+        Their entries stay live in the journal and are reconciled on the next start.
+        """
+        self.closed = True
+        self._stop.set()
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        return tasks
+
     async def wait_idle(self) -> None:
         """Return when no entry is running."""
         while self._tasks:

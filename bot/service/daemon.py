@@ -298,6 +298,10 @@ class Daemon:
                 for task in tasks:
                     task.cancel()
         finally:
+            # Cancelled from outside (or failed): no entry task may outlive the journal.
+            leftovers = self.runner.abort()
+            if leftovers:
+                await asyncio.wait(leftovers, timeout=5)
             if self.handle_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
@@ -310,9 +314,7 @@ class Daemon:
             # A second signal: stop waiting for the drain. Entries left live are reconciled
             # on the next start.
             log.warning("second stop signal: exiting without waiting for the drain")
-            for task in asyncio.all_tasks():
-                if task.get_name().startswith("entry-"):
-                    task.cancel()
+            self.runner.abort()
 
     async def _run_scheduler(self) -> None:
         if not self.settings.schedule.enabled and self.demo_delay_s is None:

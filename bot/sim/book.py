@@ -151,7 +151,9 @@ class LedgerOrder:
     status_history: list[str] = field(default_factory=list)
     status_times: list[datetime] = field(default_factory=list)
     acked: bool = False
-    """True once an acknowledgement (openOrder/orderStatus) was written to the client."""
+    """True once the gateway answered the placement (openOrder/orderStatus, or the rejection);
+    False when a drop-after-read fault cut the connection first. Omit/delay faults on those
+    messages do not change it: the gateway answered, the answer was lost on the way."""
     reject_code: int | None = None
     completed_at: datetime | None = None
 

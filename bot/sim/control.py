@@ -40,15 +40,16 @@ class ControlServer:
 
     def __init__(self, gateway: SimulatedGateway) -> None:
         self.gw = gateway
-        self._server: asyncio.Server | None = None
+        self._servers: list[asyncio.Server] = []
         self._path: Path | None = None
         self._clients: set[asyncio.StreamWriter] = set()
         self.port: int | None = None
 
     async def start_tcp(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Listen on a TCP port (loopback by default); returns the bound port."""
-        self._server = await asyncio.start_server(self._on_client, host, port, limit=_MAX_LINE)
-        self.port = int(self._server.sockets[0].getsockname()[1])
+        server = await asyncio.start_server(self._on_client, host, port, limit=_MAX_LINE)
+        self._servers.append(server)
+        self.port = int(server.sockets[0].getsockname()[1])
         _log.info("simulator control listening on %s:%d", host, self.port)
         return self.port
 
@@ -57,20 +58,21 @@ class ControlServer:
         self._path = Path(path)
         with contextlib.suppress(FileNotFoundError):
             self._path.unlink()
-        self._server = await asyncio.start_unix_server(self._on_client, str(self._path), limit=_MAX_LINE)
+        server = await asyncio.start_unix_server(self._on_client, str(self._path), limit=_MAX_LINE)
+        self._servers.append(server)
         _log.info("simulator control listening on %s", self._path)
 
     async def stop(self) -> None:
         """Stop listening, close open control connections, and remove the socket file."""
-        server, self._server = self._server, None
-        if server is not None:
+        servers, self._servers = self._servers, []
+        for server in servers:
             server.close()
         for writer in list(self._clients):
             writer.close()
         for writer in list(self._clients):
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
-        if server is not None:
+        for server in servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 1.0)
         if self._path is not None:

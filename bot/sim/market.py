@@ -99,7 +99,10 @@ class OptionContract:
 
     @property
     def con_id(self) -> int:
-        """The stable conId packing expiry, class, right and strike (see module docstring)."""
+        """The stable conId packing expiry, class, right and strike (see module docstring).
+
+        Only meaningful for strikes on the 5-point grid, which are the only ones listed.
+        """
         slot = self.expiry.toordinal() % _EXPIRY_SLOTS
         packed = (slot * 2 + (self.trading_class == "SPXW")) * 2 + (self.right == "P")
         return _CONID_BASE + packed * _STRIKE_SLOTS + round(self.strike / STRIKE_STEP)

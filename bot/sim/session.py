@@ -39,7 +39,14 @@ if TYPE_CHECKING:
     from bot.sim.book import Position
     from bot.sim.server import SimulatedGateway
 
-__all__ = ["MIN_SERVER_VERSION", "PlaceRequest", "Session", "WireContract"]
+__all__ = [
+    "MIN_SERVER_VERSION",
+    "PlaceRequest",
+    "Session",
+    "WireContract",
+    "index_details",
+    "option_details",
+]
 
 MIN_SERVER_VERSION = 157
 """The oldest protocol the simulator speaks (ib_async's own minimum)."""
@@ -350,15 +357,15 @@ class Session:
         market = self.gw.market
         if wc.con_id:
             if wc.con_id == SPX_CONID and wc.sec_type in ("", "IND"):
-                return [_index_row()]
+                return [index_details()]
             option = market.option_by_con_id(wc.con_id)
             if option is not None and wc.sec_type in ("", "OPT"):
-                return [_option_row(option, wc.exchange or "SMART")]
+                return [option_details(option, wc.exchange or "SMART")]
             return []
         if wc.symbol != "SPX" or wc.currency not in ("", "USD"):
             return []
         if wc.sec_type == "IND":
-            return [_index_row()] if wc.exchange in ("", "CBOE") else []
+            return [index_details()] if wc.exchange in ("", "CBOE") else []
         if wc.sec_type != "OPT" or wc.exchange not in ("", "SMART", "CBOE"):
             return []
         if wc.multiplier not in ("", "100"):
@@ -371,7 +378,7 @@ class Session:
         )
         if wc.local_symbol:
             options = [o for o in options if o.local_symbol == wc.local_symbol]
-        return [_option_row(o, wc.exchange or "SMART") for o in options]
+        return [option_details(o, wc.exchange or "SMART") for o in options]
 
     def _req_contract_details(self, fields: Fields) -> None:
         r = FieldReader(fields)
@@ -731,7 +738,8 @@ def _fixed(fields: Fields, n: int, what: str) -> None:
         raise ProtocolError(f"{what}: expected {n} fields, got {len(fields)}")
 
 
-def _index_row() -> m.ContractDetailsRow:
+def index_details() -> m.ContractDetailsRow:
+    """The contract details row of the SPX index."""
     return m.ContractDetailsRow(
         SPX_INDEX,
         market_name="SPX",
@@ -742,7 +750,8 @@ def _index_row() -> m.ContractDetailsRow:
     )
 
 
-def _option_row(option: OptionContract, exchange: str) -> m.ContractDetailsRow:
+def option_details(option: OptionContract, exchange: str) -> m.ContractDetailsRow:
+    """The contract details row of a listed option, on `exchange` (SMART or CBOE)."""
     return m.ContractDetailsRow(
         replace(option.ref, exchange=exchange),
         market_name=option.trading_class,

@@ -71,7 +71,7 @@ async def make_broker(gateway: SimulatedGateway, clock: ManualClock) -> AsyncIte
             "request_timeout_s": 2.0,
             "reconnect_min_s": 0.01,
             "reconnect_max_s": 0.05,
-            "rng": random.Random(1),  # noqa: S311 -- backoff jitter, seeded for repeatability
+            "rng": random.Random(1),
         }
         knobs.update(overrides)
         broker = IBBroker(**knobs)

@@ -16,6 +16,7 @@ from ib_async.decoder import Decoder
 from bot.sim import messages as m
 from bot.sim.book import Execution, LedgerLeg, LedgerOrder
 from bot.sim.market import BAG_CONTRACT, Greeks, OptionContract
+from bot.sim.session import index_details, option_details
 from bot.sim.wire import encode_frame, fmt, parse_version_range
 
 pytestmark = pytest.mark.wire
@@ -150,10 +151,8 @@ def test_exec_details_decodes_exactly(version: int) -> None:
 @pytest.mark.parametrize("version", VERSIONS)
 def test_contract_details_decode_exactly(version: int) -> None:
     """contractDetails: a version field and mdSizeMultiplier before 164, size fields from 163."""
-    from bot.sim.session import _option_row  # the rows the session sends
-
     req_id, details = _assert_exact(
-        m.contract_details(5, _option_row(OPTION, "SMART"), version), version, "contractDetails"
+        m.contract_details(5, option_details(OPTION, "SMART"), version), version, "contractDetails"
     )
     assert req_id == 5
     c = details.contract
@@ -170,6 +169,17 @@ def test_contract_details_decode_exactly(version: int) -> None:
     )
     assert details.underConId == 416904
     assert details.minTick == 0.05
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_index_details_decode_exactly(version: int) -> None:
+    """The SPX index row: conId 416904 on CBOE, no multiplier."""
+    _req_id, details = _assert_exact(
+        m.contract_details(3, index_details(), version), version, "contractDetails"
+    )
+    c = details.contract
+    assert (c.conId, c.symbol, c.secType, c.exchange, c.currency) == (416904, "SPX", "IND", "CBOE", "USD")
+    assert details.longName == "S&P 500 Stock Index"
 
 
 @pytest.mark.parametrize("version", VERSIONS)

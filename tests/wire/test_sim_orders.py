@@ -314,3 +314,22 @@ async def test_ledger_keeps_every_limit_and_status(
     assert order.limit_prices == [round(mid + d, 2) for d in (-0.3, -0.2, -0.1, 0.05)]
     assert order.status_history == ["Submitted", "Filled"]
     assert order.fills[0].price == round(mid + 0.05, 2)
+
+
+async def test_single_option_orders_trade_too(gateway: SimulatedGateway, ib: IB) -> None:
+    """A plain option LMT order (no BAG block) is booked, filled, and moves the position."""
+    gateway.fill_model = FillModel.threshold(0.0)
+    near, _ = await calendar_legs(ib)
+    [ticker] = await ib.reqTickersAsync(near)
+    mid = (ticker.bid + ticker.ask) / 2
+    trade = ib.placeOrder(near, LimitOrder("SELL", 2, round(mid + 1.0, 2), orderRef="opt-sell"))
+    await until(lambda: trade.orderStatus.status == "Submitted")
+    trade.order.lmtPrice = round(mid - 0.05, 2)  # a SELL fills once at or below the mid
+    ib.placeOrder(near, trade.order)
+    await until(lambda: trade.orderStatus.status == "Filled")
+    assert [(f.contract.conId, f.execution.side, f.execution.shares) for f in trade.fills] == [
+        (near.conId, "SLD", 2.0)
+    ]
+    [order] = gateway.ledger.orders
+    assert (order.contract.sec_type, order.legs) == ("OPT", [])
+    await until(lambda: [p.position for p in ib.positions()] == [-2.0])
