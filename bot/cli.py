@@ -78,6 +78,15 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--port", type=int, default=4002, help="port (default 4002, IB's paper port)")
     sim.add_argument("--seed", type=int, default=7, help="market model seed")
     sim.add_argument("--spot", type=float, default=6000.0, help="SPX spot")
+    sim.add_argument("--vol", type=float, default=0.18, help="implied volatility of the model")
+    sim.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="inject a fault (repeatable): omit:MSGID, delay:MSGID:SECONDS[:N], hold-client-id:ID[:N], "
+        "drop-after-place[:N], drop-before-place[:N]",
+    )
     sim.add_argument("--control", type=Path, help="Unix socket for the fault-injection control channel")
     return p
 
@@ -234,9 +243,27 @@ def _simulator(args: argparse.Namespace, runtime: RuntimeEnv) -> int:
     from bot.sim.standalone import run_simulator
 
     configure_logging("INFO", stream=sys.stdout, journal_stream=runtime.journal_stream)
+    try:
+        _run_simulator(args, run_simulator)
+    except ValueError as exc:
+        raise UserError(f"bad --fault: {exc}", ExitCode.USAGE) from exc
+    except OSError as exc:
+        raise UserError(
+            f"cannot listen on {args.host}:{args.port}: {exc.strerror} (is another gateway on that port?)",
+            ExitCode.TEMPFAIL,
+        ) from exc
+    return int(ExitCode.OK)
+
+
+def _run_simulator(args: argparse.Namespace, run_simulator: Any) -> None:
     asyncio.run(
         run_simulator(
-            host=args.host, port=args.port, seed=args.seed, spot=args.spot, control_path=args.control
+            host=args.host,
+            port=args.port,
+            seed=args.seed,
+            spot=args.spot,
+            vol=args.vol,
+            faults=tuple(args.fault),
+            control_path=args.control,
         )
     )
-    return int(ExitCode.OK)

@@ -163,9 +163,9 @@ class EntryRunner:
         if final is None:
             log.error("order state unknown after a failure; left live for reconciliation", entry=ctx.trade.id)
             return
-        await finish_from_broker(recorder, final.state, final.filled, ctx.trade.quantity, reason)
+        await finish_from_broker(recorder, final, ctx.trade.quantity, reason)
 
-    async def _cancel_quietly(self, ctx: EntryContext) -> Any:
+    async def _cancel_quietly(self, ctx: EntryContext) -> BrokerOrder | None:
         try:
             return await self._broker.cancel(ctx.trade.idempotency_key)
         except (BrokerError, TimeoutError, OSError) as exc:
@@ -209,13 +209,18 @@ class EntryRunner:
 
 
 async def finish_from_broker(
-    recorder: EntryRecorder, state: OrderState, filled: float, quantity: int, reason: str | None
+    recorder: EntryRecorder, order: BrokerOrder, quantity: int, reason: str | None
 ) -> TradeView:
-    """Map the broker's final order state (and fill count) to our final entry status."""
-    if filled >= quantity:
+    """Journal the broker's executions (once each), then map its final state to our final status.
+
+    The executions are written first so that a final `filled` never stands without its fills.
+    """
+    for ex in order.executions:
+        await recorder.fill(ex.exec_id, ex.quantity, ex.price, ex.time)
+    if order.filled >= quantity:
         return await recorder.finished(EntryStatus.FILLED, None)
-    if filled > 0:
+    if order.filled > 0:
         return await recorder.finished(EntryStatus.PARTIAL, reason or "partly filled; the rest cancelled")
-    if state is OrderState.REJECTED:
+    if order.state is OrderState.REJECTED:
         return await recorder.finished(EntryStatus.REJECTED, reason or "rejected by the broker")
     return await recorder.finished(EntryStatus.CANCELLED, reason or "cancelled with no fill")

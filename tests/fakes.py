@@ -81,6 +81,9 @@ class FakeBroker:
         self._link_changed = asyncio.Event()
         self._fill_tasks: set[asyncio.Task[None]] = set()
         self.place_started = asyncio.Event()
+        self.fail_after_place: Exception | None = None
+        """Raised by `place` after the order is booked (and filled, if `fill_in_place`)."""
+        self.fill_in_place = False
 
     # -- protocol ----------------------------------------------------------------------------
 
@@ -137,6 +140,10 @@ class FakeBroker:
         order = FakeOrder(request, next(self._ids), next(self._perm), limits=[request.limit])
         self.orders[request.order_ref] = order
         self.placed.append(request.order_ref)
+        if self.fill_in_place:
+            await self.fill(request.order_ref)
+        if self.fail_after_place is not None:
+            raise self.fail_after_place
         if self.fill_delay_s is not None:
             task = asyncio.create_task(self._fill_later(order, self.fill_delay_s))
             self._fill_tasks.add(task)

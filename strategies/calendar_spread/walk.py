@@ -172,7 +172,7 @@ async def _finish(walk: _Walk, broker: Broker, recorder: EntryRecorder, quantity
         reason = None
     order = walk.order
     assert order is not None  # noqa: S101 -- set by the placement
-    await finish_from_broker(recorder, order.state, order.filled, quantity, reason)
+    await finish_from_broker(recorder, order, quantity, reason)
 
 
 async def _cancel_confirmed(walk: _Walk, broker: Broker) -> BrokerOrder:

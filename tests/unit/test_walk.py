@@ -7,6 +7,7 @@ import dataclasses
 
 import pytest
 
+from bot.broker.errors import RetryLater
 from bot.broker.protocol import LinkState
 from bot.domain import ActionKind, EntryStatus, Source, Started
 from strategies.calendar_spread.strategy import CalendarParams
@@ -133,3 +134,17 @@ async def test_progress_events_reach_a_follower_in_order(core: Core) -> None:
     assert "placed" in events and "fill" in events
     assert events.index("legs") < events.index("placed") < events.index("fill")
     await asyncio.sleep(0)
+
+
+async def test_an_order_that_filled_while_its_ack_was_lost_is_journaled_with_its_fill(core: Core) -> None:
+    """Found by the chaos runner: the gateway booked and filled the order but `place` failed
+    (the ack was lost). The backstop cancel finds it filled; the journal must hold the fill too,
+    not just the status."""
+    core.broker.fill_in_place = True
+    core.broker.fail_after_place = RetryLater("acknowledgement lost")
+    started = await _start(core)
+    await _until_idle(core)
+    view = await core.journal.entry(started.trade.id)
+    assert view.status is EntryStatus.FILLED
+    assert view.filled == 1
+    assert len(await core.journal.fills(started.trade.id)) == 1
