@@ -185,7 +185,10 @@ async def trial(seed: int, root: Path) -> TrialResult:
             result.mismatches.append("daemon never became ready")
             await run.stop()
             return result
-        work = [asyncio.create_task(_triggers(run, rng, result.triggers)), asyncio.create_task(_fault(gw, fault, rng))]
+        work = [
+            asyncio.create_task(_triggers(run, rng, result.triggers)),
+            asyncio.create_task(_fault(gw, fault, rng)),
+        ]
         if crashed:
             await asyncio.sleep(rng.uniform(0.05, 0.8))
             await run.crash()
@@ -203,7 +206,9 @@ async def trial(seed: int, root: Path) -> TrialResult:
 
         def settled() -> bool:
             rows = _rows(journal, "SELECT COUNT(*) FROM entries WHERE status IN ('claimed', 'working')")
-            working = [o for o in gw.ledger.orders if o.status in ("Submitted", "PreSubmitted", "PendingSubmit")]
+            working = [
+                o for o in gw.ledger.orders if o.status in ("Submitted", "PreSubmitted", "PendingSubmit")
+            ]
             return rows[0][0] == 0 and not working
 
         if not await _until(settled, 30):
@@ -249,7 +254,9 @@ def _judge(result: TrialResult, gw: SimulatedGateway, journal: Path) -> None:
             result.mismatches.append(f"{o.order_ref}: journal filled {filled}, broker {broker_filled}")
         expected = "filled" if broker_filled >= o.quantity else "partial" if broker_filled > 0 else None
         if expected is not None and status != expected:
-            result.mismatches.append(f"{o.order_ref}: journal {status}, broker filled {broker_filled}/{o.quantity}")
+            result.mismatches.append(
+                f"{o.order_ref}: journal {status}, broker filled {broker_filled}/{o.quantity}"
+            )
         if expected is None and status in ("filled", "partial"):
             result.mismatches.append(f"{o.order_ref}: journal {status}, broker has no fill")
     for key, (status, _filled) in entries.items():
@@ -268,7 +275,8 @@ def _table(results: list[TrialResult], elapsed_s: float) -> str:
     crashes = sum(r.crashed for r in results)
     triggers = sum(r.triggers for r in results)
     lines = [
-        "| trials | triggers | crashes | orders at the broker | duplicate orders | lost fills | journal/broker mismatches | time |",
+        "| trials | triggers | crashes | orders at the broker | duplicate orders | lost fills "
+        "| journal/broker mismatches | time |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
         f"| {trials} | {triggers} | {crashes} | {orders} | {dup} | {lost} | {mism} | {elapsed_s:.0f} s |",
     ]

@@ -141,7 +141,7 @@ class EntryRunner:
         except JournalError as exc:
             # Fail closed: with the journal unwritable nothing more may be sent; the order (if
             # any) is cancelled so it cannot fill unrecorded.
-            log.error("journal failed during an entry", entry=ctx.trade.id, error=str(exc))  # noqa: TRY400 -- the message says it all; no traceback for a known condition
+            log.error("journal failed during an entry", entry=ctx.trade.id, error=str(exc))
             self._on_fatal(f"journal: {exc}")
             if recorder.order_sent:
                 await self._cancel_quietly(ctx)
@@ -169,7 +169,7 @@ class EntryRunner:
         try:
             return await self._broker.cancel(ctx.trade.idempotency_key)
         except (BrokerError, TimeoutError, OSError) as exc:
-            log.error("could not cancel after a failure", entry=ctx.trade.id, error=str(exc))  # noqa: TRY400 -- known condition
+            log.error("could not cancel after a failure", entry=ctx.trade.id, error=str(exc))
             return None
 
     async def drain(self, timeout_s: float) -> bool:

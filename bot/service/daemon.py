@@ -446,7 +446,10 @@ class Daemon:
                         await self._reconciled.wait()
                         if self.guard.reconciling:
                             await self.broker.wait_link_change()
-        outcome = await self.runner.request(Source.SCHEDULER)
+        try:
+            outcome = await self._request(Source.SCHEDULER, force=False)
+        except JournalError:
+            return  # fail closed: nothing was sent; _request told the user
         if isinstance(outcome, Blocked) and outcome.reason is BlockReason.RECONCILING:
             await self._scheduled_missed(
                 day, "the broker state could not be established before the window ended"
@@ -478,7 +481,18 @@ class Daemon:
         """A manual entry request."""
         if self.stop_requested.is_set():
             return Blocked(BlockReason.PAUSED, None, None)
-        return await self.runner.request(Source.MANUAL, force=force)
+        return await self._request(Source.MANUAL, force=force)
+
+    async def _request(self, source: Source, *, force: bool) -> Started | Blocked | Skipped:
+        """An entry request; a journal that cannot be written fails it closed, loudly."""
+        try:
+            return await self.runner.request(source, force=force)
+        except JournalError as exc:
+            reason = f"journal not writable, no order sent: {exc}"
+            log.error("entry refused: the journal cannot be written; nothing was sent", error=str(exc))
+            self._on_fatal(reason)
+            self.notifier.status("journal not writable; entries fail closed")
+            raise
 
     def follow(self, entry_id: int) -> asyncio.Queue[dict[str, Any]]:
         """Progress events of an entry."""

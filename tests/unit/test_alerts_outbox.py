@@ -96,7 +96,7 @@ def make_sender(
         retry_min_s=RETRY_MIN_S,
         retry_max_s=RETRY_MAX_S,
         send_timeout_s=send_timeout_s,
-        rng=random.Random(7),  # noqa: S311 -- seeded jitter for a repeatable test, not cryptography
+        rng=random.Random(7),
     )
 
 

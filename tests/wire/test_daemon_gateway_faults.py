@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -13,8 +14,16 @@ import pytest
 
 from bot.broker.protocol import LinkState
 from bot.clock import SystemClock
-from bot.config import BrokerSettings, ControlSettings, RuntimeEnv, Settings, StrategySettings
-from bot.domain import Started
+from bot.config import (
+    BrokerSettings,
+    ControlSettings,
+    RuntimeEnv,
+    ServiceSettings,
+    Settings,
+    StrategySettings,
+)
+from bot.domain import ActionKind, Blocked, BlockReason, Started
+from bot.journal.store import JournalError
 from bot.service.daemon import Daemon
 from bot.service.sdnotify import SystemdNotifier
 from bot.sim import FillModel, SimConfig, SimulatedGateway
@@ -171,3 +180,57 @@ async def test_client_id_held_on_reconnect(gw: SimulatedGateway, daemon: Daemon)
     gw.fill_model = FillModel.always()
     assert await _final(daemon, first.trade.id) == "filled"
     assert len(gw.ledger.orders) == 1
+
+
+async def test_repeated_fatal_errors_halt_the_bot(gw: SimulatedGateway, tmp_path: Path) -> None:
+    """Every order rejected (201): after `max_fatal_errors_per_day` failures the bot pauses itself,
+    journals HALTED and queues the alert; further requests are refused as paused."""
+    gw.fill_model = FillModel.reject()
+    settings = Settings(
+        state_dir=tmp_path,
+        broker=BrokerSettings(mode="paper", port=gw.port, client_id=CLIENT_ID, request_timeout_s=2.0),
+        strategy=StrategySettings(step_interval_s=0.2, fill_timeout_s=0.5, max_steps=1),
+        control=ControlSettings(socket_path=tmp_path / "bot.sock"),
+        service=ServiceSettings(max_fatal_errors_per_day=3),
+    )
+    d = Daemon(
+        settings,
+        RuntimeEnv.from_environ({}),
+        SystemClock(),
+        SystemdNotifier(None),
+        demo_delay_s=86_400.0,
+        handle_signals=False,
+    )
+    task = asyncio.create_task(d.run())
+    try:
+        await until(lambda: getattr(d, "reconciliation", "") == "done")
+        for _ in range(3):
+            started = await _trade(d)
+            assert await _final(d, started.trade.id) == "rejected"
+        await until(lambda: d.guard.paused)
+        refused = await d.trade(force=True)
+        assert isinstance(refused, Blocked) and refused.reason is BlockReason.PAUSED
+        halted = await d.journal.actions(kinds=[ActionKind.HALTED])
+        assert len(halted) == 1
+        status = await d.status()
+        assert status["paused"] is True and status["healthy"] is False
+        assert len(gw.ledger.orders) == 3
+    finally:
+        d.stop_requested.set()
+        await asyncio.wait_for(task, 30)
+
+
+async def test_an_unwritable_journal_sends_nothing_and_says_why(gw: SimulatedGateway, daemon: Daemon) -> None:
+    """The journal's WAL file becomes unwritable (immutable, so even root cannot write): a trade
+    request fails closed — no order at the broker — and status names the journal problem."""
+    wal = daemon.settings.journal_path.with_name("journal.sqlite3-wal")
+    if subprocess.run(["chattr", "+i", str(wal)], check=False, capture_output=True).returncode != 0:
+        pytest.skip("this filesystem has no immutable flag (chattr +i)")
+    try:
+        with pytest.raises(JournalError):
+            await daemon.trade(force=False)
+        assert gw.ledger.orders == []
+        assert "journal not writable" in str((await daemon.status())["last_error"])
+    finally:
+        subprocess.run(["chattr", "-i", str(wal)], check=True)
+    assert gw.ledger.orders == []
