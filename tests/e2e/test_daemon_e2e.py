@@ -162,3 +162,62 @@ async def test_sigterm_mid_order_cancels_and_confirms_then_exits_0(
     rows = _journal_rows(d, "SELECT status FROM entries")
     assert rows == [("cancelled",)]
     assert re.search(r"draining", d.log())
+
+
+async def test_a_stalled_daemon_stops_the_watchdog_pings(
+    tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
+    """While the process cannot run its loop (SIGSTOP), no WATCHDOG=1 arrives, so systemd would
+    kill and restart it; once it runs again (SIGCONT) the pings resume."""
+    notify = FakeNotifySocket.at_path(tmp_path)
+    try:
+        d = DaemonProcess(tmp_path, sim_port=None, env=notify.environ(watchdog_usec=400_000)).start()
+        daemons.append(d)
+        await notify.wait_for(lambda ms: sum(m.get("WATCHDOG") == "1" for m in ms) >= 2, timeout_s=60)
+        d.signal(signal.SIGSTOP)
+        await asyncio.sleep(0.3)  # let a datagram already in flight land before counting
+        notify.receive_pending()
+        before = sum(m.get("WATCHDOG") == "1" for m in notify.messages)
+        await asyncio.sleep(1.5)  # the stall under test: several watchdog intervals of 0.2 s
+        notify.receive_pending()
+        assert sum(m.get("WATCHDOG") == "1" for m in notify.messages) == before
+        d.signal(signal.SIGCONT)
+        await notify.wait_for(
+            lambda ms: sum(m.get("WATCHDOG") == "1" for m in ms) >= before + 2, timeout_s=30
+        )
+    finally:
+        notify.close()
+
+
+async def test_a_second_sigterm_exits_promptly_and_the_next_start_reconciles(
+    tmp_path: Path, sim: SimProcess, daemons: list[DaemonProcess]
+) -> None:
+    """SIGTERM starts the drain of a working order; a second SIGTERM ends the process without
+    waiting; the next start adopts the order at the gateway (never re-sent) and finishes it."""
+    await sim.control("fill_model", mode="never")
+    config = "[strategy]\nstep_interval_s = 30\nfill_timeout_s = 1\n[service]\ndrain_timeout_s = 120\n"
+    d = DaemonProcess(tmp_path, sim_port=sim.port, demo_s=0.5, extra_config=config).start()
+    daemons.append(d)
+    await d.wait_ready()
+
+    async def working() -> bool:
+        return bool(_journal_rows(d, "SELECT 1 FROM entries WHERE status = 'working'"))
+
+    await wait_until(working, 60, "the order to work")
+    await sim.control("delay", msg_id=3, seconds=60)  # the cancel's confirmation is held back
+    d.signal(signal.SIGTERM)
+    await asyncio.sleep(0.3)
+    d.signal(signal.SIGTERM)
+    assert await d.wait_exit(timeout_s=20) == 0
+    await sim.control("clear_faults")
+    again = DaemonProcess(tmp_path, sim_port=sim.port, demo_s=None, extra_config=config).start()
+    daemons.append(again)
+    await again.wait_ready()
+
+    async def final() -> bool:
+        return not _journal_rows(again, "SELECT 1 FROM entries WHERE status IN ('claimed', 'working')")
+
+    await wait_until(final, 60, "the adopted order to finish")
+    ledger = await sim.ledger()
+    assert len(ledger) == 1
+    assert ledger[0]["status"] == "Cancelled"
