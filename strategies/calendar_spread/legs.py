@@ -93,10 +93,22 @@ def strike_by_delta(quotes: Iterable[OptionQuote], target: float, tolerance: flo
     return best[1].contract
 
 
-def candidate_strikes(chain: OptionChain, spot: float, right: Right, count: int = 30) -> list[float]:
-    """Strikes on the out-of-the-money side of `spot` to quote for a delta search, nearest first."""
+def candidate_strikes(chain: OptionChain, spot: float, right: Right, limit: int = 40) -> list[float]:
+    """Strikes on the out-of-the-money side of `spot` (within 20%) to quote for a delta search,
+    nearest first, thinned evenly to at most `limit` so a wide chain costs a bounded number of
+    quotes; `refine_strikes` then fills in around the best one."""
     if right is Right.CALL:
-        side = sorted(k for k in chain.strikes if k >= spot)
+        side = sorted(k for k in chain.strikes if spot <= k <= spot * 1.2)
     else:
-        side = sorted((k for k in chain.strikes if k <= spot), reverse=True)
-    return side[:count]
+        side = sorted((k for k in chain.strikes if spot * 0.8 <= k <= spot), reverse=True)
+    step = max(1, -(-len(side) // limit))
+    return side[::step]
+
+
+def refine_strikes(chain: OptionChain, best: float, coarse: list[float]) -> list[float]:
+    """The listed strikes between the coarse neighbours of `best` (excluding those already quoted)."""
+    ordered = sorted(coarse)
+    i = ordered.index(best)
+    low = ordered[i - 1] if i > 0 else best
+    high = ordered[i + 1] if i + 1 < len(ordered) else best
+    return sorted(k for k in chain.strikes if low < k < high and k not in coarse)

@@ -25,6 +25,7 @@ from strategies.calendar_spread.legs import (
     NoLegs,
     candidate_strikes,
     choose_expiries,
+    refine_strikes,
     strike_at_the_money,
     strike_by_delta,
 )
@@ -131,12 +132,15 @@ class CalendarSpread:
             if p.strike_mode == "atm":
                 strike = strike_at_the_money(chain, spot, below=side)
             else:
-                candidates = [
-                    OptionContract(expiries.front, k, right) for k in candidate_strikes(chain, spot, right)
-                ]
-                strike = strike_by_delta(
-                    await ctx.broker.quotes(candidates), p.target_delta, p.delta_tolerance
-                ).strike
+                coarse = candidate_strikes(chain, spot, right)
+                quotes = await ctx.broker.quotes([OptionContract(expiries.front, k, right) for k in coarse])
+                best = strike_by_delta(quotes, p.target_delta, 1.0).strike
+                fine = refine_strikes(chain, best, coarse)
+                if fine:
+                    quotes += await ctx.broker.quotes(
+                        [OptionContract(expiries.front, k, right) for k in fine]
+                    )
+                strike = strike_by_delta(quotes, p.target_delta, p.delta_tolerance).strike
             front, back = await ctx.broker.quotes(
                 [OptionContract(expiries.front, strike, right), OptionContract(expiries.back, strike, right)]
             )
