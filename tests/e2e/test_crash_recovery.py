@@ -173,7 +173,7 @@ async def test_killed_after_a_fill_before_the_journal_heard(
     await sim.control("fill_model", mode="always")
 
     async def filled() -> bool:
-        return (await sim.ledger())[0]["status"] == "Filled"
+        return bool((await sim.ledger())[0]["status"] == "Filled")
 
     await wait_until(filled, 30, "the fill at the gateway")
     assert [r[2] for r in _entries(d)] == ["working"]
