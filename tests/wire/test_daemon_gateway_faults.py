@@ -5,9 +5,8 @@ and a client id held on reconnect. The simulator's ledger is the judge: never a 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,6 @@ from bot.clock import SystemClock
 from bot.config import (
     BrokerSettings,
     ControlSettings,
-    RuntimeEnv,
     ServiceSettings,
     Settings,
     StrategySettings,
@@ -25,24 +23,12 @@ from bot.config import (
 from bot.domain import ActionKind, Blocked, BlockReason, Started
 from bot.journal.store import JournalError
 from bot.service.daemon import Daemon
-from bot.service.sdnotify import SystemdNotifier
 from bot.sim import FillModel, SimConfig, SimulatedGateway
+from tests.support.inproc import entry_final, running_daemon, until
 
 pytestmark = pytest.mark.wire
 
 CLIENT_ID = 17
-
-
-async def until(predicate: Callable[[], bool | Awaitable[bool]], timeout_s: float = 30.0) -> None:
-    """Wait for a condition; the timeout only bounds a broken run."""
-    async with asyncio.timeout(timeout_s):
-        while True:
-            value = predicate()
-            if isinstance(value, Awaitable):
-                value = await value
-            if value:
-                return
-            await asyncio.sleep(0.01)
 
 
 @pytest.fixture
@@ -71,34 +57,14 @@ async def daemon(gw: SimulatedGateway, tmp_path: Path) -> AsyncIterator[Daemon]:
         strategy=StrategySettings(step_interval_s=0.3, fill_timeout_s=1.0, max_steps=3),
         control=ControlSettings(socket_path=tmp_path / "bot.sock"),
     )
-    d = Daemon(
-        settings,
-        RuntimeEnv.from_environ({}),
-        SystemClock(),
-        SystemdNotifier(None),
-        demo_delay_s=86_400.0,  # any day may trade; the scheduled demo entry never comes
-        handle_signals=False,
-    )
-    task = asyncio.create_task(d.run(), name="daemon")
-    await until(lambda: getattr(d, "reconciliation", "") == "done" and d.guard is not None)
-    yield d
-    d.stop_requested.set()
-    with contextlib.suppress(asyncio.CancelledError):
-        await asyncio.wait_for(task, 30)
+    async with running_daemon(settings) as d:
+        yield d
 
 
 async def _trade(d: Daemon) -> Started:
     outcome = await d.trade(force=False)
     assert isinstance(outcome, Started), outcome
     return outcome
-
-
-async def _final(d: Daemon, entry_id: int) -> str:
-    async def final() -> bool:
-        return not (await d.journal.entry(entry_id)).status.is_live
-
-    await until(final)
-    return (await d.journal.entry(entry_id)).status.value
 
 
 async def test_drop_before_the_order_is_read_loses_it_and_the_retry_is_the_only_order(
@@ -108,11 +74,11 @@ async def test_drop_before_the_order_is_read_loses_it_and_the_retry_is_the_only_
     reconnect reconciliation marks the claim never_sent and a new attempt sends the only order."""
     gw.faults.drop_before_place_read()
     first = await _trade(daemon)
-    assert await _final(daemon, first.trade.id) == "never_sent"
+    assert await entry_final(daemon, first.trade.id) == "never_sent"
     assert gw.ledger.orders == []
     gw.fill_model = FillModel.always()
     second = await _trade(daemon)
-    assert await _final(daemon, second.trade.id) == "filled"
+    assert await entry_final(daemon, second.trade.id) == "filled"
     assert [o.order_ref for o in gw.ledger.orders] == [second.trade.idempotency_key]
 
 
@@ -123,7 +89,7 @@ async def test_drop_after_the_order_is_read_adopts_it(gw: SimulatedGateway, daem
     first = await _trade(daemon)
     await until(lambda: len(gw.ledger.orders) == 1)
     gw.fill_model = FillModel.always()
-    assert await _final(daemon, first.trade.id) == "filled"
+    assert await entry_final(daemon, first.trade.id) == "filled"
     assert gw.ledger.count_ref(first.trade.idempotency_key) == 1
     assert len(gw.ledger.orders) == 1
 
@@ -136,10 +102,10 @@ async def test_restart_with_next_valid_id_rolled_back(gw: SimulatedGateway, daem
     await gw.restart(next_valid_id=1)
     await until(lambda: daemon.broker.link is LinkState.UP and daemon.reconciliation == "done")
     gw.fill_model = FillModel.always()
-    assert await _final(daemon, first.trade.id) == "filled"
+    assert await entry_final(daemon, first.trade.id) == "filled"
     second = await daemon.trade(force=True)
     assert isinstance(second, Started)
-    assert await _final(daemon, second.trade.id) == "filled"
+    assert await entry_final(daemon, second.trade.id) == "filled"
     refs = [o.order_ref for o in gw.ledger.orders]
     assert refs == [first.trade.idempotency_key, second.trade.idempotency_key]
     ids = [(o.client_id, o.order_id) for o in gw.ledger.orders]
@@ -163,7 +129,7 @@ async def test_connectivity_lost_and_restored_no_modify_while_down(
     await asyncio.sleep(1.0)  # several step intervals pass with the link down (the claim under test)
     assert gw.ledger.orders[0].limit_prices == prices_when_lost
     await gw.connectivity(restored=True, data_maintained=data_maintained)
-    status = await _final(daemon, first.trade.id)
+    status = await entry_final(daemon, first.trade.id)
     assert status == "cancelled"
     assert len(gw.ledger.orders) == 1
 
@@ -178,7 +144,7 @@ async def test_client_id_held_on_reconnect(gw: SimulatedGateway, daemon: Daemon)
     await until(lambda: daemon.broker.link is not LinkState.UP)
     await until(lambda: daemon.broker.link is LinkState.UP and daemon.reconciliation == "done")
     gw.fill_model = FillModel.always()
-    assert await _final(daemon, first.trade.id) == "filled"
+    assert await entry_final(daemon, first.trade.id) == "filled"
     assert len(gw.ledger.orders) == 1
 
 
@@ -193,20 +159,10 @@ async def test_repeated_fatal_errors_halt_the_bot(gw: SimulatedGateway, tmp_path
         control=ControlSettings(socket_path=tmp_path / "bot.sock"),
         service=ServiceSettings(max_fatal_errors_per_day=3),
     )
-    d = Daemon(
-        settings,
-        RuntimeEnv.from_environ({}),
-        SystemClock(),
-        SystemdNotifier(None),
-        demo_delay_s=86_400.0,
-        handle_signals=False,
-    )
-    task = asyncio.create_task(d.run())
-    try:
-        await until(lambda: getattr(d, "reconciliation", "") == "done")
+    async with running_daemon(settings) as d:
         for _ in range(3):
             started = await _trade(d)
-            assert await _final(d, started.trade.id) == "rejected"
+            assert await entry_final(d, started.trade.id) == "rejected"
         await until(lambda: d.guard.paused)
         refused = await d.trade(force=True)
         assert isinstance(refused, Blocked) and refused.reason is BlockReason.PAUSED
@@ -215,9 +171,6 @@ async def test_repeated_fatal_errors_halt_the_bot(gw: SimulatedGateway, tmp_path
         status = await d.status()
         assert status["paused"] is True and status["healthy"] is False
         assert len(gw.ledger.orders) == 3
-    finally:
-        d.stop_requested.set()
-        await asyncio.wait_for(task, 30)
 
 
 async def test_an_unwritable_journal_sends_nothing_and_says_why(gw: SimulatedGateway, daemon: Daemon) -> None:

@@ -3,29 +3,22 @@ calendar, and the exact sequence of limit prices the gateway sees during a walk.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 
 from bot.clock import SystemClock
-from bot.config import BrokerSettings, ControlSettings, RuntimeEnv, Settings, StrategySettings
+from bot.config import BrokerSettings, ControlSettings, Settings, StrategySettings
 from bot.domain import Started
 from bot.service.daemon import Daemon
-from bot.service.sdnotify import SystemdNotifier
 from bot.sim import FillModel, SimConfig, SimulatedGateway
 from strategies.calendar_spread.pricing import round_to_tick
+from tests.support.inproc import entry_final, running_daemon
 
 pytestmark = pytest.mark.wire
-
-
-async def _until(predicate: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not predicate():  # noqa: ASYNC110 -- polls state owned by another task; no event to wait on
-            await asyncio.sleep(0.01)
 
 
 @asynccontextmanager
@@ -41,21 +34,10 @@ async def running(
         strategy=strategy,
         control=ControlSettings(socket_path=tmp_path / "bot.sock"),
     )
-    d = Daemon(
-        settings,
-        RuntimeEnv.from_environ({}),
-        SystemClock(),
-        SystemdNotifier(None),
-        demo_delay_s=86_400.0,
-        handle_signals=False,
-    )
-    task = asyncio.create_task(d.run())
     try:
-        await _until(lambda: getattr(d, "reconciliation", "") == "done")
-        yield d, gw
+        async with running_daemon(settings) as d:
+            yield d, gw
     finally:
-        d.stop_requested.set()
-        await asyncio.wait_for(task, 30)
         await gw.stop()
         assert gw.protocol_errors == []
 
@@ -63,14 +45,7 @@ async def running(
 async def _run_entry(d: Daemon) -> str:
     started = await d.trade(force=False)
     assert isinstance(started, Started)
-
-    async def final() -> bool:
-        return not (await d.journal.entry(started.trade.id)).status.is_live
-
-    async with asyncio.timeout(30):
-        while not await final():  # noqa: ASYNC110 -- the journal has no change event to wait on
-            await asyncio.sleep(0.02)
-    return (await d.journal.entry(started.trade.id)).status.value
+    return await entry_final(d, started.trade.id)
 
 
 async def test_walk_sends_mid_then_steps_toward_natural(tmp_path: Path) -> None:
