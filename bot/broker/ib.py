@@ -218,6 +218,7 @@ class IBBroker:
         reconnect_max_s: float = 60.0,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        require_paper: bool = False,
     ) -> None:
         if market_data_type not in MARKET_DATA_TYPES:
             raise ValueError(f"market_data_type must be one of {sorted(MARKET_DATA_TYPES)}")
@@ -229,6 +230,7 @@ class IBBroker:
         self.port = port
         self.client_id = client_id
         self._account = account or ""
+        self._require_paper = require_paper
         self._market_data_type = MARKET_DATA_TYPES[market_data_type]
         self._connect_timeout_s = connect_timeout_s
         self._request_timeout_s = request_timeout_s
@@ -337,6 +339,19 @@ class IBBroker:
             if not self._closing:
                 self._shutdown()
 
+    def _account_refusal(self, accounts: list[str]) -> str | None:
+        """Why this session must not trade, or None. Paper accounts' ids start with "D" (DU…,
+        DF…); anything else is a live account, which paper/simulated mode must never touch."""
+        if self._require_paper and any(not a.startswith("D") for a in accounts):
+            return (
+                "broker.mode is not 'live' but IB Gateway is logged in to a live account; "
+                "log IB Gateway in to the paper account, or set broker.mode = 'live' and "
+                "broker.allow_live = true"
+            )
+        if self._account and self._account not in accounts:
+            return "the configured broker.account is not among the accounts IB Gateway manages"
+        return None
+
     def _jitter(self, delay: float) -> float:
         return delay / 2 + self._rng.uniform(0, delay / 2)
 
@@ -406,10 +421,17 @@ class IBBroker:
             raise problem from error
         try:
             self._ib.reqMarketDataType(self._market_data_type)
-            self._redactor.accounts.update(self._ib.client.getAccounts())
+            accounts = list(self._ib.client.getAccounts())
+            self._redactor.accounts.update(accounts)
         except ConnectionError as exc:
             self.last_error = f"IB Gateway at {self.host}:{self.port} closed the connection after the sync"
             raise LinkDown(self.last_error) from exc
+        refusal = self._account_refusal(accounts)
+        if refusal is not None:
+            self.last_error = refusal
+            self._ib.disconnect()
+            self._set_link(LinkState.DOWN)
+            raise SetupError(refusal)
         self._trades.clear()
         self._settled.clear()
         for trade in self._ib.trades():

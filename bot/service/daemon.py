@@ -256,6 +256,8 @@ class Daemon:
             reconnect_min_s=s.broker.reconnect_min_s,
             reconnect_max_s=s.broker.reconnect_max_s,
             clock=self.clock,
+            # Only an explicit live configuration may talk to a live account.
+            require_paper=s.broker.mode != "live",
         )
 
     async def _close_broker(self) -> None:

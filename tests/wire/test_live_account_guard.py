@@ -1,0 +1,51 @@
+"""Never an order to a live account unless the configuration says live: a paper/simulated bot
+that finds IB Gateway logged in to a live account refuses the session."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.broker.errors import SetupError
+from bot.broker.ib import IBBroker
+from bot.broker.protocol import LinkState
+from bot.clock import SystemClock
+from bot.sim import SimConfig, SimulatedGateway
+
+pytestmark = pytest.mark.wire
+
+
+@pytest.mark.parametrize(
+    ("account", "require_paper", "allowed"),
+    [
+        ("U7654321", True, False),
+        ("DU1234567", True, True),
+        ("U7654321", False, True),
+    ],
+)
+async def test_paper_mode_refuses_a_live_account(account: str, require_paper: bool, allowed: bool) -> None:
+    """A live account id (not D…) with require_paper: SetupError naming the fix, link not up."""
+    async with SimulatedGateway(SimConfig(account=account), clock=SystemClock()) as gw:
+        broker = IBBroker(port=gw.port, client_id=31, connect_timeout_s=3.0, require_paper=require_paper)
+        try:
+            if allowed:
+                await broker.connect_once()
+                assert broker.link is LinkState.UP
+            else:
+                with pytest.raises(SetupError, match="live account"):
+                    await broker.connect_once()
+                assert broker.link is not LinkState.UP
+                assert gw.ledger.orders == []
+        finally:
+            await broker.close()
+
+
+async def test_a_configured_account_must_be_managed_by_the_gateway() -> None:
+    """broker.account not among the gateway's accounts: refused (the id itself is not echoed)."""
+    async with SimulatedGateway(SimConfig(account="DU1234567"), clock=SystemClock()) as gw:
+        broker = IBBroker(port=gw.port, client_id=32, account="DU9999999", connect_timeout_s=3.0)
+        try:
+            with pytest.raises(SetupError, match="not among the accounts") as err:
+                await broker.connect_once()
+            assert "DU9999999" not in str(err.value)
+        finally:
+            await broker.close()
