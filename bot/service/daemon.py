@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import signal
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -24,7 +25,7 @@ from bot.broker.errors import BrokerError
 from bot.broker.ib import IBBroker
 from bot.broker.protocol import Broker, LinkState
 from bot.clock import Clock
-from bot.config import RuntimeEnv, Settings
+from bot.config import RuntimeEnv, Settings, StrategySettings
 from bot.control.server import ControlServer
 from bot.domain import ActionKind, AlertKind, Blocked, BlockReason, Skipped, Source, Started
 from bot.entry import EntryRunner
@@ -81,6 +82,7 @@ class Daemon:
         self._link_down_since: float | None = None
         self._link_alerted = False
         self._signals = 0
+        self._background: set[asyncio.Task[Any]] = set()
         # Set in run():
         self.journal: Journal
         self.broker: Any
@@ -109,7 +111,9 @@ class Daemon:
         count = count + 1 if seen_day == day else 1
         self._fatal_today = (day, count)
         if count >= self.settings.service.max_fatal_errors_per_day and not self.guard.paused:
-            asyncio.get_running_loop().create_task(self._halt(count), name="halt")
+            task = asyncio.get_running_loop().create_task(self._halt(count), name="halt")
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     async def _halt(self, count: int) -> None:
         await self._set_paused(
@@ -158,23 +162,7 @@ class Daemon:
             else None,
         )
         self.broker = await self._make_broker()
-        demo = self.demo_delay_s is not None
-        params = CalendarParams(
-            shape=s.strategy.shape,
-            strike_mode=s.strategy.strike_mode,
-            target_delta=s.strategy.target_delta,
-            delta_tolerance=s.strategy.delta_tolerance,
-            front_dte=s.strategy.front_dte,
-            back_dte=s.strategy.back_dte,
-            dte_tolerance=s.strategy.dte_tolerance,
-            quantity=s.strategy.quantity,
-            price_step=s.strategy.price_step,
-            # A demo shows the whole walk in seconds rather than minutes.
-            step_interval_s=min(s.strategy.step_interval_s, 3.0) if demo else s.strategy.step_interval_s,
-            max_steps=s.strategy.max_steps,
-            fill_timeout_s=min(s.strategy.fill_timeout_s, 10.0) if demo else s.strategy.fill_timeout_s,
-            max_debit=s.strategy.max_debit,
-        )
+        params = strategy_params(s.strategy, demo=self.demo_delay_s is not None)
         strategy = CalendarSpread(s.strategy.name, params, self.calendar)
         self.guard = EntryGuard(
             self.journal,
@@ -571,3 +559,16 @@ class Daemon:
         await self.journal.log_action(
             ActionKind.PEER_REFUSED, detail={"pid": pid, "uid": uid, "gid": gid, "why": why}
         )
+
+
+def strategy_params(settings: StrategySettings, *, demo: bool) -> CalendarParams:
+    """The strategy's parameters from its settings; a demo walks in seconds rather than minutes."""
+    names = {f.name for f in dataclasses.fields(CalendarParams)}
+    params = CalendarParams(**{k: v for k, v in settings.model_dump().items() if k in names})
+    if demo:
+        params = dataclasses.replace(
+            params,
+            step_interval_s=min(params.step_interval_s, 3.0),
+            fill_timeout_s=min(params.fill_timeout_s, 10.0),
+        )
+    return params

@@ -145,3 +145,19 @@ def test_check_config_masks_secrets_and_bad_config_exits_78(tmp_path: Path) -> N
     assert done.returncode == 78
     assert TOKEN not in done.stderr + done.stdout
     assert "config error: broker.port" in done.stderr
+
+
+def test_every_strategy_parameter_comes_from_the_settings() -> None:
+    """Each CalendarParams field is a StrategySettings key (none silently left at its default)."""
+    import dataclasses
+
+    from bot.config import StrategySettings
+    from bot.service.daemon import strategy_params
+    from strategies.calendar_spread.strategy import CalendarParams
+
+    names = {f.name for f in dataclasses.fields(CalendarParams)}
+    assert names <= set(StrategySettings.model_fields)
+    custom = StrategySettings(shape="double", front_dte=30, back_dte=45, step_interval_s=20.0, quantity=3)
+    params = strategy_params(custom, demo=False)
+    assert (params.shape, params.front_dte, params.back_dte, params.quantity) == ("double", 30, 45, 3)
+    assert strategy_params(custom, demo=True).step_interval_s == 3.0
