@@ -29,6 +29,7 @@ import pwd
 import socket
 import stat
 import struct
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -180,6 +181,10 @@ class ControlServer:
         self._server: asyncio.Server | None = None
         self._inode: tuple[int, int] | None = None
         self._handlers: set[asyncio.Task[Any]] = set()
+        # Served connections now waiting for a request line: when they arrived there, and their
+        # writer. At the cap the longest-waiting one makes room (slow clients cannot lock out
+        # operators).
+        self._waiting: dict[asyncio.Task[Any], tuple[float, asyncio.StreamWriter]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._state = _State.NEW
         self._closed = asyncio.Event()
@@ -335,6 +340,11 @@ class ControlServer:
         """Connections being served right now."""
         return len(self._handlers)
 
+    @property
+    def waiting(self) -> int:
+        """Served connections waiting for a request line (the ones that may be evicted)."""
+        return len(self._waiting)
+
     # -- connections -----------------------------------------------------------------------------
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -347,6 +357,8 @@ class ControlServer:
         self._tasks.add(task)
         cancelled = False
         try:
+            if len(self._handlers) >= self._max_connections:
+                self._evict_longest_waiting()
             if len(self._handlers) >= self._max_connections:
                 log.warning("control connection refused: too many", limit=self._max_connections)
                 await self._send(
@@ -370,6 +382,7 @@ class ControlServer:
             log.exception("control connection failed")
         finally:
             self._handlers.discard(task)
+            self._waiting.pop(task, None)
             try:
                 if not cancelled:
                     await _linger(reader, writer)
@@ -381,6 +394,28 @@ class ControlServer:
                         async with asyncio.timeout(_LINGER_S):
                             await writer.wait_closed()
 
+    def _evict_longest_waiting(self) -> None:
+        """Close the served connection that has waited longest for a request line, to admit a new
+        one. A connection in the middle of a request (a trade being followed) is never evicted."""
+        if not self._waiting:
+            return
+        task, (since, writer) = min(self._waiting.items(), key=lambda item: item[1][0])
+        self._waiting.pop(task)
+        self._handlers.discard(task)
+        waited_s = time.monotonic() - since
+        log.info("control connection evicted to admit another", waited_s=round(waited_s, 3))
+        with contextlib.suppress(OSError, RuntimeError):
+            writer.write(
+                encode(
+                    error_reply(
+                        None,
+                        ErrorCode.TIMEOUT,
+                        f"no complete request line after {waited_s:.1f} s while others waited; closing",
+                    )
+                )
+            )
+        writer.close()
+
     async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             peer = _peer_of(writer)
@@ -391,7 +426,10 @@ class ControlServer:
         if why is not None:
             await self._refuse_peer(peer, why, writer)
             return
+        task = asyncio.current_task()
+        assert task is not None  # noqa: S101 -- we run inside the connection's task
         while True:
+            self._waiting[task] = (time.monotonic(), writer)
             try:
                 async with asyncio.timeout(self._read_timeout_s):
                     line = await reader.readline()
@@ -419,6 +457,8 @@ class ControlServer:
                 return
             except ConnectionError:
                 return
+            finally:
+                self._waiting.pop(task, None)
             if not line:
                 return
             await self._handle_line(line, peer, writer)

@@ -351,8 +351,9 @@ async def _trickle(conn: RawConn) -> None:
 async def test_idle_and_slow_clients_are_closed_after_the_read_timeout_and_others_served(
     sock_path: Path,
 ) -> None:
-    """Up to the cap, idle and trickling clients are timed out; meanwhile others are served; over
-    the cap a client gets `busy`; once they are gone, new clients are served again."""
+    """Up to the cap, idle and trickling clients are timed out; meanwhile others are served. At the
+    cap, the connection that has waited longest for a request line is closed to admit a new one,
+    so slow clients can never lock an operator out."""
     async with serving(FakeApi(), sock_path, read_timeout_s=0.5, max_connections=3) as server:
         idle = [await RawConn.open(sock_path) for _ in range(2)]
         await until(lambda: server.connections == 2)
@@ -361,8 +362,7 @@ async def test_idle_and_slow_clients_are_closed_after_the_read_timeout_and_other
         slow = await RawConn.open(sock_path)
         trickling = asyncio.create_task(_trickle(slow))
         await until(lambda: server.connections == 3)
-        busy = await exchange(sock_path, request_line("ping"))
-        assert [m["error"]["code"] for m in busy] == ["busy"]
+        assert (await ping(sock_path))["ok"] is True  # admitted by evicting the oldest idle client
 
         for conn in [*idle, slow]:
             lines = await conn.lines_until_eof()
@@ -374,6 +374,23 @@ async def test_idle_and_slow_clients_are_closed_after_the_read_timeout_and_other
             await conn.close()
         await until(lambda: server.connections == 0)
         assert (await ping(sock_path))["ok"] is True
+
+
+async def test_busy_when_every_connection_is_in_the_middle_of_a_request(sock_path: Path) -> None:
+    """Connections following a trade are never evicted: at the cap a new client gets `busy`."""
+    trade = make_trade(status=EntryStatus.CLAIMED)
+    api = FakeApi(outcome=Started(trade, forced=False), script=script_filled(trade))
+    api.release.clear()
+    async with serving(api, sock_path, read_timeout_s=5, max_connections=2) as server:
+        followers = [await RawConn.open(sock_path) for _ in range(2)]
+        for conn in followers:
+            await conn.send(request_line("trade"))
+        await until(lambda: server.connections == 2 and server.waiting == 0)
+        busy = await exchange(sock_path, request_line("ping"))
+        assert [m["error"]["code"] for m in busy] == ["busy"]
+        api.release.set()
+        for conn in followers:
+            await conn.close()
 
 
 async def test_close_ends_open_connections_and_removes_the_socket(sock_path: Path) -> None:
