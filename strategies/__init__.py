@@ -1,0 +1,1 @@
+"""Strategies the daemon can run; each implements `bot.strategy.Strategy`."""

@@ -1,0 +1,1 @@
+"""The daemon itself: composition root, single-instance lock, systemd notify and watchdog."""
