@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, timedelta
 
 import pytest
 
 from bot.domain import ActionKind, Blocked, BlockReason, EntryStatus, Source, Started
-from tests.conftest import Core
+from tests.conftest import TRADING_DAY, Core, ny
 
 pytestmark = pytest.mark.unit
 
@@ -139,3 +140,18 @@ async def test_paused_and_reconciling_refuse_and_are_journaled(core: Core) -> No
     assert core.broker.placed == []
     assert len(await core.journal.actions(kinds=[ActionKind.PAUSED_BLOCKED])) == 1
     assert len(await core.journal.actions(kinds=[ActionKind.RECONCILING_BLOCKED])) == 1
+
+
+async def test_wall_clock_stepped_back_after_the_entry_still_blocks_the_day(core: Core) -> None:
+    """Filled at 09:45; the wall clock is stepped back an hour (and across midnight into the same
+    trading day from the other side): still the same trading day, still refused."""
+    first = await core.runner.request(Source.SCHEDULER)
+    assert isinstance(first, Started)
+    await _fill_first(core)
+    core.clock.set_wall(core.clock.now() - timedelta(hours=1))
+    again = await core.runner.request(Source.SCHEDULER)
+    assert isinstance(again, Blocked) and again.reason is BlockReason.ALREADY_TRADED_TODAY
+    late = ny(TRADING_DAY, 23, 59)
+    core.clock.set_wall(late.astimezone(UTC))
+    assert isinstance(await core.runner.request(Source.MANUAL), Blocked)
+    assert core.broker.placed == [first.trade.idempotency_key]
