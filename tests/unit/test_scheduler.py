@@ -182,3 +182,26 @@ async def test_holiday_is_skipped_by_the_running_scheduler() -> None:
             break
     assert rec.fired == [date(2026, 11, 27)]
     task.cancel()
+
+
+def test_bot_schedule_prints_entries_and_skipped_days() -> None:
+    """`bot schedule --from --days --json`: entry times in exchange and local time, skip reasons."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    done = subprocess.run(
+        [sys.executable, "-m", "bot", "schedule", "--from", "2026-11-25", "--days", "5", "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=Path(__file__).resolve().parents[2],
+        env={"PATH": "/usr/bin:/bin", "HOME": "/tmp", "TZ": "Europe/Berlin"},
+    )
+    assert done.returncode == 0, done.stderr
+    days = {d["day"]: d for d in json.loads(done.stdout)}
+    assert days["2026-11-25"]["entry_at"] == "2026-11-25T09:45:00-05:00"
+    assert days["2026-11-25"]["entry_local"].endswith("+01:00")  # 15:45 in Berlin
+    assert days["2026-11-26"]["skipped"] == "exchange holiday"
+    assert days["2026-11-28"]["skipped"] == "weekend"

@@ -12,7 +12,7 @@ import pytest
 
 from bot.clock import SystemClock
 from bot.config import BrokerSettings, ControlSettings, Settings, StrategySettings
-from bot.domain import Started
+from bot.domain import EntryStatus, Started
 from bot.service.daemon import Daemon
 from bot.sim import FillModel, SimConfig, SimulatedGateway
 from strategies.calendar_spread.pricing import round_to_tick
@@ -89,3 +89,29 @@ async def test_delta_strike_and_double_calendar(tmp_path: Path) -> None:
             option = gw.market.option_by_con_id(leg["con_id"])
             assert option is not None
             assert abs(abs(gw.market.greeks(option).delta) - 0.20) <= 0.05
+
+
+async def test_max_open_calendars_skips_the_day_before_the_claim(tmp_path: Path) -> None:
+    """Seven calendars still open (filled, back leg not expired): the next entry is SKIPPED with
+    the reason, journaled with its alert, and nothing is claimed or sent."""
+    from datetime import timedelta
+
+    from bot.broker.protocol import OptionContract, Right
+    from bot.domain import ActionKind, Skipped, Source
+
+    async with running(tmp_path, StrategySettings(max_open_calendars=7), FillModel.always()) as (d, gw):
+        today = d.trading_day()
+        for n in range(7):
+            day = today - timedelta(days=10 + n)
+            started = await d.journal.claim("calendar", day, Source.SCHEDULER, 1)
+            assert isinstance(started, Started)
+            back = OptionContract(today + timedelta(days=20), 6000.0, Right.CALL, con_id=n)
+            await d.journal.set_legs(started.trade.id, [], "test", back.expiry)
+            await d.journal.record_fill(started.trade.id, f"x{n}", 1, 10.0, d.clock.now())
+            await d.journal.finish(started.trade.id, EntryStatus.FILLED, None, ActionKind.FILLED)
+        outcome = await d.trade(force=True)
+        assert isinstance(outcome, Skipped)
+        assert "max_open_calendars 7" in outcome.reason
+        assert gw.ledger.orders == []
+        assert await d.journal.entries_on("calendar", today) == []
+        assert len(await d.journal.actions(kinds=[ActionKind.SKIPPED])) == 1
