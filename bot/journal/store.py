@@ -187,9 +187,14 @@ class Journal:
         """One `BEGIN IMMEDIATE ... COMMIT`; rolled back on any exception (cancellation included)."""
         async with self._write_lock:
             try:
-                await self._conn.execute("BEGIN IMMEDIATE")
+                await asyncio.shield(self._conn.execute("BEGIN IMMEDIATE"))
             except sqlite3.Error as exc:
                 raise JournalError(f"cannot write the journal: {exc}") from exc
+            except asyncio.CancelledError:
+                # The BEGIN is queued on aiosqlite's worker and runs anyway; a ROLLBACK queued
+                # behind it undoes it, so the next transaction does not start inside this one.
+                await asyncio.shield(self._rollback())
+                raise
             try:
                 yield _Tx(self._conn, self._clock)
             except sqlite3.IntegrityError:
@@ -210,10 +215,11 @@ class Journal:
                 raise JournalError(f"cannot commit to the journal: {exc}") from exc
 
     async def _rollback(self) -> None:
-        if self._conn.in_transaction:
-            # SQLite may already have rolled back by itself (e.g. after SQLITE_FULL).
-            with contextlib.suppress(sqlite3.Error):
-                await self._conn.execute("ROLLBACK")
+        # Unconditional: `in_transaction` is read on this thread while statements may still be
+        # queued on the worker. SQLite may also have rolled back by itself (e.g. after
+        # SQLITE_FULL), so "no transaction is active" is fine.
+        with contextlib.suppress(sqlite3.Error):
+            await self._conn.execute("ROLLBACK")
 
     async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         try:

@@ -229,3 +229,24 @@ async def test_newer_schema_is_refused(tmp_path: Path, clock: ManualClock) -> No
     conn.close()
     with pytest.raises(JournalError, match="newer than this bot"):
         await Journal.open(path, clock)
+
+
+async def test_a_transaction_cancelled_before_its_begin_ran_leaves_none_open(journal: Journal) -> None:
+    """Found in CI: a task cancelled while its BEGIN was still queued on aiosqlite's worker left
+    that BEGIN to run later, and every following transaction failed. Now it is rolled back."""
+    slow = asyncio.create_task(
+        journal.connection.execute(
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 2000000) "
+            "SELECT COUNT(*) FROM c"
+        )
+    )
+    await asyncio.sleep(0)  # the slow query now occupies the worker
+    victim = asyncio.create_task(journal.log_action(ActionKind.PAUSED, detail={}))
+    for _ in range(5):
+        await asyncio.sleep(0)  # the victim's BEGIN is queued behind the slow query
+    victim.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await victim
+    await slow
+    await journal.log_action(ActionKind.RESUMED, detail={})  # would fail inside a stray transaction
+    assert [a.kind for a in await journal.actions()] == ["RESUMED"]

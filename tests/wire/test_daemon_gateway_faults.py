@@ -76,6 +76,7 @@ async def test_drop_before_the_order_is_read_loses_it_and_the_retry_is_the_only_
     first = await _trade(daemon)
     assert await entry_final(daemon, first.trade.id) == "never_sent"
     assert gw.ledger.orders == []
+    await until(lambda: daemon.reconciliation == "done" and not daemon.guard.reconciling)
     gw.fill_model = FillModel.always()
     second = await _trade(daemon)
     assert await entry_final(daemon, second.trade.id) == "filled"
