@@ -54,10 +54,15 @@ async def running_daemon(settings: Settings) -> AsyncIterator[Daemon]:
 
 
 async def entry_final(d: Daemon, entry_id: int) -> str:
-    """Wait until the entry is final; return its status."""
+    """Wait until the entry is final and its task has let go of the guard; return its status.
+
+    (A read on the daemon's connection can see the final status inside the transaction that
+    writes it, a moment before the entry task ends.)
+    """
 
     async def final() -> bool:
         return not (await d.journal.entry(entry_id)).status.is_live
 
     await until(final)
+    await until(lambda: not d.runner.running)
     return (await d.journal.entry(entry_id)).status.value
