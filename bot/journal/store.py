@@ -223,8 +223,8 @@ class Journal:
 
     async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         try:
-            async with self._conn.execute(sql, params) as cur:
-                return [tuple(r) for r in await cur.fetchall()]
+            # One trip to aiosqlite's worker thread instead of three (execute, fetch, close).
+            return [tuple(r) for r in await self._conn.execute_fetchall(sql, params)]
         except sqlite3.Error as exc:
             raise JournalError(f"cannot read the journal: {exc}") from exc
 
@@ -607,13 +607,11 @@ class _Tx:
             await self._conn.execute(statement)
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
-        async with self._conn.execute(sql, params) as cur:
-            row = await cur.fetchone()
-        return tuple(row) if row is not None else None
+        rows = await self._conn.execute_fetchall(sql, params)
+        return tuple(next(iter(rows))) if rows else None
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        async with self._conn.execute(sql, params) as cur:
-            return [tuple(r) for r in await cur.fetchall()]
+        return [tuple(r) for r in await self._conn.execute_fetchall(sql, params)]
 
     async def action(
         self,
