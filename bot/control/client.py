@@ -119,7 +119,7 @@ async def request_streaming(
         writer.write(encode(make_request(request_id, cmd, dict(args or {}))))
         # A daemon that refuses us (forbidden, busy) may already have closed; its one line is
         # still waiting to be read, so a failed write is not the end.
-        with contextlib.suppress(ConnectionError):
+        with contextlib.suppress(OSError):
             await writer.drain()
         wait_s = timeout_s
         while True:
@@ -132,7 +132,9 @@ async def request_streaming(
                     "check `bot status` or its log",
                     ExitCode.UNAVAILABLE,
                 ) from None
-            except (ValueError, ConnectionError) as exc:
+            except (ValueError, OSError) as exc:
+                # OSError too: a connect that found the daemon's backlog full can surface here as
+                # ENOTCONN rather than at connect time.
                 raise UserError(
                     f"the connection to the bot daemon at {path} failed during {cmd}: {exc}",
                     ExitCode.UNAVAILABLE,

@@ -20,15 +20,18 @@ leftover) and refuses any other kind of file at the path.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
 import enum
+import fcntl
 import grp
 import os
 import pwd
 import socket
 import stat
 import struct
+import termios
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,6 +105,19 @@ class _State(enum.Enum):
 
 class _ClientGone(Exception):
     """The peer stopped reading or went away; the connection ends without a reply."""
+
+
+def _unread(writer: asyncio.StreamWriter) -> int:
+    """Bytes waiting in the kernel's receive queue of this connection (FIONREAD); -1 if unknown."""
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return -1
+    buf = array.array("i", [0])
+    try:
+        fcntl.ioctl(sock.fileno(), termios.FIONREAD, buf)
+    except OSError:
+        return -1
+    return int(buf[0])
 
 
 def _peer_of(writer: asyncio.StreamWriter) -> Peer:
@@ -185,6 +201,7 @@ class ControlServer:
         # writer. At the cap the longest-waiting one makes room (slow clients cannot lock out
         # operators).
         self._waiting: dict[asyncio.Task[Any], tuple[float, asyncio.StreamWriter]] = {}
+        self._evicted: set[asyncio.Task[Any]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._state = _State.NEW
         self._closed = asyncio.Event()
@@ -210,7 +227,11 @@ class ControlServer:
         await self._clear_stale()
         try:
             self._server = await asyncio.start_unix_server(
-                self._on_connect, path=str(self.path), limit=self._max_line_bytes
+                self._on_connect,
+                path=str(self.path),
+                limit=self._max_line_bytes,
+                # A burst of clients waits in the kernel's queue instead of failing with EAGAIN.
+                backlog=min(max(self._max_connections, 128), 4096),
             )
         except OSError as exc:
             raise UserError(
@@ -383,6 +404,7 @@ class ControlServer:
         finally:
             self._handlers.discard(task)
             self._waiting.pop(task, None)
+            self._evicted.discard(task)
             try:
                 if not cancelled:
                     await _linger(reader, writer)
@@ -395,14 +417,20 @@ class ControlServer:
                             await writer.wait_closed()
 
     def _evict_longest_waiting(self) -> None:
-        """Close the served connection that has waited longest for a request line, to admit a new
-        one. A connection in the middle of a request (a trade being followed) is never evicted."""
-        if not self._waiting:
+        """Make room for a new client by closing the served connection that has waited longest
+        for a request line and has nothing unread in its socket (so a client whose request merely
+        has not been read yet, in a burst, is never the one evicted). A connection in the middle
+        of a request (a trade being followed) is never evicted."""
+        idle = [
+            (since, task, writer) for task, (since, writer) in self._waiting.items() if _unread(writer) == 0
+        ]
+        if not idle:
             return
-        task, (since, writer) = min(self._waiting.items(), key=lambda item: item[1][0])
+        since, task, writer = min(idle, key=lambda item: item[0])
+        waited_s = time.monotonic() - since
         self._waiting.pop(task)
         self._handlers.discard(task)
-        waited_s = time.monotonic() - since
+        self._evicted.add(task)
         log.info("control connection evicted to admit another", waited_s=round(waited_s, 3))
         with contextlib.suppress(OSError, RuntimeError):
             writer.write(
@@ -414,7 +442,9 @@ class ControlServer:
                     )
                 )
             )
-        writer.close()
+            # Half-close: the client reads the reply and EOF; its handler then ends normally
+            # (lingering as for `busy`), so the reply is not lost to a reset.
+            writer.write_eof()
 
     async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -459,7 +489,7 @@ class ControlServer:
                 return
             finally:
                 self._waiting.pop(task, None)
-            if not line:
+            if not line or task in self._evicted:
                 return
             await self._handle_line(line, peer, writer)
             if not line.endswith(b"\n"):
