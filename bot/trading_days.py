@@ -7,42 +7,92 @@ real trading days) and the simulated gateway (which SPXW expiries exist), so all
 from __future__ import annotations
 
 import functools
+import json
 import warnings
+from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import exchange_calendars as xcals
 
-__all__ = ["TradingCalendar", "calendar_for"]
+__all__ = ["TradingCalendar", "calendar_for", "use_cache_dir"]
 
 _SPAN_BEFORE = timedelta(days=400)
 _SPAN_AFTER = timedelta(days=800)
 
 
-class TradingCalendar:
-    """Sessions, holidays and closes of one exchange (default XNYS, whose holidays SPX options follow)."""
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    """What a calendar keeps of exchange_calendars' answer; small enough to cache as JSON."""
 
-    def __init__(self, name: str = "XNYS", around: date | None = None) -> None:
-        centre = around or date.today()  # noqa: DTZ011 -- only the span of dates to load
-        self.name = name
-        # exchange_calendars still uses a pandas API that pandas 3 deprecates; the warning is
-        # theirs to fix and says nothing about our dates.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            self._cal = xcals.get_calendar(
-                name,
-                start=(centre - _SPAN_BEFORE).isoformat(),
-                end=(centre + _SPAN_AFTER).isoformat(),
-            )
-            self._closes = {
-                ts.date(): datetime.fromisoformat(close.isoformat())
-                for ts, close in self._cal.schedule["close"].items()
+    tz: str
+    first: date
+    last: date
+    sessions: frozenset[date]
+    closes: dict[date, datetime]
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "tz": self.tz,
+                "first": self.first.isoformat(),
+                "last": self.last.isoformat(),
+                "closes": {d.isoformat(): c.isoformat() for d, c in sorted(self.closes.items())},
             }
-        self.tz = ZoneInfo(str(self._cal.tz))
-        self._first = self._cal.first_session.date()
-        self._last = self._cal.last_session.date()
-        self._sessions: frozenset[date] = frozenset(d.date() for d in self._cal.sessions)
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> _Loaded:
+        data = json.loads(text)
+        closes = {date.fromisoformat(d): datetime.fromisoformat(c) for d, c in data["closes"].items()}
+        return cls(
+            data["tz"],
+            date.fromisoformat(data["first"]),
+            date.fromisoformat(data["last"]),
+            frozenset(closes),
+            closes,
+        )
+
+
+def _build(name: str, start: date, end: date) -> _Loaded:
+    # exchange_calendars still uses a pandas API that pandas 3 deprecates; the warning is
+    # theirs to fix and says nothing about our dates.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        cal = xcals.get_calendar(name, start=start.isoformat(), end=end.isoformat())
+        closes = {
+            ts.date(): datetime.fromisoformat(close.isoformat())
+            for ts, close in cal.schedule["close"].items()
+        }
+        return _Loaded(
+            str(cal.tz), cal.first_session.date(), cal.last_session.date(), frozenset(closes), closes
+        )
+
+
+class TradingCalendar:
+    """Sessions, holidays and closes of one exchange (default XNYS, whose holidays SPX options follow).
+
+    Building the calendar with exchange_calendars takes a noticeable part of the daemon's start, so
+    with a `cache_dir` the result is kept as a small JSON file, keyed by the exchange, the span of
+    dates and the library's version (a new version may know new holidays).
+    """
+
+    def __init__(self, name: str = "XNYS", around: date | None = None, cache_dir: Path | None = None) -> None:
+        centre = around or date.today()  # noqa: DTZ011 -- only the span of dates to load
+        start, end = centre - _SPAN_BEFORE, centre + _SPAN_AFTER
+        self.name = name
+        loaded = _load_cached(cache_dir, name, start, end) if cache_dir else None
+        if loaded is None:
+            loaded = _build(name, start, end)
+            if cache_dir is not None:
+                _store_cached(cache_dir, name, start, end, loaded)
+        self.tz = ZoneInfo(loaded.tz)
+        self._first = loaded.first
+        self._last = loaded.last
+        self._sessions = loaded.sessions
+        self._closes = loaded.closes
 
     def _check(self, day: date) -> None:
         if not self._first <= day <= self._last:
@@ -82,7 +132,42 @@ class TradingCalendar:
         return "exchange holiday"
 
 
+def _cache_file(cache_dir: Path, name: str, start: date, end: date) -> Path:
+    return cache_dir / f"calendar-{name}-{start:%Y%m%d}-{end:%Y%m%d}-{xcals.__version__}.json"
+
+
+def _load_cached(cache_dir: Path, name: str, start: date, end: date) -> _Loaded | None:
+    try:
+        return _Loaded.from_json(_cache_file(cache_dir, name, start, end).read_text(encoding="utf-8"))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # missing or damaged: build it again
+
+
+def _store_cached(cache_dir: Path, name: str, start: date, end: date, loaded: _Loaded) -> None:
+    target = _cache_file(cache_dir, name, start, end)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        for old in cache_dir.glob(f"calendar-{name}-*.json"):
+            if old != target:
+                old.unlink(missing_ok=True)
+        tmp = target.with_suffix(".tmp")
+        tmp.write_text(loaded.to_json(), encoding="utf-8")
+        tmp.replace(target)
+    except OSError:
+        pass  # a cache only; the calendar itself is built
+
+
+_cache_dir: Path | None = None
+
+
+def use_cache_dir(path: Path | None) -> None:
+    """Where `calendar_for` keeps built calendars (the daemon passes its state directory)."""
+    global _cache_dir  # noqa: PLW0603 -- the one process-wide setting of this module
+    _cache_dir = path
+    calendar_for.cache_clear()
+
+
 @functools.cache
 def calendar_for(name: str = "XNYS") -> TradingCalendar:
     """The process-wide calendar for `name`, loaded once (loading takes a noticeable fraction of a second)."""
-    return TradingCalendar(name)
+    return TradingCalendar(name, cache_dir=_cache_dir)

@@ -41,7 +41,7 @@ from bot.service.lock import InstanceLock
 from bot.service.sdnotify import SystemdNotifier
 from bot.service.watchdog import watchdog_loop
 from bot.sim import FillModel, SimConfig, SimulatedGateway
-from bot.trading_days import calendar_for
+from bot.trading_days import calendar_for, use_cache_dir
 from strategies.calendar_spread.strategy import CalendarParams, CalendarSpread
 
 __all__ = ["Daemon"]
@@ -72,6 +72,7 @@ class Daemon:
         self.demo_delay_s = demo_delay_s
         self.handle_signals = handle_signals
         self.tz = ZoneInfo(settings.schedule.timezone)
+        use_cache_dir(settings.state_dir / "cache")
         self.calendar = calendar_for(settings.schedule.exchange_calendar)
         self.stop_requested = asyncio.Event()
         self.hub = ProgressHub()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, date, time, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -205,3 +206,22 @@ def test_bot_schedule_prints_entries_and_skipped_days() -> None:
     assert days["2026-11-25"]["entry_local"].endswith("+01:00")  # 15:45 in Berlin
     assert days["2026-11-26"]["skipped"] == "exchange holiday"
     assert days["2026-11-28"]["skipped"] == "weekend"
+
+
+def test_a_cached_calendar_answers_like_a_freshly_built_one(tmp_path: Path) -> None:
+    """The JSON cache of a built calendar gives the same sessions and closes; a damaged cache
+    file is rebuilt rather than trusted."""
+    from bot.trading_days import TradingCalendar
+
+    around = date(2026, 11, 25)
+    fresh = TradingCalendar("XNYS", around=around)
+    first = TradingCalendar("XNYS", around=around, cache_dir=tmp_path)  # builds and stores
+    (cache,) = list(tmp_path.glob("calendar-XNYS-*.json"))
+    cached = TradingCalendar("XNYS", around=around, cache_dir=tmp_path)  # loads
+    days = [around + timedelta(days=i) for i in range(-300, 700)]
+    for cal in (first, cached):
+        assert [cal.is_trading_day(d) for d in days] == [fresh.is_trading_day(d) for d in days]
+        assert cal.close_time(date(2026, 11, 27)) == time(13, 0)
+    cache.write_text("{not json")
+    rebuilt = TradingCalendar("XNYS", around=around, cache_dir=tmp_path)
+    assert rebuilt.is_trading_day(date(2026, 11, 27)) and not rebuilt.is_trading_day(date(2026, 11, 26))
