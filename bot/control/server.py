@@ -107,6 +107,10 @@ class _ClientGone(Exception):
     """The peer stopped reading or went away; the connection ends without a reply."""
 
 
+#: How long a connection must have been silent before it may be evicted to admit another.
+_MIN_SILENCE_TO_EVICT_S = 0.5
+
+
 def _unread(writer: asyncio.StreamWriter) -> int:
     """Bytes waiting in the kernel's receive queue of this connection (FIONREAD); -1 if unknown."""
     sock = writer.get_extra_info("socket")
@@ -366,6 +370,13 @@ class ControlServer:
         """Served connections waiting for a request line (the ones that may be evicted)."""
         return len(self._waiting)
 
+    @property
+    def longest_wait_s(self) -> float:
+        """How long the longest-waiting connection has waited for its request line."""
+        if not self._waiting:
+            return 0.0
+        return time.monotonic() - min(since for since, _ in self._waiting.values())
+
     # -- connections -----------------------------------------------------------------------------
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -421,8 +432,13 @@ class ControlServer:
         for a request line and has nothing unread in its socket (so a client whose request merely
         has not been read yet, in a burst, is never the one evicted). A connection in the middle
         of a request (a trade being followed) is never evicted."""
+        # Only connections that have been silent for a while: in a burst a client may be connected
+        # but not have written its line yet, and evicting it would only trade one refusal for another.
+        cutoff = time.monotonic() - min(_MIN_SILENCE_TO_EVICT_S, self._read_timeout_s / 2)
         idle = [
-            (since, task, writer) for task, (since, writer) in self._waiting.items() if _unread(writer) == 0
+            (since, task, writer)
+            for task, (since, writer) in self._waiting.items()
+            if since <= cutoff and _unread(writer) == 0
         ]
         if not idle:
             return
