@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         const=5.0,
         metavar="SECONDS",
-        help="schedule one entry SECONDS (default 5) after start, on any day",
+        help="instead of the daily schedule, one entry SECONDS (default 5) after start, on any day",
     )
 
     cc = sub.add_parser("check-config", help="print the effective configuration, secrets masked")

@@ -113,7 +113,10 @@ class Scheduler:
         Comparing with `>` rather than `!=` means a wall clock stepped back after an entry, or
         forward and back again, never makes a day that already fired eligible again.
         """
-        if self._demo_at is not None and not self._demo_fired:
+        if self._demo_at is not None:
+            # A demo replaces the daily schedule with its one entry, on any day.
+            if self._demo_fired:
+                return None
             demo_day = self._demo_at.astimezone(self._tz).date()
             return DayPlan(demo_day, self._demo_at, self._demo_at + timedelta(hours=12), None)
         for plan in self.upcoming(15):

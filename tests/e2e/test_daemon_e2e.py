@@ -204,7 +204,8 @@ async def test_a_second_sigterm_exits_promptly_and_the_next_start_reconciles(
         return bool(_journal_rows(d, "SELECT 1 FROM entries WHERE status = 'working'"))
 
     await wait_until(working, 60, "the order to work")
-    await sim.control("delay", msg_id=3, seconds=60)  # the cancel's confirmation is held back
+    for msg_id in (3, 4):  # the cancel's confirmation (orderStatus, error 202) is held back
+        await sim.control("delay", msg_id=msg_id, seconds=60)
     d.signal(signal.SIGTERM)
     await asyncio.sleep(0.3)
     d.signal(signal.SIGTERM)

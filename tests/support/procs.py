@@ -144,6 +144,10 @@ class DaemonProcess:
         self.demo_s = demo_s
         # The socket path goes through the environment, so a test's own [control] table is free.
         self.extra_env = {"BOT_CONTROL__SOCKET_PATH": str(self.socket), **(env or {})}
+        if demo_s is None:
+            # Without a demo entry the daily schedule would fire whenever the test happens to run
+            # inside 09:45-10:30 New York time; tests trigger entries themselves.
+            self.extra_env.setdefault("BOT_SCHEDULE__ENABLED", "false")
         self.proc: subprocess.Popen[bytes] | None = None
         self.last_cli_error = ""
 

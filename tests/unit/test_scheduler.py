@@ -225,3 +225,28 @@ def test_a_cached_calendar_answers_like_a_freshly_built_one(tmp_path: Path) -> N
     cache.write_text("{not json")
     rebuilt = TradingCalendar("XNYS", around=around, cache_dir=tmp_path)
     assert rebuilt.is_trading_day(date(2026, 11, 27)) and not rebuilt.is_trading_day(date(2026, 11, 26))
+
+
+async def test_a_demo_replaces_the_daily_schedule_with_one_entry() -> None:
+    """`--demo`: one entry a few seconds after start, even inside today's window; nothing else."""
+    start = ny(date(2026, 12, 2), 9, 50).astimezone(UTC)  # inside today's 09:45-10:30 window
+    clock = ManualClock(start)
+    rec = Recorder()
+    scheduler = Scheduler(
+        clock,
+        CAL,
+        time(9, 45),
+        time(10, 30),
+        NY,
+        fire=rec.fire,
+        missed=rec.miss,
+        load_last_day=rec.load,
+        save_last_day=rec.save,
+        demo_at=start + timedelta(seconds=5),
+    )
+    task = asyncio.create_task(scheduler.run())
+    for _ in range(int(26 * 3600 / 30)):  # through tomorrow's entry time too
+        await clock.advance(30)
+    assert rec.fired == [date(2026, 12, 2)]
+    assert rec.missed == []
+    task.cancel()
