@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, date, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -66,7 +66,7 @@ class Recorder:
         self.saved = day
 
 
-def _scheduler(clock: ManualClock, rec: Recorder) -> Scheduler:
+def _scheduler(clock: ManualClock, rec: Recorder, demo_at: datetime | None = None) -> Scheduler:
     return Scheduler(
         clock,
         CAL,
@@ -78,6 +78,7 @@ def _scheduler(clock: ManualClock, rec: Recorder) -> Scheduler:
         load_last_day=rec.load,
         save_last_day=rec.save,
         recheck_s=30.0,
+        demo_at=demo_at,
     )
 
 
@@ -232,19 +233,7 @@ async def test_a_demo_replaces_the_daily_schedule_with_one_entry() -> None:
     start = ny(date(2026, 12, 2), 9, 50).astimezone(UTC)  # inside today's 09:45-10:30 window
     clock = ManualClock(start)
     rec = Recorder()
-    scheduler = Scheduler(
-        clock,
-        CAL,
-        time(9, 45),
-        time(10, 30),
-        NY,
-        fire=rec.fire,
-        missed=rec.miss,
-        load_last_day=rec.load,
-        save_last_day=rec.save,
-        demo_at=start + timedelta(seconds=5),
-    )
-    task = asyncio.create_task(scheduler.run())
+    task = asyncio.create_task(_scheduler(clock, rec, demo_at=start + timedelta(seconds=5)).run())
     for _ in range(int(26 * 3600 / 30)):  # through tomorrow's entry time too
         await clock.advance(30)
     assert rec.fired == [date(2026, 12, 2)]
