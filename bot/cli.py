@@ -79,15 +79,75 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, default=7, help="market model seed")
     sim.add_argument("--spot", type=float, default=6000.0, help="SPX spot")
     sim.add_argument("--vol", type=float, default=0.18, help="implied volatility of the model")
+    from bot.sim.faults import FAULT_SPEC_HELP  # import-light, unlike the gateway itself
+
     sim.add_argument(
         "--fault",
         action="append",
         default=[],
         metavar="SPEC",
-        help="inject a fault (repeatable): omit:MSGID, delay:MSGID:SECONDS[:N], hold-client-id:ID[:N], "
-        "drop-after-place[:N], drop-before-place[:N]",
+        help=f"inject a fault (repeatable): {FAULT_SPEC_HELP}",
+    )
+    sim.add_argument(
+        "--no-bag-execution",
+        dest="bag_execution",
+        action="store_false",
+        help="report combo fills with leg executions only, no BAG-level execution",
+    )
+    sim.add_argument(
+        "--no-day-expiry",
+        dest="day_orders_expire",
+        action="store_false",
+        help="keep DAY orders working past the session close (16:15 New York; 13:15 early close)",
+    )
+    sim.add_argument(
+        "--time-zone",
+        default="UTC",
+        metavar="ZONE",
+        help="the gateway's zone, for reqExecutions filter times without one (default UTC)",
     )
     sim.add_argument("--control", type=Path, help="Unix socket for the fault-injection control channel")
+    hostile = sim.add_argument_group("IB's rules (off by default unless noted)")
+    hostile.add_argument(
+        "--chain",
+        default="full",
+        metavar="SHAPE",
+        help="strikes missing in some expiries: full (default), far-sparse[:DAYS[:BAND[:STEP]]], "
+        "random[:KEEP[:BAND]]",
+    )
+    hostile.add_argument(
+        "--missing",
+        action="append",
+        default=[],
+        metavar="TC:YYYYMMDD:STRIKE[:C|P]",
+        help="a contract the chain does not list (repeatable), e.g. SPXW:20270115:6100",
+    )
+    hostile.add_argument(
+        "--enforce-market-rules", action="store_true", help="refuse limits off the price increments (110)"
+    )
+    hostile.add_argument(
+        "--combo-increments",
+        choices=("package", "legs"),
+        default="package",
+        help="a combo's net limit moves in 0.05 (package, Cboe's SPX rule) or by the legs' rule",
+    )
+    hostile.add_argument(
+        "--modify-processing-s",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="a modification within this long of the last one is refused with 2102",
+    )
+    hostile.add_argument(
+        "--enforce-pacing", action="store_true", help="refuse over --max-msg-rate with 100, then disconnect"
+    )
+    hostile.add_argument("--max-msg-rate", type=int, default=50, metavar="N", help="messages/s (default 50)")
+    hostile.add_argument(
+        "--max-market-data-lines", type=int, default=100, metavar="N", help="lines per client (default 100)"
+    )
+    hostile.add_argument(
+        "--no-line-limit", action="store_true", help="count market-data lines but never refuse (101)"
+    )
     return p
 
 
@@ -246,7 +306,7 @@ def _simulator(args: argparse.Namespace, runtime: RuntimeEnv) -> int:
     try:
         _run_simulator(args, run_simulator)
     except ValueError as exc:
-        raise UserError(f"bad --fault: {exc}", ExitCode.USAGE) from exc
+        raise UserError(f"bad simulator option: {exc}", ExitCode.USAGE) from exc
     except OSError as exc:
         raise UserError(
             f"cannot listen on {args.host}:{args.port}: {exc.strerror} (is another gateway on that port?)",
@@ -256,6 +316,18 @@ def _simulator(args: argparse.Namespace, runtime: RuntimeEnv) -> int:
 
 
 def _run_simulator(args: argparse.Namespace, run_simulator: Any) -> None:
+    from bot.sim.chain import ChainShape, ContractKey
+    from bot.sim.limits import IbLimits
+    from bot.sim.rules import ComboIncrements
+
+    for text in args.missing:
+        ContractKey.parse(text)  # a bad one is a usage error before anything listens
+    limits = IbLimits(
+        max_msgs_per_s=args.max_msg_rate,
+        max_market_data_lines=args.max_market_data_lines,
+        enforce_pacing=args.enforce_pacing,
+        enforce_lines=not args.no_line_limit,
+    )
     asyncio.run(
         run_simulator(
             host=args.host,
@@ -264,6 +336,15 @@ def _run_simulator(args: argparse.Namespace, run_simulator: Any) -> None:
             spot=args.spot,
             vol=args.vol,
             faults=tuple(args.fault),
+            bag_execution=args.bag_execution,
+            day_orders_expire=args.day_orders_expire,
+            time_zone=args.time_zone,
             control_path=args.control,
+            chain=ChainShape.parse(args.chain),
+            missing_contracts=tuple(args.missing),
+            enforce_market_rules=args.enforce_market_rules,
+            combo_increments=ComboIncrements(args.combo_increments),
+            modify_processing_s=args.modify_processing_s,
+            limits=limits,
         )
     )

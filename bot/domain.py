@@ -31,6 +31,9 @@ class Source(enum.StrEnum):
     """The daemon's scheduler at the configured entry time."""
     MANUAL = "manual"
     """A person, through `bot trade` on the control socket."""
+    BROKER = "broker"
+    """Found at the broker with no entry in this journal (a lost or restored journal, another copy
+    of the bot elsewhere) and adopted into it; never sent by this process."""
 
 
 class EntryStatus(enum.StrEnum):
@@ -54,11 +57,19 @@ class EntryStatus(enum.StrEnum):
     """An error ended the attempt before any order left."""
     NEVER_SENT = "never_sent"
     """Claimed, but after a complete look-up the broker had never seen the order."""
+    UNKNOWN = "unknown"
+    """The broker no longer lists the order and nothing shows whether it filled. Counts as traded
+    for its day and blocks every entry until evidence or an operator (`bot resolve`) settles it."""
 
     @property
     def is_live(self) -> bool:
         """True while an order may be working at the broker."""
         return self in (EntryStatus.CLAIMED, EntryStatus.WORKING)
+
+    @property
+    def may_have_filled(self) -> bool:
+        """True for a status that, by itself, is evidence of a fill (or of not knowing)."""
+        return self in (EntryStatus.FILLED, EntryStatus.PARTIAL, EntryStatus.UNKNOWN)
 
 
 LIVE_STATUSES: tuple[EntryStatus, ...] = (EntryStatus.CLAIMED, EntryStatus.WORKING)
@@ -75,6 +86,8 @@ class BlockReason(enum.StrEnum):
     """The journal is not yet reconciled with the broker (start, reconnect)."""
     PAUSED = "paused"
     """Entries are paused by an operator or by the fatal-error halt."""
+    UNRESOLVED = "unresolved"
+    """An entry's outcome is unknown (`EntryStatus.UNKNOWN`); nothing trades until it is settled."""
 
 
 class ActionKind(enum.StrEnum):
@@ -87,8 +100,13 @@ class ActionKind(enum.StrEnum):
     RECONCILING_BLOCKED = "RECONCILING_BLOCKED"
     PAUSED_BLOCKED = "PAUSED_BLOCKED"
     LEGS_CHOSEN = "LEGS_CHOSEN"
+    ORDER_SENDING = "ORDER_SENDING"
+    """The order's limit, journaled before the order is written to the broker (write-ahead)."""
     ORDER_PLACED = "ORDER_PLACED"
     PRICE_STEPPED = "PRICE_STEPPED"
+    """A new limit, journaled before the modification is sent (write-ahead)."""
+    MODIFY_REFUSED = "MODIFY_REFUSED"
+    """The broker refused a modification (price increment 110, still processing 2102, ...)."""
     ORDER_STATUS = "ORDER_STATUS"
     FILL = "FILL"
     FILLED = "FILLED"
@@ -98,6 +116,17 @@ class ActionKind(enum.StrEnum):
     SKIPPED = "SKIPPED"
     FAILED = "FAILED"
     ADOPTED = "ADOPTED"
+    BROKER_GUARD = "BROKER_GUARD"
+    """The broker already held an order for the day (or the key) just before ours would leave."""
+    DUPLICATE_RESOLVED = "DUPLICATE_RESOLVED"
+    """Two orders for one day at the broker after placing: the later one cancels itself."""
+    FILLS_MISSING = "FILLS_MISSING"
+    """The broker reports a filled quantity whose executions have not arrived."""
+    UNKNOWN_OUTCOME = "UNKNOWN_OUTCOME"
+    """An entry was marked unknown: the broker no longer lists it and no evidence settles it."""
+    RESOLVED = "RESOLVED"
+    """An operator recorded what happened to an unknown entry."""
+    UNRESOLVED_BLOCKED = "UNRESOLVED_BLOCKED"
     NEVER_SENT = "NEVER_SENT"
     RECONCILED = "RECONCILED"
     PAUSED = "PAUSED"
@@ -142,6 +171,12 @@ class AlertKind(enum.StrEnum):
     """Too many fatal errors today; the bot paused itself."""
     JOURNAL_FAILED = "journal_failed"
     """The journal could not be written; no order will leave."""
+    DUPLICATE_AT_BROKER = "duplicate_at_broker"
+    """The broker-side guard found (or resolved) another order for the day: nothing doubled."""
+    FILLS_MISSING = "fills_missing"
+    """Filled at the broker, executions not (yet) received: journaled from the order's record."""
+    UNKNOWN_OUTCOME = "unknown_outcome"
+    """An entry's outcome is unknown; entries are blocked until it is resolved."""
     TEST = "test"
     """`bot alerts test`."""
 
@@ -151,6 +186,7 @@ BLOCK_ALERT: dict[BlockReason, AlertKind | None] = {
     BlockReason.ALREADY_TRADED_TODAY: AlertKind.DUPLICATE_PREVENTED,
     BlockReason.RECONCILING: None,
     BlockReason.PAUSED: None,
+    BlockReason.UNRESOLVED: None,
 }
 
 
@@ -159,6 +195,7 @@ BLOCK_ACTION: dict[BlockReason, ActionKind] = {
     BlockReason.ALREADY_TRADED_TODAY: ActionKind.DUPLICATE_PREVENTED,
     BlockReason.RECONCILING: ActionKind.RECONCILING_BLOCKED,
     BlockReason.PAUSED: ActionKind.PAUSED_BLOCKED,
+    BlockReason.UNRESOLVED: ActionKind.UNRESOLVED_BLOCKED,
 }
 
 
@@ -180,6 +217,19 @@ class TradeView:
     started_at: datetime
     ended_at: datetime | None
     legs: str | None
+    broker_filled: float = 0.0
+    """The filled quantity the broker reported (order status or completed order): evidence of a
+    fill even before its executions arrive (IB may send "Filled" first)."""
+
+    @property
+    def traded(self) -> bool:
+        """Any evidence of a fill: journaled executions, the broker's quantity, or the status."""
+        return self.filled > 0 or self.broker_filled > 0 or self.status.may_have_filled
+
+    @property
+    def fills_missing(self) -> float:
+        """How much the broker says filled beyond the executions journaled."""
+        return max(0.0, self.broker_filled - self.filled)
 
     def elapsed_s(self, now: datetime) -> float:
         """Seconds since the entry started (until it ended, if it has)."""
@@ -198,6 +248,7 @@ class TradeView:
             "status": self.status.value,
             "quantity": self.quantity,
             "filled": self.filled,
+            "broker_filled": self.broker_filled,
             "avg_price": self.avg_price,
             "last_limit": self.last_limit,
             "started_at": self.started_at.isoformat(),

@@ -13,15 +13,16 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from bot.broker.errors import BrokerError
-from bot.broker.protocol import Broker, BrokerOrder, OrderState
+from bot.broker.errors import BrokerError, DoNotRetry
+from bot.broker.protocol import Broker, BrokerOrder
 from bot.clock import Clock
 from bot.domain import Blocked, EntryStatus, Skipped, Source, Started, TradeView
 from bot.guard import EntryGuard
 from bot.journal.store import Journal, JournalError
 from bot.logs import get_logger
 from bot.progress import ProgressHub
-from bot.strategy import EntryContext, EntryRecorder, Strategy
+from bot.settle import final_status
+from bot.strategy import AdoptInstead, EntryContext, EntryRecorder, Strategy
 
 __all__ = ["EntryRunner"]
 
@@ -130,7 +131,14 @@ class EntryRunner:
                 await recorder.finished(EntryStatus.CANCELLED, "shutting down before the order was sent")
                 return
             else:
-                await self._strategy.enter(ctx)
+                try:
+                    await self._strategy.enter(ctx)
+                except AdoptInstead as held:
+                    # The broker already holds the day's order: work that one, never a second.
+                    ctx = self._context(held.trade)
+                    recorder = ctx.recorder
+                    self.guard.replace_current(held.trade)
+                    await self._strategy.resume(ctx, held.order)
             if recorder.final is None:
                 await self._fail(ctx, "the strategy ended without a final state")
         except asyncio.CancelledError:
@@ -138,6 +146,17 @@ class EntryRunner:
                 "entry task cancelled; the journal keeps it live for reconciliation", entry=ctx.trade.id
             )
             raise
+        except BrokerError as exc:
+            if isinstance(exc, DoNotRetry):
+                self._on_fatal(str(exc))
+            if recorder.order_sent:
+                log.error("broker error during an entry", entry=ctx.trade.id, error=str(exc))
+                await self._fail(ctx, str(exc))
+            else:
+                # Fail closed: the broker's record could not be read before sending, so nothing
+                # may be concluded from it and nothing was sent.
+                log.error("entry ended before its order: the broker could not be asked", error=str(exc))
+                await recorder.finished(EntryStatus.FAILED, f"nothing sent: {exc}"[:300])
         except JournalError as exc:
             # Fail closed: with the journal unwritable nothing more may be sent; the order (if
             # any) is cancelled so it cannot fill unrecorded.
@@ -211,16 +230,29 @@ class EntryRunner:
 async def finish_from_broker(
     recorder: EntryRecorder, order: BrokerOrder, quantity: int, reason: str | None
 ) -> TradeView:
-    """Journal the broker's executions (once each), then map its final state to our final status.
+    """Journal the broker's executions (once each) and its filled quantity, then settle.
 
-    The executions are written first so that a final `filled` never stands without its fills.
+    The status rests on the broker's filled quantity, not only on the executions that arrived
+    (IB may report "Filled" first): the executions and the quantity are written before the final
+    status, and executions still missing are alerted (reconciliation fetches them later).
     """
     for ex in order.executions:
         await recorder.fill(ex.exec_id, ex.quantity, ex.price, ex.time)
-    if order.filled >= quantity:
-        return await recorder.finished(EntryStatus.FILLED, None)
-    if order.filled > 0:
-        return await recorder.finished(EntryStatus.PARTIAL, reason or "partly filled; the rest cancelled")
-    if order.state is OrderState.REJECTED:
-        return await recorder.finished(EntryStatus.REJECTED, reason or "rejected by the broker")
-    return await recorder.finished(EntryStatus.CANCELLED, reason or "cancelled with no fill")
+    await recorder.broker_status(
+        order.state.value,
+        perm_id=order.perm_id or None,
+        filled=order.filled,
+        avg_price=order.avg_price,
+        client_id=order.client_id,
+    )
+    if order.executed < order.filled:
+        await recorder.fills_missing(order)
+    status = final_status(order, quantity)
+    default = {
+        EntryStatus.PARTIAL: "partly filled; the rest cancelled",
+        EntryStatus.REJECTED: "rejected by the broker",
+        EntryStatus.CANCELLED: "cancelled with no fill",
+    }
+    return await recorder.finished(
+        status, None if status is EntryStatus.FILLED else reason or default[status]
+    )

@@ -94,6 +94,11 @@ class EntryGuard:
         ):
             self._current.trade = trade
 
+    def replace_current(self, trade: TradeView) -> None:
+        """The running entry now works `trade` (an order the broker-side guard adopted)."""
+        if self._current is not None:
+            self._current.trade = trade
+
     async def try_start(self, source: Source, *, force: bool = False) -> Started | Blocked | Skipped:
         """Start an entry or say why not. On `Started` the caller must call `finish()` at its end."""
         day = self._trading_day()

@@ -8,9 +8,16 @@ completed orders and executions: every entry that is not final, and every entry 
 * found and working: adopted into the journal and handed to the runner to finish (never re-sent);
 * a final entry the broker shows differently (e.g. journal "cancelled", broker "filled"):
   corrected, with a `RECONCILE_UNEXPECTED` alert;
-* not found after a complete look-up: a claimed entry is marked `never_sent`; an entry the broker
-  had acknowledged on an earlier day (DAY orders expire) is marked cancelled;
-  one acknowledged today but now unknown is unexpected and alerted.
+* filled at the broker with executions still missing: the broker's quantity is recorded, the
+  executions are fetched again on every pass until they are all journaled;
+* orders of today's strategy at the broker that the journal does not know (a lost or restored
+  journal, another copy of the bot): adopted into the journal, never re-sent;
+* not found after a complete look-up — never concluded from absence alone: an entry whose order
+  was never written (no limit journaled: limits are written before the order) is `never_sent`,
+  as is one still `claimed` today; otherwise the account's positions in its legs decide (they
+  match the journal without it: no fill; they match it filled: filled, executions alerted as
+  missing); if they settle nothing, the entry is `unknown`, alerted, and entries stay blocked
+  until evidence or `bot resolve` settles it.
 
 Reconciliation is idempotent: running it twice changes nothing the second time.
 """
@@ -21,11 +28,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 
-from bot.broker.protocol import Broker, BrokerOrder, OrderState
+from bot.broker.protocol import Broker
 from bot.domain import ActionKind, AlertKind, EntryStatus, TradeView
 from bot.entry import EntryRunner
-from bot.journal.store import Journal
+from bot.journal.store import Journal, day_prefix
 from bot.logs import get_logger
+from bot.settle import final_action, final_status
 
 __all__ = ["ReconcileReport", "reconcile"]
 
@@ -57,24 +65,6 @@ class ReconcileReport:
         }
 
 
-def _status_for(order: BrokerOrder, quantity: int) -> EntryStatus:
-    if order.filled >= quantity:
-        return EntryStatus.FILLED
-    if order.filled > 0:
-        return EntryStatus.PARTIAL
-    if order.state is OrderState.REJECTED:
-        return EntryStatus.REJECTED
-    return EntryStatus.CANCELLED
-
-
-_FINAL_KIND = {
-    EntryStatus.FILLED: ActionKind.FILLED,
-    EntryStatus.PARTIAL: ActionKind.PARTIAL_FILL,
-    EntryStatus.REJECTED: ActionKind.REJECTED,
-    EntryStatus.CANCELLED: ActionKind.CANCELLED,
-}
-
-
 async def reconcile(
     journal: Journal,
     broker: Broker,
@@ -89,24 +79,29 @@ async def reconcile(
     report = ReconcileReport()
     running = runner.guard.current
     running_id = running.trade.id if running is not None and running.trade is not None else None
-    entries: dict[int, TradeView] = {t.id: t for t in await journal.live_entries()}
+    entries: dict[int, TradeView] = {t.id: t for t in await journal.unsettled_entries()}
     for trade in await journal.entries_on(strategy, today):
         entries.setdefault(trade.id, trade)
     # The entry this process is working right now is the runner's, not ours to touch.
     if running_id is not None:
         entries.pop(running_id, None)
-    if not entries:
-        return report
-    found = await broker.lookup([t.idempotency_key for t in entries.values()])
+    found = await broker.lookup([t.idempotency_key for t in entries.values()]) if entries else {}
     report.looked_up = len(entries)
     for trade in sorted(entries.values(), key=lambda t: t.id):
         order = found.get(trade.idempotency_key)
         if order is None:
-            await _absent(journal, trade, today, report)
+            await _absent(journal, broker, trade, today, report, on_alert)
             continue
         for ex in order.executions:
             if await journal.record_fill(trade.id, ex.exec_id, ex.quantity, ex.price, ex.time):
                 report.fills_applied += 1
+        await journal.record_broker_status(
+            trade.id,
+            order.state.value,
+            broker_filled=order.filled,
+            broker_avg_price=order.avg_price,
+            perm_id=order.perm_id or None,
+        )
         fresh = await journal.entry(trade.id)
         if not order.state.is_final and order.filled < trade.quantity:
             if fresh.status.is_live:
@@ -144,19 +139,15 @@ async def reconcile(
                 )
                 on_alert()
             continue
-        target = _status_for(order, trade.quantity)
-        if fresh.status.is_live:
+        target = final_status(order, trade.quantity)
+        if fresh.status.is_live or fresh.status is EntryStatus.UNKNOWN:
+            kind, alert = _found_alert(fresh, target)
             await journal.finish(
-                trade.id,
-                target,
-                "reconciled with the broker",
-                _FINAL_KIND[target],
-                alert=_final_alert(fresh, target),
-                detail={"reconciled": True},
+                trade.id, target, "reconciled with the broker", kind, alert=alert, detail={"reconciled": True}
             )
             report.finished.append(trade.id)
             on_alert()
-        elif fresh.status is not target and (fresh.filled > 0 or target is EntryStatus.FILLED):
+        elif fresh.status is not target and (fresh.traded or target is EntryStatus.FILLED):
             report.unexpected.append(f"#{trade.id} was {fresh.status.value}, the broker says {target.value}")
             await journal.finish(
                 trade.id,
@@ -171,23 +162,93 @@ async def reconcile(
             )
             report.corrected.append(trade.id)
             on_alert()
+        if order.executed < order.filled:
+            report.unexpected.append(f"#{trade.id}: {order.filled:g} filled, {order.executed:g} executions")
+    await _adopt_unknown_orders(journal, broker, runner, strategy, today, report, on_alert)
     if report.unexpected or report.adopted or report.finished or report.never_sent:
         log.warning("reconciliation changed the journal", **report.to_json())
     return report
 
 
-def _final_alert(trade: TradeView, status: EntryStatus) -> tuple[AlertKind, str]:
+async def _adopt_unknown_orders(
+    journal: Journal,
+    broker: Broker,
+    runner: EntryRunner,
+    strategy: str,
+    today: date,
+    report: ReconcileReport,
+    on_alert: Callable[[], None],
+) -> None:
+    """Orders of today at the broker under keys this journal does not know: adopted, not doubled."""
+    for order in await broker.find_day(day_prefix(strategy, today)):
+        if await journal.entry_by_key(order.order_ref) is not None:
+            continue
+        detail = {"perm_id": order.perm_id, "state": order.state.value, "filled": order.filled}
+        alert = (
+            AlertKind.DUPLICATE_AT_BROKER,
+            f"bot: IB has {order.order_ref} ({order.state.value}, filled {order.filled:g}) unknown to "
+            "this journal (lost/restored journal or a second bot); adopted",
+        )
+        live_here = any(t.status.is_live for t in await journal.entries_on(strategy, today))
+        if live_here and not order.state.is_final:
+            # Another entry of today is live here too: two live orders for one day. Leave both to
+            # the broker-side duplicate rule (the later permId cancels itself) and say so loudly.
+            report.unexpected.append(f"{order.order_ref} working at IB beside a live entry here")
+            await journal.log_action(
+                ActionKind.RECONCILED,
+                strategy=strategy,
+                day=today,
+                detail={"unexpected": "second live order", **detail, "ref": order.order_ref},
+                alert=(AlertKind.RECONCILE_UNEXPECTED, f"bot: two live orders for {today} at IB - check"),
+            )
+            on_alert()
+            continue
+        adopted = await journal.adopt_from_broker(
+            order.order_ref, max(1, round(order.quantity)), replacing=None, detail=detail, alert=alert
+        )
+        on_alert()
+        report.adopted.append(adopted.id)
+        for ex in order.executions:
+            if await journal.record_fill(adopted.id, ex.exec_id, ex.quantity, ex.price, ex.time):
+                report.fills_applied += 1
+        await journal.record_broker_status(
+            adopted.id, order.state.value, broker_filled=order.filled, broker_avg_price=order.avg_price
+        )
+        if order.state.is_final:
+            target = final_status(order, adopted.quantity)
+            kind, final_alert = _found_alert(adopted, target)
+            await journal.finish(adopted.id, target, "adopted from the broker", kind, alert=final_alert)
+        elif not await runner.adopt(await journal.entry(adopted.id), order):
+            report.unexpected.append(f"#{adopted.id} adopted while another entry runs")
+
+
+def _found_alert(trade: TradeView, status: EntryStatus) -> tuple[ActionKind, tuple[AlertKind, str]]:
+    kind, _ = final_action(trade, status, None)
     if status is EntryStatus.FILLED:
-        return AlertKind.ENTRY_FILLED, f"bot: FILLED #{trade.id} (found at reconciliation)"
+        return kind, (AlertKind.ENTRY_FILLED, f"bot: FILLED #{trade.id} (found at reconciliation)")
     if status is EntryStatus.PARTIAL:
-        return AlertKind.PARTIAL_FILL, f"bot: PARTIAL #{trade.id} (found at reconciliation)"
-    return AlertKind.ENTRY_FAILED, f"bot: entry #{trade.id} {status.value}, no fill (found at reconciliation)"
+        return kind, (AlertKind.PARTIAL_FILL, f"bot: PARTIAL #{trade.id} (found at reconciliation)")
+    return kind, (
+        AlertKind.ENTRY_FAILED,
+        f"bot: entry #{trade.id} {status.value}, no fill (found at reconciliation)",
+    )
 
 
-async def _absent(journal: Journal, trade: TradeView, today: date, report: ReconcileReport) -> None:
+async def _absent(
+    journal: Journal,
+    broker: Broker,
+    trade: TradeView,
+    today: date,
+    report: ReconcileReport,
+    on_alert: Callable[[], None],
+) -> None:
+    """An unsettled entry the broker does not list: settle it from evidence, never from absence."""
     if not trade.status.is_live:
-        return  # final here and unknown there (e.g. an older day): nothing to do
-    if trade.status is EntryStatus.CLAIMED:
+        return  # unknown or fills missing: nothing new; looked up again on the next pass
+    detail = await journal.entry_detail(trade.id)
+    if not detail["limits"] or (trade.status is EntryStatus.CLAIMED and trade.trading_day == today):
+        # Limits are journaled before the order is written: none means it never left. A claim of
+        # today that the complete look-up does not know never reached the broker.
         await journal.finish(
             trade.id,
             EntryStatus.NEVER_SENT,
@@ -196,21 +257,81 @@ async def _absent(journal: Journal, trade: TradeView, today: date, report: Recon
         )
         report.never_sent.append(trade.id)
         return
-    if trade.trading_day < today:
+    filled = await _filled_by_positions(journal, broker, trade, detail["legs"] or [])
+    if filled == 0:
         await journal.finish(
-            trade.id, EntryStatus.CANCELLED, "DAY order from an earlier day, expired", ActionKind.CANCELLED
+            trade.id,
+            EntryStatus.CANCELLED,
+            "not listed at the broker; the account's positions in its legs show no fill",
+            ActionKind.RECONCILED,
+            detail={"evidence": "positions"},
         )
         report.finished.append(trade.id)
         return
-    report.unexpected.append(f"#{trade.id} was acknowledged today but the broker no longer knows it")
-    await journal.finish(
-        trade.id,
-        EntryStatus.CANCELLED,
-        "acknowledged earlier but unknown to the broker now",
-        ActionKind.RECONCILED,
-        alert=(
-            AlertKind.RECONCILE_UNEXPECTED,
-            f"bot: #{trade.id} was working at IB but IB no longer knows it - check the account",
-        ),
-    )
+    if filled is not None:
+        await journal.record_broker_status(trade.id, "positions", broker_filled=float(filled))
+        status = EntryStatus.FILLED if filled >= trade.quantity else EntryStatus.PARTIAL
+        await journal.finish(
+            trade.id,
+            status,
+            f"not listed at the broker; the account's positions show {filled} filled",
+            ActionKind.RECONCILED,
+            alert=(
+                AlertKind.FILLS_MISSING,
+                f"bot: #{trade.id} ({trade.trading_day}) filled {filled} per IB positions; executions "
+                "no longer available - check the fill price",
+            ),
+            detail={"evidence": "positions"},
+        )
+        report.finished.append(trade.id)
+        on_alert()
+        return
+    reason = "the broker no longer lists the order and its positions do not settle whether it filled"
+    report.unexpected.append(f"#{trade.id}: {reason}")
+    kind, alert = final_action(trade, EntryStatus.UNKNOWN, reason)
+    await journal.finish(trade.id, EntryStatus.UNKNOWN, reason, kind, alert=alert)
     report.finished.append(trade.id)
+    on_alert()
+
+
+def _leg_signs(legs: list[dict[str, object]]) -> dict[int, int]:
+    """conId → +1 (bought) or -1 (sold) for a calendar's legs: per right and strike, the earliest
+    expiry is the sold front leg (an explicit "action" wins when recorded)."""
+    signs: dict[int, int] = {}
+    groups: dict[tuple[object, object], list[dict[str, object]]] = {}
+    for leg in legs:
+        groups.setdefault((leg.get("right"), leg.get("strike")), []).append(leg)
+    for group in groups.values():
+        front = min(str(leg.get("expiry")) for leg in group)
+        for leg in group:
+            con_id = leg.get("con_id")
+            if not isinstance(con_id, int):
+                continue
+            action = leg.get("action")
+            sold = action == "SELL" if action else str(leg.get("expiry")) == front
+            signs[con_id] = signs.get(con_id, 0) + (-1 if sold else 1)
+    return signs
+
+
+async def _filled_by_positions(
+    journal: Journal, broker: Broker, trade: TradeView, legs: list[dict[str, object]]
+) -> int | None:
+    """How many units of `trade` the account's per-leg positions show filled (0..quantity), or
+    None when they do not settle it (no legs known, or positions that no count explains: IB nets
+    legs across trades, so the other entries' legs are taken out first)."""
+    signs = _leg_signs(legs)
+    if not signs:
+        return None
+    held = await broker.positions()
+    expected = dict.fromkeys(signs, 0.0)
+    for other in await journal.traded_entries(trade.strategy):
+        if other.id == trade.id:
+            continue
+        units = max(float(other.filled), other.broker_filled)
+        for con_id, sign in _leg_signs(await journal.entry_legs(other.id)).items():
+            if con_id in expected:
+                expected[con_id] += sign * units
+    for units in range(trade.quantity + 1):
+        if all(abs(held.get(c, 0.0) - (expected[c] + sign * units)) < 1e-9 for c, sign in signs.items()):
+            return units
+    return None

@@ -22,6 +22,7 @@ from bot.broker.protocol import (
     OptionContract,
     OptionQuote,
     OrderState,
+    PriceRule,
     Right,
 )
 from bot.clock import Clock
@@ -39,7 +40,8 @@ class FakeOrder:
     version: int = 0
 
     def view(self) -> BrokerOrder:
-        avg = sum(e.price * e.quantity for e in self.executions) / self.filled if self.filled else None
+        executed = sum(e.quantity for e in self.executions)
+        avg = sum(e.price * e.quantity for e in self.executions) / executed if executed else None
         return BrokerOrder(
             order_ref=self.request.order_ref,
             order_id=self.order_id,
@@ -84,6 +86,16 @@ class FakeBroker:
         self.fail_after_place: Exception | None = None
         """Raised by `place` after the order is booked (and filled, if `fill_in_place`)."""
         self.fill_in_place = False
+        self.report_executions = True
+        """False: fills change the order's filled quantity and state but no execution arrives
+        (IB may send "Filled" before, or without, the executions)."""
+        self.quotes_gate: asyncio.Event | None = None
+        """While set to an unset event, `quotes` waits for it (after `quotes_started` is set)."""
+        self.quotes_started = asyncio.Event()
+        self.lookup_error: Exception | None = None
+        """Raised by `lookup` and `find_day` (an incomplete look-up) while set."""
+        self.held_positions: dict[int, float] = {}
+        self.rule = PriceRule()
 
     # -- protocol ----------------------------------------------------------------------------
 
@@ -109,11 +121,18 @@ class FakeBroker:
         self._check_link()
         return self._spot
 
-    async def quotes(self, contracts: Sequence[OptionContract]) -> list[OptionQuote]:
+    async def quotes(
+        self, contracts: Sequence[OptionContract], *, skip_missing: bool = False
+    ) -> list[OptionQuote]:
         self._check_link()
+        self.quotes_started.set()
+        if self.quotes_gate is not None:
+            await self.quotes_gate.wait()
         out = []
         for c in contracts:
             if (c.expiry, c.strike) in self.missing:
+                if skip_missing:
+                    continue
                 raise NoSuchContract(f"no {c.describe()}")
             dte = (c.expiry - self._today).days
             intrinsic = max(
@@ -173,7 +192,23 @@ class FakeBroker:
 
     async def lookup(self, order_refs: Sequence[str]) -> dict[str, BrokerOrder]:
         self._check_link()
+        if self.lookup_error is not None:
+            raise self.lookup_error
         return {r: self.orders[r].view() for r in order_refs if r in self.orders}
+
+    async def find_day(self, prefix: str) -> list[BrokerOrder]:
+        self._check_link()
+        if self.lookup_error is not None:
+            raise self.lookup_error
+        return [o.view() for ref, o in self.orders.items() if ref.startswith(prefix)]
+
+    async def positions(self) -> dict[int, float]:
+        self._check_link()
+        return dict(self.held_positions)
+
+    async def price_rule(self, contracts: Sequence[OptionContract]) -> PriceRule:
+        self._check_link()
+        return self.rule
 
     # -- test controls -----------------------------------------------------------------------
 
@@ -184,16 +219,17 @@ class FakeBroker:
             return
         qty = quantity if quantity is not None else order.request.quantity - order.filled
         order.filled += qty
-        order.executions.append(
-            ExecutionRecord(
-                exec_id=f"fake.{next(self._exec)}",
-                order_ref=order_ref,
-                perm_id=order.perm_id,
-                quantity=qty,
-                price=order.limits[-1],
-                time=self._clock.now(),
+        if self.report_executions:
+            order.executions.append(
+                ExecutionRecord(
+                    exec_id=f"fake.{next(self._exec)}",
+                    order_ref=order_ref,
+                    perm_id=order.perm_id,
+                    quantity=qty,
+                    price=order.limits[-1],
+                    time=self._clock.now(),
+                )
             )
-        )
         if order.filled >= order.request.quantity:
             order.state = OrderState.FILLED
         await self._changed(order)

@@ -25,8 +25,10 @@ def hhmmss(when: datetime) -> str:
 
 
 def _progress(trade: TradeView) -> str:
-    if trade.filled and trade.avg_price is not None:
+    if trade.filled and trade.avg_price is not None and trade.filled >= trade.broker_filled:
         return f"filled {trade.filled}/{trade.quantity} at {trade.avg_price:.2f}"
+    if trade.broker_filled > 0:
+        return f"filled {trade.broker_filled:g}/{trade.quantity} at IB (executions pending)"
     if trade.last_limit is not None:
         return f"{trade.status.value} at {trade.last_limit:.2f}"
     return trade.status.value

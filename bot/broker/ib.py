@@ -41,13 +41,15 @@ import logging
 import math
 import random
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from datetime import date
+from datetime import UTC, date, timedelta
 from typing import Final, TypeVar
 
 from ib_async import (
     IB,
     ComboLeg,
     Contract,
+    ContractDetails,
+    ExecutionFilter,
     Fill,
     Index,
     LimitOrder,
@@ -56,9 +58,11 @@ from ib_async import (
     Ticker,
     Trade,
 )
+from ib_async.ib import StartupFetch, StartupFetchALL
 from ib_async.objects import OptionChain as IBOptionChain
 
 from bot.broker.errors import DoNotRetry, LinkDown, NoSuchContract, OrderRejected, RetryLater, SetupError
+from bot.broker.executions import ComboLegRef, RawExecution, combo_units
 from bot.broker.ib_codes import (
     ACK_STATUSES,
     CANCEL_CONFIRMED,
@@ -77,12 +81,12 @@ from bot.broker.ib_codes import (
 from bot.broker.protocol import (
     BrokerOrder,
     ComboOrderRequest,
-    ExecutionRecord,
     LinkState,
     OptionChain,
     OptionContract,
     OptionQuote,
     OrderState,
+    PriceRule,
 )
 from bot.clock import Clock, SystemClock
 from bot.logs import get_logger
@@ -94,6 +98,12 @@ log = get_logger(__name__)
 T = TypeVar("T")
 
 _IB_LOGGERS: Final = ("ib_async.ib", "ib_async.wrapper", "ib_async.client", "ib_async.Decoder")
+_STARTUP_FETCH: Final = StartupFetchALL & ~StartupFetch.EXECUTIONS
+_EXECUTIONS_LOOKBACK: Final = timedelta(days=7)
+"""How far back executions are asked for (IB keeps at most about a week; a time filter is also
+what keeps the request from being an empty filter)."""
+_SPX_OPTION_RULE: Final = PriceRule(((0.0, 0.05), (3.0, 0.10)))
+"""The CBOE SPX option increments, used when the gateway's market rule cannot be read."""
 
 
 def order_state_of(trade: Trade) -> OrderState:
@@ -129,6 +139,17 @@ def _rejection(trade: Trade) -> tuple[int, str]:
     if coded:
         return coded[-1].errorCode, coded[-1].message
     return 0, f"order ended as {trade.orderStatus.status} before it was acknowledged"
+
+
+def _smart_rule_id(details: ContractDetails) -> int | None:
+    """The market rule id for SMART from contract details (`marketRuleIds` pairs with
+    `validExchanges` position by position), else the first one given."""
+    ids = [part for part in (details.marketRuleIds or "").split(",") if part.strip()]
+    exchanges = [part.strip() for part in (details.validExchanges or "").split(",")]
+    for exchange, rule in zip(exchanges, ids, strict=False):
+        if exchange == "SMART" and rule.strip().isdigit():
+            return int(rule)
+    return int(ids[0]) if ids and ids[0].strip().isdigit() else None
 
 
 def _is_bag_fill(fill: Fill) -> bool:
@@ -274,6 +295,12 @@ class IBBroker:
         self._lookup_lock = asyncio.Lock()
         self._spx: Contract | None = None
         self._qualified: dict[tuple[date, float, str, str], Contract] = {}
+        self._missing: set[tuple[date, float, str, str]] = set()
+        self._rule_ids: dict[tuple[date, float, str, str], int | None] = {}
+        self._rules: dict[int, PriceRule] = {}
+        self.order_id_floor = 0
+        """The highest order id known used (the journal's, then every order placed): a gateway
+        restart can roll nextValidId back below it (Lean #242), so new ids start above it."""
 
     # -- link ----------------------------------------------------------------------------------
 
@@ -395,6 +422,10 @@ class IBBroker:
                 timeout=self._connect_timeout_s,
                 account=self._account,
                 raiseSyncErrors=True,
+                # ib_async's own startup executions request has an empty filter, which some
+                # gateway builds never answer (ib_async #54, #82): the connect must not depend on
+                # it. Executions are fetched with a filter by `lookup()` instead.
+                fetchFields=_STARTUP_FETCH,
             )
         )
         timed_out = False
@@ -437,6 +468,8 @@ class IBBroker:
         for trade in self._ib.trades():
             self._adopt(trade)
         self._raise_id_floor(self._ib.fills())
+        if self.order_id_floor:
+            self._ib.client.updateReqId(self.order_id_floor + 1)
         self._dropped = asyncio.Event()
         self._session_up = True
         self.last_error = None
@@ -713,11 +746,19 @@ class IBBroker:
                 return price
         raise RetryLater("the SPX snapshot had no last or close price (market data permissions?)")
 
-    async def quotes(self, contracts: Sequence[OptionContract]) -> list[OptionQuote]:
+    async def quotes(
+        self, contracts: Sequence[OptionContract], *, skip_missing: bool = False
+    ) -> list[OptionQuote]:
         """Qualify each option as `Option('SPX', YYYYMMDD, K, right, 'SMART', tradingClass=...)`,
-        then snapshot them all; bid/ask of -1 or NaN become None."""
+        then snapshot them all; bid/ask of -1 or NaN become None. IB's option parameters list
+        the union of strikes over every expiry, so a listed strike may not exist in a given
+        expiry: that raises `NoSuchContract`, or with `skip_missing` is left out."""
         if not contracts:
             return []
+        if skip_missing:
+            contracts = await self._existing(contracts)
+            if not contracts:
+                return []
         qualified = await self._qualify_options(contracts)
         tickers = await self._snapshot(f"a snapshot of {len(qualified)} options", qualified)
         now = self._clock.now()
@@ -735,6 +776,68 @@ class IBBroker:
                 )
             )
         return out
+
+    async def _existing(self, contracts: Sequence[OptionContract]) -> list[OptionContract]:
+        """`contracts` without those the gateway does not list (qualified one by one, per expiry)."""
+        keys = [(c.expiry, float(c.strike), c.right.value, c.trading_class) for c in contracts]
+        unknown = [k for k in dict.fromkeys(keys) if k not in self._qualified and k not in self._missing]
+        if unknown:
+            options = [
+                Option("SPX", e.strftime("%Y%m%d"), k, r, "SMART", currency="USD", tradingClass=tc)
+                for e, k, r, tc in unknown
+            ]
+            results = await self._request(
+                f"contract details for {len(options)} options", lambda: self._qualify(*options)
+            )
+            for key, result in zip(unknown, results, strict=True):
+                if result is None:
+                    self._missing.add(key)
+                else:
+                    self._qualified[key] = result
+        return [c for c, k in zip(contracts, keys, strict=True) if k in self._qualified]
+
+    async def price_rule(self, contracts: Sequence[OptionContract]) -> PriceRule:
+        """The increments for a combo of `contracts`: the market rule (contract details'
+        `marketRuleIds` for SMART, then `reqMarketRule`) of its legs, the coarsest where they
+        differ. When the gateway does not say, CBOE's SPX option increments."""
+        rules: list[PriceRule] = []
+        for contract in contracts:
+            rule_id = await self._market_rule_id(contract)
+            if rule_id is None:
+                continue
+            rule = self._rules.get(rule_id)
+            if rule is None:
+                self._require_up()
+                increments = await self._ib.reqMarketRuleAsync(rule_id)
+                if not increments:
+                    continue
+                rule = PriceRule(tuple(sorted((float(i.lowEdge), float(i.increment)) for i in increments)))
+                self._rules[rule_id] = rule
+            rules.append(rule)
+        if not rules:
+            log.warning("no market rule from the gateway; using the SPX option increments")
+            return _SPX_OPTION_RULE
+        edges = sorted({low for rule in rules for low, _ in rule.steps})
+        return PriceRule(tuple((low, max(rule.increment(low) for rule in rules)) for low in edges))
+
+    async def _market_rule_id(self, contract: OptionContract) -> int | None:
+        key = (contract.expiry, float(contract.strike), contract.right.value, contract.trading_class)
+        if key not in self._rule_ids:
+            option = Option(
+                "SPX",
+                contract.expiry.strftime("%Y%m%d"),
+                contract.strike,
+                contract.right.value,
+                "SMART",
+                currency="USD",
+                tradingClass=contract.trading_class,
+            )
+            details: list[ContractDetails] = await self._request(
+                f"contract details for {contract.describe()}",
+                lambda: self._ib.reqContractDetailsAsync(option),
+            )
+            self._rule_ids[key] = _smart_rule_id(details[0]) if details else None
+        return self._rule_ids[key]
 
     async def _qualify_options(self, contracts: Sequence[OptionContract]) -> list[Contract]:
         keys = [(c.expiry, float(c.strike), c.right.value, c.trading_class) for c in contracts]
@@ -812,7 +915,10 @@ class IBBroker:
             tif=request.tif,
             account=self._account,
         )
+        if self.order_id_floor:
+            self._ib.client.updateReqId(self.order_id_floor + 1)
         trade: Trade = self._send(f"order {ref}", lambda: self._ib.placeOrder(bag, order))
+        self.order_id_floor = max(self.order_id_floor, trade.order.orderId)
         self._trades[ref] = trade
         self._settled.pop(ref, None)
         self._bump(ref)
@@ -998,32 +1104,36 @@ class IBBroker:
         version: int,
         order_id: int | None = None,
     ) -> BrokerOrder:
-        fills: dict[str, Fill] = {}
-        for fill in [*trade.fills, *more_fills]:
-            if _is_bag_fill(fill):
-                fills.setdefault(fill.execution.execId, fill)
-        executions = tuple(
-            ExecutionRecord(
+        perm_id = trade.orderStatus.permId or trade.order.permId
+        raw = [
+            RawExecution(
                 exec_id=f.execution.execId,
-                order_ref=f.execution.orderRef or ref,
-                perm_id=f.execution.permId,
-                quantity=float(f.execution.shares),
+                con_id=f.contract.conId,
+                is_bag=_is_bag_fill(f),
+                side=f.execution.side,
+                shares=float(f.execution.shares),
                 price=float(f.execution.price),
                 time=f.execution.time,
+                perm_id=f.execution.permId,
             )
-            for f in sorted(fills.values(), key=lambda f: (f.execution.time, f.execution.execId))
-        )
-        executed = sum(e.quantity for e in executions)
+            for f in [*trade.fills, *more_fills]
+            if f.execution.execId
+        ]
+        legs = [ComboLegRef(leg.conId, leg.ratio, leg.action) for leg in trade.contract.comboLegs or []]
+        executions = combo_units(ref, perm_id, raw, legs)
+        executed = float(len(executions))
         reported = max(float(trade.orderStatus.filled), price_or_none(trade.order.filledQuantity) or 0.0)
         filled = max(executed, reported)
-        if executed:
-            avg: float | None = sum(e.quantity * e.price for e in executions) / executed
+        status_avg = price_or_none(trade.orderStatus.avgFillPrice)
+        if executed >= reported and executed:
+            avg: float | None = sum(e.price for e in executions) / executed
         else:
-            avg = price_or_none(trade.orderStatus.avgFillPrice) if filled else None
+            # The order's own record is ahead of its executions (IB may say "Filled" first).
+            avg = status_avg if filled else None
         return BrokerOrder(
             order_ref=ref,
             order_id=order_id if order_id is not None else trade.order.orderId,
-            perm_id=trade.orderStatus.permId or trade.order.permId,
+            perm_id=perm_id,
             state=order_state_of(trade),
             quantity=float(trade.order.totalQuantity),
             filled=filled,
@@ -1031,6 +1141,8 @@ class IBBroker:
             limit=price_or_none(trade.order.lmtPrice),
             executions=executions,
             version=version,
+            client_id=trade.order.clientId,
+            ours=self._is_ours(trade),
         )
 
     # -- lookup --------------------------------------------------------------------------------
@@ -1045,18 +1157,75 @@ class IBBroker:
         """
         if not order_refs:
             return {}
-        async with self._lookup_lock:
-            open_trades: list[Trade] = await self._request("the open orders", self._ib.reqAllOpenOrdersAsync)
-            completed: list[Trade] = await self._request(
-                "the completed orders", lambda: self._ib.reqCompletedOrdersAsync(False)
-            )
-            fills: list[Fill] = await self._request("the executions", self._ib.reqExecutionsAsync)
-        self._raise_id_floor(fills)
+        open_trades, completed, fills = await self._broker_record()
         out: dict[str, BrokerOrder] = {}
         for ref in dict.fromkeys(order_refs):
             found = self._resolve(ref, open_trades, completed, fills)
             if found is not None:
                 out[ref] = found
+        return out
+
+    async def find_day(self, prefix: str) -> list[BrokerOrder]:
+        """Every order whose orderRef starts with `prefix` (one strategy's day), one per permId,
+        whichever client placed it, from the same queries as `lookup()`: the broker-side guard."""
+        open_trades, completed, fills = await self._broker_record()
+        out: dict[int, BrokerOrder] = {}
+        trades = [t for t in open_trades if t.orderStatus.status not in DONE_STATUSES] + completed
+        for trade in trades:
+            ref = trade.order.orderRef
+            perm_id = trade.order.permId or trade.orderStatus.permId
+            if not ref or not ref.startswith(prefix) or perm_id in out:
+                continue
+            mine = [f for f in fills if f.execution.permId == perm_id]
+            out[perm_id] = self._order_of(ref, trade, mine, version=0, order_id=trade.order.orderId)
+        orphans: dict[int, list[Fill]] = {}
+        for fill in fills:
+            ex = fill.execution
+            if ex.orderRef and ex.orderRef.startswith(prefix) and ex.permId not in out:
+                orphans.setdefault(ex.permId, []).append(fill)
+        for group in orphans.values():
+            found = self._resolve(group[0].execution.orderRef, [], [], group)
+            if found is not None:
+                out[group[0].execution.permId] = found
+        return sorted(out.values(), key=lambda o: o.perm_id)
+
+    async def _broker_record(self) -> tuple[list[Trade], list[Trade], list[Fill]]:
+        """Open orders of all clients, completed orders and executions; raises unless the first
+        two and this client's executions answered (absence is concluded from nothing less)."""
+        async with self._lookup_lock:
+            open_trades: list[Trade] = await self._request("the open orders", self._ib.reqAllOpenOrdersAsync)
+            completed: list[Trade] = await self._request(
+                "the completed orders", lambda: self._ib.reqCompletedOrdersAsync(False)
+            )
+            fills = await self._executions()
+        self._raise_id_floor(fills)
+        return open_trades, completed, fills
+
+    async def _executions(self) -> list[Fill]:
+        """This client's executions of the last week (filtered by client id and time: an empty
+        filter is answered inconsistently, ib_async #54/#82, PR #137), plus, best effort, every
+        client's (time filter only; some builds answer that with client 0's alone, ibsync PR #22).
+        Only the first is required; the completed orders cover other clients' fills."""
+        since = (self._clock.now() - _EXECUTIONS_LOOKBACK).astimezone(UTC).strftime("%Y%m%d-%H:%M:%S")
+        ours = ExecutionFilter(clientId=self.client_id, acctCode=self._account, time=since)
+        fills: list[Fill] = await self._request("the executions", lambda: self._ib.reqExecutionsAsync(ours))
+        everyone = ExecutionFilter(acctCode=self._account, time=since)
+        try:
+            async with asyncio.timeout(min(2.0, self._request_timeout_s)):
+                more: list[Fill] = await self._ib.reqExecutionsAsync(everyone)
+        except (TimeoutError, ConnectionError):
+            more = []
+        seen = {f.execution.execId for f in fills}
+        return fills + [f for f in more if f.execution.execId not in seen]
+
+    async def positions(self) -> dict[int, float]:
+        """The account's positions per conId (IB nets each leg across trades)."""
+        rows = await self._request("the positions", self._ib.reqPositionsAsync)
+        out: dict[int, float] = {}
+        for row in rows:
+            if self._account and row.account != self._account:
+                continue
+            out[row.contract.conId] = out.get(row.contract.conId, 0.0) + float(row.position)
         return out
 
     def _resolve(
@@ -1070,11 +1239,7 @@ class IBBroker:
         perm_ids = {t.order.permId for t in (*live, *done) if t.order.permId}
         if local is not None and (local.order.permId or local.orderStatus.permId):
             perm_ids.add(local.order.permId or local.orderStatus.permId)
-        bag_fills = [
-            f
-            for f in fills
-            if _is_bag_fill(f) and (f.execution.orderRef == ref or f.execution.permId in perm_ids)
-        ]
+        bag_fills = [f for f in fills if f.execution.orderRef == ref or f.execution.permId in perm_ids]
         if len(live) + len(done) > 1:
             log.error(
                 "several orders at the broker carry one orderRef",
@@ -1097,17 +1262,19 @@ class IBBroker:
             return self._settle(ref, order)
         if bag_fills:
             # Executions with no open or completed order: the order is not working any more, and
-            # the executions are the whole record of it.
+            # the executions are the whole record of it (BAG level, or the legs alone).
             first = bag_fills[0].execution
-            executed = sum(float(f.execution.shares) for f in bag_fills if f.execution.execId)
+            bag_level = [f for f in bag_fills if _is_bag_fill(f)]
+            contract = bag_level[0].contract if bag_level else Contract(secType="BAG")
             stub = Trade(
-                contract=bag_fills[0].contract,
-                order=LimitOrder("BUY", executed, 0.0, orderRef=ref, permId=first.permId),
+                contract=contract,
+                order=LimitOrder("BUY", 0, 0.0, orderRef=ref, permId=first.permId),
                 fills=[],
             )
             stub.orderStatus.status = "Filled"
             order = self._order_of(ref, stub, bag_fills, version=0, order_id=0)
-            return self._settle(ref, dataclasses.replace(order, limit=None))
+            order = dataclasses.replace(order, limit=None, quantity=order.filled, ours=False)
+            return self._settle(ref, order)
         if local is not None and order_state_of(local) is not OrderState.WORKING:
             return self._view(ref)  # e.g. still PendingSubmit on this connection
         return None

@@ -8,6 +8,7 @@ real gateway is `bot.broker.ib.IBBroker`.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -24,6 +25,7 @@ __all__ = [
     "OptionContract",
     "OptionQuote",
     "OrderState",
+    "PriceRule",
     "Right",
 ]
 
@@ -114,6 +116,53 @@ class OptionQuote:
 
 
 @dataclass(frozen=True, slots=True)
+class PriceRule:
+    """Valid price increments by price level, as IB's market rules give them (`reqMarketRule`):
+    `steps` is ((low edge, increment), ...) sorted by low edge; a price p must be a multiple of
+    the increment of the highest low edge at or below |p| (SPX options: 0.05 below 3.00, 0.10
+    from 3.00 up)."""
+
+    steps: tuple[tuple[float, float], ...] = ((0.0, 0.05),)
+
+    def increment(self, price: float) -> float:
+        """The increment that applies at `price`."""
+        level = abs(price)
+        inc = self.steps[0][1]
+        for low, step in self.steps:
+            if level + 1e-9 >= low:
+                inc = step
+        return inc
+
+    def conforms(self, price: float) -> bool:
+        """True when `price` is on the grid of its level."""
+        inc = self.increment(price)
+        units = price / inc
+        return abs(units - round(units)) < 1e-6
+
+    def round(self, price: float, *, up: bool) -> float:
+        """The nearest valid price at or above (`up`) or at or below `price`."""
+        inc = self.increment(price)
+        units = price / inc
+        snapped = math.ceil(units - 1e-6) if up else math.floor(units + 1e-6)
+        candidate = round(snapped * inc, 6)
+        if not self.conforms(candidate):
+            # Crossing a level changed the increment (e.g. 2.98 up → 3.00 on a 0.10 grid).
+            inc = self.increment(candidate)
+            units = candidate / inc
+            snapped = math.ceil(units - 1e-6) if up else math.floor(units + 1e-6)
+            candidate = round(snapped * inc, 6)
+        return candidate
+
+    def step(self, price: float, *, up: bool) -> float:
+        """The next valid price strictly above (`up`) or below `price`."""
+        base = self.round(price, up=up)
+        if abs(base - price) > 1e-9:
+            return base
+        inc = self.increment(price + (1e-9 if up else -1e-9))
+        return self.round(price + inc if up else price - inc, up=up)
+
+
+@dataclass(frozen=True, slots=True)
 class ComboLegSpec:
     """One leg of a BAG combo: sell or buy one contract per combo unit."""
 
@@ -160,6 +209,16 @@ class BrokerOrder:
     executions: tuple[ExecutionRecord, ...] = field(default=())
     version: int = 0
     """Increases with every change the broker reported; see `Broker.wait_order_change`."""
+    client_id: int = 0
+    """The API client id that placed the order (0 when the broker's record does not say)."""
+    ours: bool = True
+    """False when another API client placed it: only that client (or TWS) may change it."""
+
+    @property
+    def executed(self) -> float:
+        """The quantity its executions account for (may lag `filled`: IB may report the status
+        first)."""
+        return sum(e.quantity for e in self.executions)
 
 
 class Broker(Protocol):
@@ -186,8 +245,26 @@ class Broker(Protocol):
         """The SPX index price now."""
         ...
 
-    async def quotes(self, contracts: Sequence[OptionContract]) -> list[OptionQuote]:
-        """Qualify and snapshot-quote `contracts`, in order. Raises if a contract does not exist."""
+    async def quotes(
+        self, contracts: Sequence[OptionContract], *, skip_missing: bool = False
+    ) -> list[OptionQuote]:
+        """Qualify and snapshot-quote `contracts`, in order. A contract that does not exist (IB
+        lists the union of strikes over all expiries) raises `NoSuchContract`, or with
+        `skip_missing` is left out of the result."""
+        ...
+
+    async def price_rule(self, contracts: Sequence[OptionContract]) -> PriceRule:
+        """The price increments that apply to a combo of `contracts` (from the market rules)."""
+        ...
+
+    async def positions(self) -> dict[int, float]:
+        """The account's position per contract id, as the broker reports it (netted per leg)."""
+        ...
+
+    async def find_day(self, prefix: str) -> list[BrokerOrder]:
+        """Every order whose `order_ref` starts with `prefix`, one per permId (two orders may
+        carry one ref), across open orders of all clients, completed orders and recent
+        executions, whichever client placed them; raises unless the queries answered."""
         ...
 
     async def place(self, request: ComboOrderRequest) -> BrokerOrder:

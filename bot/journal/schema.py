@@ -100,5 +100,53 @@ CREATE TABLE state (
 );
 """
 
+_V2 = """
+-- The broker's evidence beside our fill rows (IB may report "Filled" before its executions),
+-- the `unknown` status (never concluded from absence), and entries adopted from the broker
+-- (source 'broker': found there with no entry here). SQLite cannot alter a CHECK constraint,
+-- so the table is rebuilt; ids and every row are kept.
+CREATE TABLE entries_v2 (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    strategy        TEXT    NOT NULL,
+    trading_day     TEXT    NOT NULL,
+    attempt         INTEGER NOT NULL,
+    idempotency_key TEXT    NOT NULL UNIQUE,
+    source          TEXT    NOT NULL CHECK (source IN ('scheduler', 'manual', 'broker')),
+    forced          INTEGER NOT NULL DEFAULT 0,
+    status          TEXT    NOT NULL CHECK (status IN ('claimed', 'working', 'filled', 'partial',
+                        'cancelled', 'rejected', 'skipped', 'failed', 'never_sent', 'unknown')),
+    legs            TEXT,
+    legs_text       TEXT,
+    back_expiry     TEXT,
+    quantity        INTEGER NOT NULL CHECK (quantity > 0),
+    limits          TEXT    NOT NULL DEFAULT '[]',
+    filled          INTEGER NOT NULL DEFAULT 0,     -- sum of the fill rows (executions)
+    avg_price       REAL,
+    broker_filled   REAL    NOT NULL DEFAULT 0,     -- the broker's own filled quantity, highest seen
+    broker_avg_price REAL,
+    order_id        INTEGER,
+    perm_id         INTEGER,
+    client_id       INTEGER,                        -- the API client id that placed the order
+    broker_status   TEXT,
+    reason          TEXT,
+    started_at      TEXT    NOT NULL,
+    updated_at      TEXT    NOT NULL,
+    ended_at        TEXT,
+    UNIQUE (strategy, trading_day, attempt)
+);
+INSERT INTO entries_v2 (id, strategy, trading_day, attempt, idempotency_key, source, forced, status,
+    legs, legs_text, back_expiry, quantity, limits, filled, avg_price, broker_filled, order_id,
+    perm_id, broker_status, reason, started_at, updated_at, ended_at)
+SELECT id, strategy, trading_day, attempt, idempotency_key, source, forced, status, legs, legs_text,
+    back_expiry, quantity, limits, filled, avg_price, filled, order_id, perm_id, broker_status,
+    reason, started_at, updated_at, ended_at
+FROM entries;
+DROP TABLE entries;
+ALTER TABLE entries_v2 RENAME TO entries;
+CREATE UNIQUE INDEX entries_one_live ON entries (strategy, trading_day)
+    WHERE status IN ('claimed', 'working');
+CREATE INDEX entries_by_day ON entries (trading_day, strategy);
+"""
+
 #: Migration N (1-based) is MIGRATIONS[N - 1].
-MIGRATIONS: tuple[str, ...] = (_V1,)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2)

@@ -41,16 +41,43 @@ from bot.domain import (
 )
 from bot.journal.schema import MIGRATIONS
 
-__all__ = ["ActionRow", "Journal", "JournalError"]
+__all__ = [
+    "ActionRow",
+    "Journal",
+    "JournalError",
+    "JournalTooNew",
+    "day_prefix",
+    "idempotency_key",
+    "parse_key",
+]
 
 _ENTRY_COLUMNS = (
     "id, strategy, trading_day, attempt, idempotency_key, source, status, quantity, filled, "
-    "avg_price, limits, started_at, ended_at, legs_text"
+    "avg_price, limits, started_at, ended_at, legs_text, broker_filled"
 )
+# An entry whose outcome is not settled: an order may be working, its outcome is unknown, or the
+# broker reported more filled than the executions journaled so far.
+_UNSETTLED = "(status IN ('claimed', 'working', 'unknown') OR broker_filled > filled)"
+# Evidence of a fill (the same-day rule and the open-calendars limit rest on all of it).
+_TRADED = "(filled > 0 OR broker_filled > 0 OR status IN ('filled', 'partial', 'unknown'))"
 
 
 class JournalError(Exception):
     """The journal could not be read or written. No order may leave while this is so."""
+
+
+class JournalConflict(JournalError):
+    """A constraint of the database said no (e.g. a second live entry for one day): the journal's
+    own rules refused the write. The claim turns it into its answer; anywhere else it fails closed
+    like any other journal error."""
+
+
+class JournalTooNew(JournalError):
+    """The journal has a newer schema than this bot knows: it was written by a newer bot.
+
+    Left untouched. Retrying cannot fix it (only an upgrade or the matching journal can), so the
+    daemon exits with the configuration code and systemd does not restart it in a loop.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +96,27 @@ class ActionRow:
 
 def idempotency_key(strategy: str, day: date, attempt: int) -> str:
     """`<strategy>:<YYYYMMDD>:<attempt>`; also the order's `orderRef` at the broker."""
-    return f"{strategy}:{day:%Y%m%d}:{attempt}"
+    return f"{day_prefix(strategy, day)}{attempt}"
+
+
+def day_prefix(strategy: str, day: date) -> str:
+    """The part of every key of `strategy` on `day` before the attempt: `<strategy>:<YYYYMMDD>:`."""
+    return f"{strategy}:{day:%Y%m%d}:"
+
+
+def parse_key(key: str) -> tuple[str, date, int] | None:
+    """(strategy, day, attempt) of an idempotency key, or None when `key` is not one of ours."""
+    strategy, sep, rest = key.rpartition(":")
+    if not sep:
+        return None
+    strategy, sep, day_text = strategy.rpartition(":")
+    if not sep or not strategy or len(day_text) != 8 or not day_text.isdigit() or not rest.isdigit():
+        return None
+    try:
+        day = date(int(day_text[:4]), int(day_text[4:6]), int(day_text[6:]))
+    except ValueError:
+        return None
+    return strategy, day, int(rest)
 
 
 def _trade(row: sqlite3.Row | tuple[Any, ...]) -> TradeView:
@@ -89,6 +136,7 @@ def _trade(row: sqlite3.Row | tuple[Any, ...]) -> TradeView:
         started_at=datetime.fromisoformat(row[11]),
         ended_at=datetime.fromisoformat(row[12]) if row[12] else None,
         legs=row[13],
+        broker_filled=float(row[14] or 0),
     )
 
 
@@ -171,14 +219,26 @@ class Journal:
             row = await cur.fetchone()
         version = int(row[0]) if row else 0
         if version > len(MIGRATIONS):
-            raise JournalError(
-                f"the journal {self.path} has schema version {version}, newer than this bot "
-                f"({len(MIGRATIONS)}); upgrade the bot or restore the matching journal"
+            raise JournalTooNew(
+                f"the journal {self.path} was written by a newer bot (schema {version}, this bot "
+                f"knows {len(MIGRATIONS)}): upgrade the bot, or restore the journal that matches "
+                "this version"
             )
-        for number in range(version + 1, len(MIGRATIONS) + 1):
-            async with self.transaction() as tx:
-                await tx.executescript_in_tx(MIGRATIONS[number - 1])
-                await tx.execute(f"PRAGMA user_version = {number}")
+        if version == len(MIGRATIONS):
+            return
+        # A migration may rebuild a table that others reference (SQLite cannot alter a CHECK):
+        # foreign keys are off while it runs (the pragma has no effect inside a transaction), and
+        # checked before each commit, so a broken reference still fails the migration.
+        await self._conn.execute("PRAGMA foreign_keys = OFF")
+        try:
+            for number in range(version + 1, len(MIGRATIONS) + 1):
+                async with self.transaction() as tx:
+                    await tx.executescript_in_tx(MIGRATIONS[number - 1])
+                    if await tx.fetchall("PRAGMA foreign_key_check"):
+                        raise JournalError(f"migration {number} would break a reference; not applied")
+                    await tx.execute(f"PRAGMA user_version = {number}")
+        finally:
+            await self._conn.execute("PRAGMA foreign_keys = ON")
 
     # -- transactions ------------------------------------------------------------------------
 
@@ -197,10 +257,10 @@ class Journal:
                 raise
             try:
                 yield _Tx(self._conn, self._clock)
-            except sqlite3.IntegrityError:
+            except sqlite3.IntegrityError as exc:
                 # A constraint said no (e.g. a second live entry): the caller decides what it means.
                 await asyncio.shield(self._rollback())
-                raise
+                raise JournalConflict(f"the journal refused the write: {exc}") from exc
             except sqlite3.Error as exc:
                 await asyncio.shield(self._rollback())
                 raise JournalError(f"cannot write the journal: {exc}") from exc
@@ -235,13 +295,27 @@ class Journal:
     ) -> Started | Blocked:
         """Durably claim today's entry, or say what stands in the way (journaled, alert queued).
 
-        Inside one `BEGIN IMMEDIATE`: a live entry for the day blocks (`in_progress`); an entry
-        with any fill blocks (`already_traded_today`) unless `force`; otherwise a new attempt row
-        is inserted as `claimed` with `TRADE_STARTED` (and `FORCED_ENTRY`) in the action log.
+        Inside one `BEGIN IMMEDIATE`: an entry of this strategy whose outcome is unknown blocks
+        every day (`unresolved`); a live entry for the day blocks (`in_progress`); an entry with
+        any evidence of a fill blocks (`already_traded_today`) unless `force` — journaled fills,
+        the broker's reported filled quantity (IB may say "Filled" before the executions arrive)
+        or a status that says so; otherwise a new attempt row is inserted as `claimed` with
+        `TRADE_STARTED` (and `FORCED_ENTRY`) in the action log.
         """
         now = self._clock.now()
         try:
             async with self.transaction() as tx:
+                unknown = await tx.fetchall(
+                    f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE strategy = ? AND status = 'unknown' "
+                    "ORDER BY id LIMIT 1",
+                    (strategy,),
+                )
+                if unknown:
+                    existing_unknown = _trade(unknown[0])
+                    action_id = await tx.blocked_action(
+                        BlockReason.UNRESOLVED, strategy, day, source, existing_unknown, None
+                    )
+                    return Blocked(BlockReason.UNRESOLVED, existing_unknown, action_id)
                 rows = await tx.fetchall(
                     f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE strategy = ? AND trading_day = ? "
                     "ORDER BY attempt",
@@ -249,7 +323,7 @@ class Journal:
                 )
                 trades = [_trade(r) for r in rows]
                 live = next((t for t in trades if t.status.is_live), None)
-                traded = next((t for t in reversed(trades) if t.filled > 0), None)
+                traded = next((t for t in reversed(trades) if t.traded), None)
                 blocked: tuple[BlockReason, TradeView, tuple[AlertKind, str]] | None = None
                 if live is not None:
                     alert = (AlertKind.CONCURRENT_BLOCKED, texts.blocked_in_progress(live, source, now))
@@ -295,7 +369,7 @@ class Journal:
                 row = await tx.fetchone(f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE id = ?", (entry_id,))
                 assert row is not None  # noqa: S101 -- just inserted in this transaction
                 return Started(_trade(row), forced=force and traded is not None)
-        except sqlite3.IntegrityError:
+        except JournalConflict:
             # Another process claimed between our checks: the partial unique index said no.
             live_rows = await self._read(
                 f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE strategy = ? AND trading_day = ? "
@@ -385,6 +459,100 @@ class Journal:
             )
             await tx.entry_action(entry_id, kind, {"limit": limit, "order_id": order_id})
 
+    async def record_placed(
+        self, entry_id: int, order_id: int, perm_id: int, client_id: int | None, broker_status: str
+    ) -> None:
+        """The broker acknowledged the order (its limit was journaled before it was sent)."""
+        async with self.transaction() as tx:
+            await tx.execute(
+                "UPDATE entries SET order_id = ?, perm_id = COALESCE(NULLIF(?, 0), perm_id), "
+                "client_id = COALESCE(?, client_id), broker_status = ?, status = ?, updated_at = ? "
+                "WHERE id = ? AND status IN ('claimed', 'working')",
+                (order_id, perm_id, client_id, broker_status, EntryStatus.WORKING.value, tx.stamp, entry_id),
+            )
+            await tx.entry_action(
+                entry_id, ActionKind.ORDER_PLACED, {"order_id": order_id, "perm_id": perm_id}
+            )
+
+    async def is_forced(self, entry_id: int) -> bool:
+        """True when the entry was claimed with `--force` (the same-day rule bypassed)."""
+        rows = await self._read("SELECT forced FROM entries WHERE id = ?", (entry_id,))
+        return bool(rows and rows[0][0])
+
+    async def entry_by_key(self, key: str) -> TradeView | None:
+        """The entry with this idempotency key, if the journal has one."""
+        rows = await self._read(f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE idempotency_key = ?", (key,))
+        return _trade(rows[0]) if rows else None
+
+    async def adopt_from_broker(
+        self,
+        key: str,
+        quantity: int,
+        *,
+        replacing: int | None,
+        detail: dict[str, Any],
+        alert: tuple[AlertKind, str],
+        final: EntryStatus | None = None,
+    ) -> TradeView:
+        """Journal an order found at the broker under a key this journal does not know (a lost or
+        restored journal, another copy of the bot): a new entry with source `broker`, live until
+        reconciliation settles it from the broker's record. `replacing` (our own claim for the same
+        day, if any) is finished `never_sent` in the same transaction, so the day never has two
+        live entries and the claim's requester learns why."""
+        parsed = parse_key(key)
+        if parsed is None:
+            raise ValueError(f"{key!r} is not an idempotency key")
+        strategy, day, attempt = parsed
+        async with self.transaction() as tx:
+            if replacing is not None:
+                await tx.execute(
+                    "UPDATE entries SET status = 'never_sent', reason = ?, ended_at = ?, updated_at = ? "
+                    "WHERE id = ? AND status IN ('claimed', 'working')",
+                    (
+                        f"the broker already holds {key} for this day; adopted, not doubled",
+                        tx.stamp,
+                        tx.stamp,
+                        replacing,
+                    ),
+                )
+                await tx.entry_action(replacing, ActionKind.BROKER_GUARD, {"found": key, **detail})
+            cur = await tx.execute(
+                "INSERT INTO entries (strategy, trading_day, attempt, idempotency_key, source, status, "
+                "quantity, started_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                (
+                    strategy,
+                    day.isoformat(),
+                    attempt,
+                    key,
+                    Source.BROKER.value,
+                    (final or EntryStatus.WORKING).value,
+                    quantity,
+                    tx.stamp,
+                    tx.stamp,
+                ),
+            )
+            entry_id = int(cur.lastrowid or 0)
+            await tx.action(
+                ActionKind.ADOPTED,
+                strategy,
+                day,
+                entry_id,
+                Source.BROKER,
+                {"key": key, **detail},
+                alert=alert,
+            )
+            row = await tx.fetchone(f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE id = ?", (entry_id,))
+        assert row is not None  # noqa: S101 -- inserted just above
+        return _trade(row)
+
+    async def set_quantity(self, entry_id: int, quantity: int) -> None:
+        """Correct an adopted entry's quantity to the broker's order."""
+        async with self.transaction() as tx:
+            await tx.execute(
+                "UPDATE entries SET quantity = ?, updated_at = ? WHERE id = ? AND source = 'broker'",
+                (max(1, quantity), tx.stamp, entry_id),
+            )
+
     async def record_broker_status(
         self,
         entry_id: int,
@@ -393,16 +561,37 @@ class Journal:
         status: EntryStatus | None = None,
         order_id: int | None = None,
         perm_id: int | None = None,
+        broker_filled: float = 0.0,
+        broker_avg_price: float | None = None,
+        client_id: int | None = None,
     ) -> None:
-        """Record a status the broker reported (and our status, when it changes)."""
+        """Record what the broker reported for the order: its status, its filled quantity (kept at
+        the highest seen: a fill never un-happens) and ids; and our status, when it changes."""
         async with self.transaction() as tx:
             await tx.execute(
                 "UPDATE entries SET broker_status = ?, status = COALESCE(?, status), "
                 "order_id = COALESCE(?, order_id), perm_id = COALESCE(NULLIF(?, 0), perm_id), "
-                "updated_at = ? WHERE id = ?",
-                (broker_status, status.value if status else None, order_id, perm_id, tx.stamp, entry_id),
+                "client_id = COALESCE(?, client_id), "
+                "broker_avg_price = CASE WHEN ? > broker_filled THEN ? ELSE broker_avg_price END, "
+                "broker_filled = MAX(broker_filled, ?), updated_at = ? WHERE id = ?",
+                (
+                    broker_status,
+                    status.value if status else None,
+                    order_id,
+                    perm_id,
+                    client_id,
+                    broker_filled,
+                    broker_avg_price,
+                    broker_filled,
+                    tx.stamp,
+                    entry_id,
+                ),
             )
-            await tx.entry_action(entry_id, ActionKind.ORDER_STATUS, {"broker_status": broker_status})
+            await tx.entry_action(
+                entry_id,
+                ActionKind.ORDER_STATUS,
+                {"broker_status": broker_status, "broker_filled": broker_filled},
+            )
 
     async def record_fill(
         self, entry_id: int, exec_id: str, quantity: float, price: float, at: datetime
@@ -541,12 +730,40 @@ class Journal:
         return [_trade(r) for r in rows]
 
     async def open_calendars(self, strategy: str, today: date) -> int:
-        """Entries with a fill whose back leg has not expired yet."""
+        """Entries with any evidence of a fill (as for the same-day rule) whose back leg has not
+        expired yet; an entry with that evidence but no legs recorded counts too."""
         rows = await self._read(
-            "SELECT COUNT(*) FROM entries WHERE strategy = ? AND filled > 0 AND back_expiry >= ?",
+            f"SELECT COUNT(*) FROM entries WHERE strategy = ? AND {_TRADED} "
+            "AND (back_expiry IS NULL OR back_expiry >= ?)",
             (strategy, today.isoformat()),
         )
         return int(rows[0][0])
+
+    async def max_order_id(self) -> int:
+        """The highest broker order id this journal has recorded (0 if none): a floor for the
+        next order id, since a restarted gateway can hand out ids already used (error 103)."""
+        rows = await self._read("SELECT COALESCE(MAX(order_id), 0) FROM entries")
+        return int(rows[0][0])
+
+    async def unsettled_entries(self) -> list[TradeView]:
+        """Entries whose outcome is not settled: live, unknown, or with fills still missing."""
+        rows = await self._read(f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE {_UNSETTLED} ORDER BY id")
+        return [_trade(r) for r in rows]
+
+    async def entry_legs(self, entry_id: int) -> list[dict[str, Any]]:
+        """The legs recorded for an entry (empty before they were chosen)."""
+        rows = await self._read("SELECT legs FROM entries WHERE id = ?", (entry_id,))
+        if not rows:
+            raise KeyError(entry_id)
+        return list(json.loads(rows[0][0])) if rows[0][0] else []
+
+    async def traded_entries(self, strategy: str) -> list[TradeView]:
+        """Every entry of `strategy` with evidence of a fill, oldest first."""
+        rows = await self._read(
+            f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE strategy = ? AND {_TRADED} ORDER BY id",
+            (strategy,),
+        )
+        return [_trade(r) for r in rows]
 
     async def actions(
         self, *, kinds: Sequence[ActionKind] = (), since_day: date | None = None, limit: int = 10_000

@@ -32,7 +32,7 @@ from bot.entry import EntryRunner
 from bot.errors import ExitCode, UserError
 from bot.guard import EntryGuard
 from bot.history import history_from_journal
-from bot.journal.store import Journal, JournalError
+from bot.journal.store import Journal, JournalError, JournalTooNew
 from bot.logs import get_logger
 from bot.progress import ProgressHub
 from bot.reconcile import reconcile
@@ -47,6 +47,9 @@ from strategies.calendar_spread.strategy import CalendarParams, CalendarSpread
 __all__ = ["Daemon"]
 
 log = get_logger(__name__)
+
+_RECONCILE_AGAIN_S = 30.0
+"""How often reconciliation runs again while entries are not settled (missing executions)."""
 
 PAUSED_KEY = "entries.paused"
 RUNNING_KEY = "daemon.running"
@@ -136,6 +139,8 @@ class Daemon:
         try:
             try:
                 self.journal = await Journal.open(s.journal_path, self.clock)
+            except JournalTooNew as exc:
+                raise UserError(str(exc), ExitCode.CONFIG) from exc
             except JournalError as exc:
                 raise UserError(
                     f"cannot open the journal: {exc} (check that {s.state_dir} is writable)", ExitCode.IOERR
@@ -163,6 +168,8 @@ class Daemon:
             else None,
         )
         self.broker = await self._make_broker()
+        # A restarted gateway can roll nextValidId back below ids this bot used (error 103).
+        self.broker.order_id_floor = await self.journal.max_order_id()
         params = strategy_params(s.strategy, demo=self.demo_delay_s is not None)
         strategy = CalendarSpread(s.strategy.name, params, self.calendar)
         self.guard = EntryGuard(
@@ -324,14 +331,40 @@ class Daemon:
     # -- reconciliation --------------------------------------------------------------------------
 
     async def _reconcile_on_connect(self) -> None:
-        """After each (re)connect: reconcile, then allow entries. While down: refuse entries."""
+        """After each (re)connect: reconcile, then allow entries. While down: refuse entries.
+
+        While the journal holds entries that are not settled (fills reported by the broker whose
+        executions have not arrived, an unknown outcome), reconciliation runs again every
+        `service.reconcile_interval_s`, so they are fetched without waiting for a reconnect."""
         while True:
             state = self.broker.link
             if state is LinkState.UP:
                 await self._reconcile_until_done()
             else:
                 self._mark_unreconciled("link " + state.value)
-            await self._watch_link(await self.broker.wait_link_change())
+            changed = asyncio.ensure_future(self.broker.wait_link_change())
+            try:
+                while not changed.done():
+                    unsettled = state is LinkState.UP and await self._has_unsettled()
+                    if not unsettled:
+                        await asyncio.wait({changed})
+                        break
+                    timer = asyncio.ensure_future(self.clock.sleep(_RECONCILE_AGAIN_S))
+                    try:
+                        await asyncio.wait({changed, timer}, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        timer.cancel()
+                    if not changed.done() and self.broker.link is LinkState.UP and not self.runner.running:
+                        await self._reconcile_until_done()
+            finally:
+                if not changed.done():
+                    changed.cancel()
+            await self._watch_link(changed.result())
+
+    async def _has_unsettled(self) -> bool:
+        running = self.guard.current
+        running_id = running.trade.id if running is not None and running.trade is not None else None
+        return any(t.id != running_id for t in await self.journal.unsettled_entries())
 
     def _mark_unreconciled(self, why: str) -> None:
         if self.reconciliation != "pending":

@@ -5,9 +5,12 @@ broker (the daemon starts one in-process when no gateway is configured) and the 
 wire tests, which arm faults on it and assert on its ledger.
 
 Modules: `wire` (framing and fields), `messages` (outgoing layouts per server version), `market`
-(contracts and Black-Scholes quotes), `book` (ledger, fill model, positions), `faults`, `session`
-(one connection), `server` (the gateway), `control` (a line-JSON control socket) and `standalone`
-(`run_simulator`).
+(contracts and Black-Scholes quotes), `book` (ledger, fill model, positions), `faults`, `delivery`
+(outgoing messages late, twice, never or coalesced), `exec_filter` (reqExecutions filters and
+quirks), `hours` (session open and close), `chain` (strikes missing in some expiries), `rules`
+(market rules: price increments, 110, 2102), `limits` (pacing 100, market-data lines 101),
+`session` (one connection), `server` (the gateway), `control` (a line-JSON control socket) and
+`standalone` (`run_simulator`).
 """
 
 from bot.sim.book import (
@@ -20,14 +23,21 @@ from bot.sim.book import (
     LedgerOrder,
     RefusedPlacement,
 )
+from bot.sim.chain import ChainMode, ChainShape
 from bot.sim.faults import Faults
+from bot.sim.limits import IbLimits
+from bot.sim.rules import ComboIncrements
 from bot.sim.server import SimConfig, SimulatedGateway
 
 __all__ = [
+    "ChainMode",
+    "ChainShape",
+    "ComboIncrements",
     "Execution",
     "Faults",
     "FillMode",
     "FillModel",
+    "IbLimits",
     "Ledger",
     "LedgerFill",
     "LedgerLeg",

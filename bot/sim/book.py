@@ -156,6 +156,11 @@ class LedgerOrder:
     messages do not change it: the gateway answered, the answer was lost on the way."""
     reject_code: int | None = None
     completed_at: datetime | None = None
+    held_until: datetime | None = None
+    """While the order waits for the open (accepted with warning 399, PreSubmitted): when it
+    starts working. Cleared then."""
+    expired: bool = False
+    """True when the gateway cancelled it at the session close (a DAY order)."""
 
     @property
     def status(self) -> str:
@@ -235,6 +240,8 @@ class LedgerOrder:
             "acked": self.acked,
             "reject_code": self.reject_code,
             "received_at": self.received_at.isoformat(),
+            "held_until": self.held_until.isoformat() if self.held_until else None,
+            "expired": self.expired,
         }
 
 

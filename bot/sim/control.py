@@ -7,12 +7,23 @@ socket path. Operations (arguments as in the Python API of `SimulatedGateway` an
 
     ping, status, ledger,
     drop_after_place_read {count}, drop_before_place_read {count},
-    omit {msg_id, count?, client_id?}, delay {msg_id, seconds, count?, client_id?},
+    omit {msg_id, count?, client_id?}, delay {msg_id, seconds, max_seconds?, count?, client_id?},
+    duplicate {msg_id, count?, client_id?, gap_s?}, coalesce_order_status {window_s, count?, client_id?},
+    leg_executions_only {count?, client_id?},
+    exec_filter_quirk {quirk: "ignore-empty" | "client-zero", count?, client_id?},
+    refuse_final_cancel {count?, client_id?}, reject_orders {count? (1), reason?, client_id?, error_first?},
+    market_closed {count?, client_id?, until? (ISO 8601 with zone), warning_first?},
+    expire_day_orders (answers {"expired": [orderRef, ...]}),
     hold_client_id {client_id, attempts?}, release_client_id {client_id}, clear_faults,
-    restart {next_valid_id?, down_s?}, drop_connections,
+    restart {next_valid_id?, down_s?, new_day?}, drop_connections,
     connectivity {lost? | restored?, data_maintained?},
     fill_model {mode, threshold_over_mid?, delay_s?, partial_qty?, rest_after_s?},
-    set_spot {spot}, set_vol {vol}
+    set_spot {spot}, set_vol {vol},
+    chain_shape {shape} (`ChainShape.parse` text, e.g. "far-sparse:14"),
+    remove_contracts {contracts: ["SPXW:20270115:6100[:C]", ...]}, restore_contracts,
+    market_rules {enforce?, combo_increments?, modify_processing_s?}, still_processing {count?},
+    limits {max_msgs_per_s?, max_market_data_lines?, enforce_pacing?, enforce_lines?, reset_stats?}
+    (answers {"limits": ...}; `status` carries the same counters, the chain and the market rules)
 """
 
 from __future__ import annotations
@@ -21,10 +32,14 @@ import asyncio
 import contextlib
 import json
 import logging
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bot.sim.book import FillMode, FillModel
+from bot.sim.chain import ChainShape, ContractKey
+from bot.sim.exec_filter import ExecFilterQuirk
+from bot.sim.rules import ComboIncrements
 
 if TYPE_CHECKING:
     from bot.sim.server import SimulatedGateway
@@ -135,7 +150,41 @@ class ControlServer:
                     float(req["seconds"]),
                     _opt_int(req, "count"),
                     client_id=_opt_int(req, "client_id"),
+                    max_seconds=_opt_float(req, "max_seconds"),
                 )
+            case "duplicate":
+                faults.duplicate(
+                    int(req["msg_id"]),
+                    _opt_int(req, "count"),
+                    client_id=_opt_int(req, "client_id"),
+                    gap_s=float(req.get("gap_s", 0.0)),
+                )
+            case "coalesce_order_status":
+                faults.coalesce_order_status(
+                    float(req["window_s"]), _opt_int(req, "count"), client_id=_opt_int(req, "client_id")
+                )
+            case "leg_executions_only":
+                faults.leg_executions_only(_opt_int(req, "count"), client_id=_opt_int(req, "client_id"))
+            case "exec_filter_quirk":
+                faults.exec_filter_quirk(
+                    ExecFilterQuirk(req["quirk"]),
+                    _opt_int(req, "count"),
+                    client_id=_opt_int(req, "client_id"),
+                )
+            case "refuse_final_cancel":
+                faults.refuse_final_cancel(_opt_int(req, "count"), client_id=_opt_int(req, "client_id"))
+            case "reject_orders":
+                _reject_orders(gw, req)
+            case "market_closed":
+                until = req.get("until")
+                faults.market_closed(
+                    _opt_int(req, "count"),
+                    client_id=_opt_int(req, "client_id"),
+                    until=None if until is None else datetime.fromisoformat(str(until)),
+                    warning_first=bool(req.get("warning_first", False)),
+                )
+            case "expire_day_orders":
+                return {"expired": [o.order_ref for o in gw.expire_day_orders()]}
             case "hold_client_id":
                 faults.hold_client_id(int(req["client_id"]), _opt_int(req, "attempts"))
             case "release_client_id":
@@ -143,7 +192,12 @@ class ControlServer:
             case "clear_faults":
                 faults.clear()
             case "restart":
-                await gw.restart(_opt_int(req, "next_valid_id"), float(req.get("down_s", 0.0)))
+                new_day = req.get("new_day")
+                await gw.restart(
+                    _opt_int(req, "next_valid_id"),
+                    float(req.get("down_s", 0.0)),
+                    new_day=None if new_day is None else bool(new_day),
+                )
             case "drop_connections":
                 await gw.drop_connections()
             case "connectivity":
@@ -166,6 +220,21 @@ class ControlServer:
             case "set_vol":
                 gw.market.set_vol(float(req["vol"]))
                 gw.notify()
+            case "chain_shape":
+                gw.market.listing.shape = ChainShape.parse(str(req["shape"]))
+            case "remove_contracts":
+                for text in req["contracts"]:
+                    key = ContractKey.parse(str(text))
+                    gw.market.listing.remove(key.trading_class, key.expiry, key.strike, key.right)
+            case "restore_contracts":
+                gw.market.listing.restore()
+            case "market_rules":
+                _market_rules(gw, req)
+            case "still_processing":
+                faults.still_processing(int(req.get("count", 1)))
+            case "limits":
+                _limits(gw, req)
+                return {"limits": gw.limits.to_dict()}
             case _:
                 raise ValueError(f"unknown op {op!r}")
         return {}
@@ -191,6 +260,9 @@ class ControlServer:
                 "rest_after_s": model.rest_after_s,
             },
             "faults": gw.faults.describe(),
+            "chain": gw.market.listing.describe(),
+            "market_rules": gw.rules.describe(),
+            "limits": gw.limits.to_dict(),
         }
 
 
@@ -202,3 +274,43 @@ def _opt_int(req: dict[str, Any], key: str) -> int | None:
 def _opt_float(req: dict[str, Any], key: str) -> float | None:
     value = req.get(key)
     return None if value is None else float(value)
+
+
+def _reject_orders(gw: SimulatedGateway, req: dict[str, Any]) -> None:
+    count = _opt_int(req, "count") if "count" in req else 1
+    client_id = _opt_int(req, "client_id")
+    error_first = bool(req.get("error_first", False))
+    if "reason" in req:
+        gw.faults.reject_orders(
+            count, reason=str(req["reason"]), client_id=client_id, error_first=error_first
+        )
+    else:
+        gw.faults.reject_orders(count, client_id=client_id, error_first=error_first)
+
+
+def _market_rules(gw: SimulatedGateway, req: dict[str, Any]) -> None:
+    rules = gw.rules
+    if "enforce" in req:
+        rules.enforce_increments = bool(req["enforce"])
+    if "combo_increments" in req:
+        rules.combo = ComboIncrements(req["combo_increments"])
+    if "modify_processing_s" in req:
+        seconds = float(req["modify_processing_s"])
+        if seconds < 0:
+            raise ValueError("modify_processing_s must not be negative")
+        rules.modify_processing_s = seconds
+
+
+def _limits(gw: SimulatedGateway, req: dict[str, Any]) -> None:
+    limits = gw.limits
+    for key in ("max_msgs_per_s", "max_market_data_lines"):
+        if key in req:
+            value = int(req[key])
+            if value < 1:
+                raise ValueError(f"{key} must be at least 1")
+            setattr(limits, key, value)
+    for key in ("enforce_pacing", "enforce_lines"):
+        if key in req:
+            setattr(limits, key, bool(req[key]))
+    if req.get("reset_stats"):
+        limits.reset_stats()

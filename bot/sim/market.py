@@ -1,9 +1,9 @@
 """The simulator's market: SPX, its SPX/SPXW option chain and Black-Scholes quotes, all deterministic.
 
 Owns which contracts exist (the SPX index, SPXW expiries on every trading day and SPX monthlies on
-third Fridays, strikes every 5 points around the configured spot), their stable conIds, and what
-they are quoted at a given instant of the injected clock. The same seed, spot, volatility and clock
-reading always give the same quotes.
+third Fridays, strikes every 5 points around the configured spot, less the holes `listing` makes
+in some expiries: `bot.sim.chain`), their stable conIds, and what they are quoted at a given instant
+of the injected clock. The same seed, spot, volatility and clock reading always give the same quotes.
 
 conIds of options are computed, not allocated: the expiry, trading class, right and strike are
 packed into the number, so any conId the simulator ever handed out can be decoded again, in this
@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import TYPE_CHECKING, Literal
 from zoneinfo import ZoneInfo
+
+from bot.sim.chain import ChainListing
 
 if TYPE_CHECKING:
     from bot.clock import Clock
@@ -316,6 +318,8 @@ class MarketModel:
         ]
         self._t0 = clock.monotonic()
         self._expiry_cache: dict[tuple[date, str], tuple[date, ...]] = {}
+        self.listing = ChainListing(seed=seed, money=spot)
+        """Which grid strikes each expiry really lists (all, unless given holes; `bot.sim.chain`)."""
 
     # -- time and the underlying ---------------------------------------------------------------
 
@@ -396,7 +400,26 @@ class MarketModel:
 
     def is_listed(self, option: OptionContract) -> bool:
         """True when `option` trades now."""
-        return option.strike in self._strike_set and option.expiry in self.expiries(option.trading_class)
+        return (
+            option.strike in self._strike_set
+            and option.expiry in self.expiries(option.trading_class)
+            and self.listing.lists(
+                option.trading_class, option.expiry, option.strike, option.right, self.today()
+            )
+        )
+
+    def chain_strikes(self, trading_class: str) -> tuple[float, ...]:
+        """The union of the strikes listed by any expiry of `trading_class`, as reqSecDefOptParams
+        reports it (some expiries lack some of them when the chain has holes)."""
+        if self.listing.is_full:
+            return self.strikes
+        today = self.today()
+        days = self.expiries(trading_class)
+        return tuple(
+            k
+            for k in self.strikes
+            if any(self.listing.lists(trading_class, day, k, right, today) for day in days for right in "CP")
+        )
 
     def option_by_con_id(self, con_id: int) -> OptionContract | None:
         """Decode a conId handed out by this model; None when it is not a listed option."""
@@ -447,6 +470,7 @@ class MarketModel:
         if strike and strike not in self._strike_set:
             return []
         strikes = (strike,) if strike else self.strikes
+        full, today = self.listing.is_full, self.today()
         out: list[OptionContract] = []
         for tc in classes:
             for day in self.expiries(tc):
@@ -457,6 +481,7 @@ class MarketModel:
                     OptionContract(expiry=day, strike=k, right=r, trading_class=tc)
                     for k in strikes
                     for r in rights
+                    if full or self.listing.lists(tc, day, k, r, today)
                 )
         return out
 

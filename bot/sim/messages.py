@@ -39,6 +39,7 @@ __all__ = [
     "ib_time",
     "managed_accounts",
     "market_data_type",
+    "market_rule",
     "next_valid_id",
     "open_order",
     "open_order_end",
@@ -272,6 +273,14 @@ def sec_def_opt_params(
 def sec_def_opt_params_end(req_id: int) -> Msg:
     """76: end of the option chain answer."""
     return [76, req_id]
+
+
+def market_rule(rule_id: int, increments: Sequence[tuple[float, float]]) -> Msg:
+    """93: a market rule's (lowEdge, increment) rows (no version field)."""
+    msg: Msg = [93, rule_id, len(increments)]
+    for low_edge, increment in increments:
+        msg += [low_edge, increment]
+    return msg
 
 
 # -- market data -------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import contextlib
 import logging
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, time, timedelta, tzinfo
 from typing import TYPE_CHECKING, Any, Literal
 
 from bot.clock import Clock, SystemClock
@@ -36,8 +36,13 @@ from bot.sim.book import (
     Position,
     RefusedPlacement,
 )
-from bot.sim.faults import Faults
-from bot.sim.market import OPTION_MULTIPLIER, ContractRef, LegSpec, MarketModel
+from bot.sim.chain import ChainListing, ChainShape
+from bot.sim.exec_filter import zone_named
+from bot.sim.faults import ArmedRejection, Faults
+from bot.sim.hours import SessionHours
+from bot.sim.limits import IbLimits, Limits
+from bot.sim.market import NEW_YORK, OPTION_MULTIPLIER, ContractRef, LegSpec, MarketModel
+from bot.sim.rules import ComboIncrements, OrderRules
 from bot.sim.session import Session
 from bot.sim.wire import fmt
 
@@ -51,7 +56,12 @@ __all__ = ["ConnectionEvent", "SimConfig", "SimulatedGateway", "TranscriptEntry"
 
 _log = logging.getLogger("bot.sim")
 
-Direction = Literal["in", "out", "omitted", "delayed", "dropped"]
+# Long clock waits (to a close, to an open) re-read the wall clock at least this often, so a
+# stepped clock or a resumed machine does not sail past the moment.
+_RECHECK_S = 300.0
+_DUE_S = 1e-3  # a deadline this close counts as reached (the clocks keep microseconds)
+
+Direction = Literal["in", "out", "omitted", "delayed", "coalesced", "dropped"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +93,20 @@ class SimConfig:
     """Clock seconds between re-checks of a working order against a moving market."""
     leg_executions: bool = True
     """Report one execution per combo leg besides the BAG-level one, as IB does."""
+    bag_execution: bool = True
+    """Report a BAG-level execution (conId 28812380) for each combo fill. False reports the leg
+    executions only (whatever `leg_executions` says), which IB may also do: ib_async's
+    `Trade.filled()` then counts 0 while `orderStatus.filled` is right."""
+    time_zone: str = "UTC"
+    """The gateway's zone (at IB, the login's): a reqExecutions filter time without a zone is read
+    in it. The times the gateway writes carry their zone (UTC), so ib_async reads them either way."""
+    day_orders_expire: bool = True
+    """Cancel every working DAY order at the session close, as IB does (`bot.sim.hours`)."""
+    session_open: time = time(9, 30)
+    """New York time at which orders held with warning 399 start working."""
+    session_close: time | None = None
+    """New York time at which DAY orders expire, every day; None derives it from the calendar
+    (16:15, or 13:15 on an early-close day: SPX options close 15 minutes after the stocks)."""
     commission_per_contract: float = 1.0
     market_data_entitled: bool = True
     """False models a paper account without live option data: live requests get error 354."""
@@ -92,11 +116,22 @@ class SimConfig:
     fill_model: FillModel = field(default_factory=FillModel)
     transcript_limit: int = 50_000
     """How many frames `transcript` keeps (the oldest are forgotten first)."""
+    chain: ChainShape = field(default_factory=ChainShape)
+    """Where the option chain has holes (`bot.sim.chain`); by default every expiry lists every strike."""
+    enforce_market_rules: bool = False
+    """Refuse limit prices off the market rules' increments with 110 (`bot.sim.rules`)."""
+    combo_increments: ComboIncrements = ComboIncrements.PACKAGE
+    """Which increments a combo's net limit follows when market rules are enforced."""
+    modify_processing_s: float = 0.0
+    """Gateway-clock seconds a placement or modification stays "being processed"; a modification of
+    the same order within it is refused with 2102."""
+    limits: IbLimits = field(default_factory=IbLimits)
+    """Message pacing (100) and market-data lines (101) per client (`bot.sim.limits`)."""
 
 
 @dataclass(frozen=True, slots=True)
 class TranscriptEntry:
-    """One frame the gateway read, wrote, delayed, omitted or dropped."""
+    """One frame the gateway read, wrote, delayed, omitted, coalesced away or dropped."""
 
     direction: Direction
     client_id: int | None
@@ -187,7 +222,23 @@ class SimulatedGateway:
             spread_frac=self.config.spread_frac,
         )
         self.ledger = Ledger()
-        self.faults = Faults()
+        self.faults = Faults(seed=self.config.seed)
+        self.hours = SessionHours(
+            calendar, open_time=self.config.session_open, close=self.config.session_close
+        )
+        """When the session opens and closes (DAY expiry, 399 holds, which day it is)."""
+        self.time_zone: tzinfo = zone_named(self.config.time_zone)
+        """The gateway's zone, for filter times without one."""
+        self.market.listing = ChainListing(self.config.chain, seed=self.config.seed, money=self.config.spot)
+        self.rules = OrderRules(
+            self.clock,
+            enforce_increments=self.config.enforce_market_rules,
+            combo=self.config.combo_increments,
+            modify_processing_s=self.config.modify_processing_s,
+        )
+        """Order-entry checks (110, 2102); settings may be changed at any time."""
+        self.limits = Limits(self.config.limits, self.clock)
+        """IB's pacing and market-data-line limits, and per-client counters against them."""
         self.protocol_errors: list[str] = []
         self.transcript: deque[TranscriptEntry] = deque(maxlen=self.config.transcript_limit)
         self.connections: list[ConnectionEvent] = []
@@ -210,6 +261,8 @@ class SimulatedGateway:
         self._any = _Changes()  # also every frame: wakes `wait_for`
         self._listeners: list[Callable[[], None]] = []
         self._announce_pending = False
+        self._day = self.hours.day_of(self.clock.now())  # the trading day of the last (re)start
+        self._forget_before: datetime | None = None  # set by a restart on a later day
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -221,7 +274,12 @@ class SimulatedGateway:
         self.host = host
         self.port = int(self._server.sockets[0].getsockname()[1])
         for order in self.ledger.working():
-            self._start_worker(order)
+            if order.held_until is not None:
+                self.spawn(self._release_at_open(order), f"sim-hold-{order.perm_id}")
+            else:
+                self._start_worker(order)
+        if self.config.day_orders_expire:
+            self.spawn(self._expire_at_closes(), "sim-day-close")
         _log.info("simulated IB gateway listening on %s:%d", host, self.port)
         return self.port
 
@@ -261,12 +319,20 @@ class SimulatedGateway:
         await asyncio.gather(*(t for _, t in sessions if t is not None), return_exceptions=True)
         self.notify()
 
-    async def restart(self, next_valid_id: int | None = None, down_s: float = 0.0) -> None:
+    async def restart(
+        self, next_valid_id: int | None = None, down_s: float = 0.0, *, new_day: bool | None = None
+    ) -> None:
         """Restart like a Gateway's nightly auto-restart: drop every connection, keep the book.
 
         `next_valid_id` rolls every client id's nextValidId back (or forward) to that value, as
         gateways do after a restart; the ids of orders already booked then collide (103).
         `down_s` keeps the port closed for that many clock seconds.
+
+        A restart on a later (New York) day than the last start forgets, for what clients can
+        see, the orders completed and the executions made on earlier days: they are gone from
+        completed orders and reqExecutions, as at IB; working orders and positions remain, and
+        the ledger keeps everything. `new_day` forces that (True: forget everything before now)
+        or prevents it (False); None decides by the clock.
         """
         await self.drop_connections()
         if down_s > 0 and self._server is not None:
@@ -279,6 +345,15 @@ class SimulatedGateway:
         if next_valid_id is not None:
             self._next_ids = dict.fromkeys(self._next_ids, next_valid_id)
             self._default_next_id = next_valid_id
+        now = self.clock.now()
+        today = self.hours.day_of(now)
+        if new_day or (new_day is None and today > self._day):
+            # A later day forgets what ended before its midnight; a forced one, all up to now.
+            self._forget_before = (
+                self.hours.start_of(today) if today > self._day else now + timedelta(microseconds=1)
+            )
+            _log.info("a new day: clients no longer see what ended before %s", self._forget_before)
+        self._day = today
         self.connectivity_lost = False
         _log.info("simulated gateway restarted (nextValidId rollback: %s)", next_valid_id)
         self.notify()
@@ -473,6 +548,20 @@ class SimulatedGateway:
         """The nextValidId for `client_id`: above every id it used, unless rolled back."""
         return self._next_ids.get(client_id, self._default_next_id)
 
+    def visible_completed(self) -> list[LedgerOrder]:
+        """The completed orders clients can see: the ledger's, less earlier days' after a new-day
+        restart (see `restart`)."""
+        since = self._forget_before
+        return [
+            o for o in self.ledger.completed() if since is None or (o.completed_at or o.received_at) >= since
+        ]
+
+    def visible_executions(self) -> list[Execution]:
+        """The executions reqExecutions can return: the ledger's, less earlier days' after a
+        new-day restart."""
+        since = self._forget_before
+        return [e for e in self.ledger.executions if since is None or e.time >= since]
+
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         session = Session(self, reader, writer)
         self._sessions[session] = asyncio.current_task()
@@ -488,15 +577,33 @@ class SimulatedGateway:
     # -- orders --------------------------------------------------------------------------------
 
     def place_order(self, session: Session, req: PlaceRequest, contract: ContractRef | str) -> None:
-        """Book, modify, refuse (103) or reject (200/201) one placeOrder from `session`."""
+        """Book, modify, refuse (103, 110, 2102) or reject (200/201) one placeOrder from `session`."""
         cid = session.cid
         now = self.clock.now()
         existing = self.ledger.find(cid, req.order_id)
         if existing is not None:
             if existing.is_working and existing.order_ref == req.order_ref:
-                self._modify(session, existing, req)
+                # A refused modification leaves the order working at its previous limit.
+                refusal = self.rules.processing_refusal(
+                    existing.perm_id, forced=self.faults.take_still_processing()
+                ) or self.rules.price_refusal(req.lmt_price, combo=req.contract.sec_type == "BAG")
+                if refusal is not None:
+                    self._refuse(session, req, *refusal)
+                else:
+                    self._modify(session, existing, req)
+                    self.rules.processed(existing.perm_id)
             else:
                 self._refuse(session, req, 103, "Duplicate order id")
+            return
+        refusal = (
+            None
+            if isinstance(contract, str)  # no contract, no market rule: 200 below
+            else self.rules.price_refusal(req.lmt_price, combo=req.contract.sec_type == "BAG")
+        )
+        if refusal is not None:
+            # IB does not take the order at all (no permId, no openOrder): the error is the answer.
+            self._next_ids[cid] = max(self.next_order_id(cid), req.order_id + 1)
+            self._refuse(session, req, *refusal)
             return
         order = LedgerOrder(
             order_id=req.order_id,
@@ -516,14 +623,25 @@ class SimulatedGateway:
             limit_prices=[req.lmt_price] if req.lmt_price is not None else [],
         )
         self.ledger.add(order)
+        self.rules.processed(order.perm_id)
         self._next_ids[cid] = max(self.next_order_id(cid), req.order_id + 1)
         rejection = (200, contract) if isinstance(contract, str) else self._rejection(order)
+        armed_reject = self.faults.take_reject(cid) if rejection is None else None
+        if armed_reject is not None:
+            rejection = (201, f"Order rejected - reason:{armed_reject.reason}")
+        hold = self.faults.take_hold(cid) if rejection is None else None
         drop = self.faults.take_drop_after_place()
         if rejection is not None:
             code, text = rejection
             order.reject_code = code
             order.set_status("Inactive", now)
             _log.info("order %s/%s ref=%r rejected: %s", cid, req.order_id, req.order_ref, text)
+        elif hold is not None:
+            # Accepted, but not at the exchange until the open (399); it works from then on.
+            order.held_until = hold.until or self.hours.next_open(now)
+            order.set_status("PreSubmitted", now)
+            _log.info("order %s/%s ref=%r held until %s", cid, req.order_id, req.order_ref, order.held_until)
+            self.spawn(self._release_at_open(order), f"sim-hold-{order.perm_id}")
         else:
             order.set_status("Submitted", now)
             if order.combo_params.get("NonGuaranteed") == "1":
@@ -545,11 +663,52 @@ class SimulatedGateway:
             session.close()
         elif rejection is not None:
             order.acked = True
-            session.error(req.order_id, rejection[0], rejection[1])
+            if armed_reject is not None:
+                self._announce_rejection(session, order, rejection[1], armed_reject)
+            else:
+                session.error(req.order_id, rejection[0], rejection[1])
         else:
             order.acked = True
+            if hold is not None and hold.warning_first:
+                session.error(req.order_id, 399, _held_warning(order))
             session.send(m.open_order(order, session.version))
             session.send(m.order_status(order))
+            if hold is not None and not hold.warning_first:
+                session.error(req.order_id, 399, _held_warning(order))
+        self.notify()
+
+    def _announce_rejection(
+        self, session: Session, order: LedgerOrder, text: str, how: ArmedRejection
+    ) -> None:
+        """IB's refusal of an accepted order: openOrder and orderStatus Inactive, and error 201.
+
+        ib_async 2.x keeps the trade Inactive either way: a 201 first marks it Cancelled, and the
+        Inactive status that follows overwrites that; a 201 after the status only logs.
+        """
+        if how.error_first:
+            session.error(order.order_id, 201, text)
+        session.send(m.open_order(order, session.version))
+        session.send(m.order_status(order))
+        if not how.error_first:
+            session.error(order.order_id, 201, text)
+
+    async def _release_at_open(self, order: LedgerOrder) -> None:
+        """Start working a held (399) order once its `held_until` comes."""
+        while order.held_until is not None and order.is_working:
+            left = (order.held_until - self.clock.now()).total_seconds()
+            if left <= _DUE_S:
+                break
+            await self.clock.sleep(min(left, _RECHECK_S))
+        if order.held_until is None or not order.is_working:
+            return
+        order.held_until = None
+        order.set_status("Submitted", self.clock.now())
+        _log.info("order %s/%s ref=%r released at the open", order.client_id, order.order_id, order.order_ref)
+        owner = self._session_of(order.client_id)
+        if owner is not None and not self.connectivity_lost:
+            owner.send(m.open_order(order, owner.version))
+            owner.send(m.order_status(order))
+        self._start_worker(order)
         self.notify()
 
     def _rejection(self, order: LedgerOrder) -> tuple[int, str] | None:
@@ -611,8 +770,16 @@ class SimulatedGateway:
         self.notify()
 
     def cancel_order(self, session: Session, order_id: int) -> None:
-        """Cancel one of `session`'s client id's working orders (202), else 10147."""
+        """Cancel one of `session`'s client id's working orders (202), else 10147; a final order
+        gets 10148 instead when `Faults.refuse_final_cancel` is armed."""
         order = self.ledger.find(session.cid, order_id)
+        if order is not None and order.is_done and self.faults.take_refuse_final_cancel(session.cid):
+            session.error(
+                order_id,
+                10148,
+                f"OrderId {order_id} that needs to be cancelled cannot be cancelled, state: {order.status}.",
+            )
+            return
         if order is None or not order.is_working:
             session.error(order_id, 10147, f"OrderId {order_id} that needs to be cancelled is not found.")
             return
@@ -623,7 +790,29 @@ class SimulatedGateway:
         for order in list(self.ledger.working()):
             self._cancel(order)
 
-    def _cancel(self, order: LedgerOrder) -> None:
+    def expire_day_orders(self) -> list[LedgerOrder]:
+        """Cancel every working DAY order now, as IB does at the session close (the gateway calls
+        it at each close when `SimConfig.day_orders_expire`). Owners get orderStatus Cancelled;
+        orders held for the next open (399) stay. Returns the expired orders."""
+        expired = [o for o in self.ledger.working() if o.tif == "DAY" and o.held_until is None]
+        for order in expired:
+            order.expired = True
+            self._cancel(order, notice=False)
+        if expired:
+            _log.info("session close: %d DAY order(s) expired", len(expired))
+        return expired
+
+    async def _expire_at_closes(self) -> None:
+        close = self.hours.next_close(self.clock.now())
+        while True:
+            left = (close - self.clock.now()).total_seconds()
+            if left > _DUE_S:
+                await self.clock.sleep(min(left, _RECHECK_S))
+                continue
+            self.expire_day_orders()
+            close = self.hours.next_close(close)
+
+    def _cancel(self, order: LedgerOrder, *, notice: bool = True) -> None:
         order.set_status("Cancelled", self.clock.now())
         worker = self._workers.pop(order.perm_id, None)
         if worker is not None:
@@ -632,7 +821,8 @@ class SimulatedGateway:
         owner = self._session_of(order.client_id)
         if owner is not None and not self.connectivity_lost:
             owner.send(m.order_status(order))
-            owner.error(order.order_id, 202, "Order Canceled - reason:")
+            if notice:
+                owner.error(order.order_id, 202, "Order Canceled - reason:")
         self.notify()
 
     # -- the fill engine -----------------------------------------------------------------------
@@ -727,6 +917,10 @@ class SimulatedGateway:
         combo_side = "BOT" if order.action == "BUY" else "SLD"
         leg_execs: list[Execution] = []
         touched: list[int] = []
+        # A fill is always reported somehow: without the BAG-level execution, the legs' are.
+        report_bag = not order.legs or (
+            self.config.bag_execution and not self.faults.take_leg_executions_only(order.client_id)
+        )
         if order.legs:
             specs = _leg_specs(order)
             leg_prices = self.market.leg_prices(specs, price)
@@ -737,12 +931,16 @@ class SimulatedGateway:
                 shares = qty * leg.ratio
                 self._book_position(ref, shares if buys else -shares, leg_price)
                 touched.append(ref.con_id)
-                if self.config.leg_executions:
-                    leg_execs.append(
-                        self._execution(
-                            order, ref, "BOT" if buys else "SLD", shares, leg_price, shares, leg_price, now
-                        )
-                    )
+                if self.config.leg_executions or not report_bag:
+                    earlier = [
+                        e
+                        for e in self.ledger.executions_for(order.perm_id)
+                        if e.contract.con_id == ref.con_id
+                    ]
+                    cum = sum(e.shares for e in earlier) + shares
+                    avg = (sum(e.shares * e.price for e in earlier) + shares * leg_price) / cum
+                    side = "BOT" if buys else "SLD"
+                    leg_execs.append(self._execution(order, ref, side, shares, leg_price, cum, avg, now))
         else:
             signed = qty if order.action == "BUY" else -qty
             self._book_position(order.contract, signed, price)
@@ -761,7 +959,7 @@ class SimulatedGateway:
             exec_id=order.fills[-1].exec_id,
             commission=0.0 if leg_execs else self.config.commission_per_contract * n_contracts,
         )
-        executions = [*leg_execs, combo]
+        executions = [*leg_execs, combo] if report_bag else leg_execs
         self.ledger.executions.extend(executions)
         self._cash -= sum(e.commission for e in executions)
         done = order.filled_qty >= order.quantity - 1e-9
@@ -881,3 +1079,13 @@ class SimulatedGateway:
 
 def _leg_specs(order: LedgerOrder) -> list[LegSpec]:
     return [LegSpec(leg.con_id, leg.ratio, leg.action) for leg in order.legs]
+
+
+def _held_warning(order: LedgerOrder) -> str:
+    """Warning 399's text for an order held until the open (as IB words it)."""
+    until = (order.held_until or order.received_at).astimezone(NEW_YORK)
+    what = f"{order.action} {order.quantity:g} {order.contract.symbol} {order.contract.sec_type}"
+    return (
+        f"Order Message:\n{what}\nWarning: your order will not be placed at the exchange until "
+        f"{until:%Y-%m-%d %H:%M:%S} US/Eastern"
+    )

@@ -16,6 +16,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, TypeAlias
 
 from bot.sim import messages as m
+from bot.sim.delivery import Outbox
+from bot.sim.exec_filter import ExecFilter, ExecFilterQuirk
 from bot.sim.market import (
     BAG_CONTRACT,
     SPX_CONID,
@@ -24,6 +26,7 @@ from bot.sim.market import (
     LegSpec,
     OptionContract,
 )
+from bot.sim.rules import SPX_OPTION_RULE
 from bot.sim.wire import (
     FieldReader,
     Fields,
@@ -198,6 +201,7 @@ class Session:
         self.positions_subscribed = False
         self.account_subscribed = False
         self.closed = False
+        self._outbox = Outbox(self)
         self._handlers: dict[int, Callable[[Fields], None]] = {
             1: self._req_mkt_data,
             2: self._cancel_mkt_data,
@@ -223,29 +227,17 @@ class Session:
             76: self._req_account_updates_multi,
             77: self._cancel_silently,
             78: self._req_sec_def_opt_params,
+            91: self._req_market_rule,
             99: self._req_completed_orders,
         }
 
     # -- output --------------------------------------------------------------------------------
 
     def send(self, msg: list[object]) -> None:
-        """Send one message, subject to the armed omit/delay faults."""
+        """Send one message, subject to the armed delivery faults (`bot.sim.delivery`)."""
         if self.closed:
             return
-        msg_id = int(str(msg[0]))
-        action = self.gw.faults.outgoing(msg_id, self.client_id if self.client_id is not None else -1)
-        if action.omit:
-            self.gw.record("omitted", self.client_id, msg)
-            return
-        if action.delay_s > 0:
-            self.gw.record("delayed", self.client_id, msg)
-            self.gw.spawn(self._send_later(msg, action.delay_s), f"sim-delayed-{msg_id}")
-            return
-        self.write(msg)
-
-    async def _send_later(self, msg: list[object], delay_s: float) -> None:
-        await self.gw.clock.sleep(delay_s)
-        self.write(msg)
+        self._outbox.send(msg)
 
     def write(self, msg: list[object]) -> None:
         """Write one message now, bypassing faults (the handshake, delayed sends)."""
@@ -278,7 +270,8 @@ class Session:
                 while not self.closed:
                     fields = await read_frame(self.reader)
                     self.gw.record("in", self.client_id, fields)
-                    self._dispatch(fields)
+                    if self.gw.limits.admit_frame(self):  # IB's 50 messages a second
+                        self._dispatch(fields)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # the peer went away; that is how connections end
         except ProtocolError as exc:
@@ -417,10 +410,18 @@ class Session:
                             tc,
                             "100",
                             [d.strftime("%Y%m%d") for d in market.expiries(tc)],
-                            list(market.strikes),
+                            list(market.chain_strikes(tc)),  # the union over expiries
                         )
                     )
         self.send(m.sec_def_opt_params_end(req_id))
+
+    def _req_market_rule(self, fields: Fields) -> None:
+        r = FieldReader(fields)
+        rule_id = r.integer()  # no version field
+        self._expect_end(r, "reqMarketRule")
+        rule = self.gw.rules.rule(rule_id)
+        if rule is not None:  # IB does not answer an unknown rule id at all
+            self.send(m.market_rule(rule_id, [(i.low_edge, i.increment) for i in rule.increments]))
 
     # -- market data ---------------------------------------------------------------------------
 
@@ -474,6 +475,8 @@ class Session:
         if not delayed and not self.gw.config.market_data_entitled:
             self.error(req_id, 354, "Requested market data is not subscribed.")
             return
+        if not self.gw.limits.admit_line(self, req_id):
+            return  # 101: no line left for this one
         self.send(m.market_data_type(req_id, self.market_data_type))
         self._send_ticks(req_id, target)
         if snapshot:
@@ -601,7 +604,7 @@ class Session:
 
     def _req_completed_orders(self, fields: Fields) -> None:
         _fixed(fields, 2, "reqCompletedOrders")  # msgId, apiOnly: no version field
-        for o in self.gw.ledger.completed():
+        for o in self.gw.visible_completed():  # earlier days' are gone after a new-day restart
             self.send(m.completed_order(o, self.version))
         self.send(m.completed_orders_end())
 
@@ -609,26 +612,21 @@ class Session:
         r = FieldReader(fields)
         r.skip(1)
         req_id = r.integer()
-        client_id = r.integer()
-        account, since, symbol, sec_type, exchange, side = (r.string() for _ in range(6))
+        flt = ExecFilter(r.integer(), *(r.string() for _ in range(6)))
         self._expect_end(r, "reqExecutions")
-        since_key = since.replace("-", " ")[:17]
-        wanted_side = {"BUY": "BOT", "SELL": "SLD"}.get(side.upper(), side.upper())
-        for ex in self.gw.ledger.executions:
-            if client_id and ex.client_id != client_id:
-                continue
-            if account and ex.account != account:
-                continue
-            if symbol and ex.contract.symbol != symbol:
-                continue
-            if sec_type and ex.contract.sec_type != sec_type:
-                continue
-            if exchange and ex.exchange != exchange:
-                continue
-            if wanted_side and ex.side != wanted_side:
-                continue
-            if since_key and m.ib_time(ex.time)[:17] < since_key:
-                continue
+        quirk = self.gw.faults.take_exec_filter_quirk(flt, self.cid)
+        if quirk is ExecFilterQuirk.IGNORE_EMPTY:
+            _log.info("fault: client %s's empty executions filter goes unanswered", self.client_id)
+            return
+        try:
+            selected = flt.select(
+                self.gw.visible_executions(),
+                self.gw.time_zone,
+                client_zero_only=quirk is ExecFilterQuirk.CLIENT_ZERO_ONLY,
+            )
+        except ValueError as exc:
+            raise ProtocolError(f"reqExecutions: {exc}") from exc
+        for ex in selected:
             self.send(m.exec_details(req_id, ex, self.version))
             self.send(m.commission_report(ex))
         self.send(m.exec_details_end(req_id))
@@ -762,6 +760,6 @@ def option_details(option: OptionContract, exchange: str) -> m.ContractDetailsRo
         contract_month=option.expiry.strftime("%Y%m"),
         under_symbol="SPX",
         under_sec_type="IND",
-        market_rule_ids="110,110",
+        market_rule_ids=f"{SPX_OPTION_RULE.rule_id},{SPX_OPTION_RULE.rule_id}",  # one per valid exchange
         real_expiration_date=option.last_trade_date,
     )

@@ -16,8 +16,11 @@ from typing import TYPE_CHECKING
 
 from bot.clock import SystemClock
 from bot.sim.book import FillModel
+from bot.sim.chain import ChainShape, ContractKey
 from bot.sim.control import ControlServer
 from bot.sim.faults import apply_fault_spec
+from bot.sim.limits import IbLimits
+from bot.sim.rules import ComboIncrements
 from bot.sim.server import SimConfig, SimulatedGateway
 
 if TYPE_CHECKING:
@@ -50,17 +53,30 @@ async def run_simulator(
     faults: Sequence[str] = (),
     server_version: int = 178,
     spot_wander_pct: float = 0.001,
+    bag_execution: bool = True,
+    day_orders_expire: bool = True,
+    time_zone: str = "UTC",
     control_port: int | None = None,
     control_path: str | Path | None = None,
     strict: bool = False,
+    chain: ChainShape | None = None,
+    missing_contracts: Sequence[str] = (),
+    enforce_market_rules: bool = False,
+    combo_increments: ComboIncrements = ComboIncrements.PACKAGE,
+    modify_processing_s: float = 0.0,
+    limits: IbLimits | None = None,
     handle_signals: bool = True,
     on_started: Callable[[SimulatedGateway, ControlServer | None], None] | None = None,
 ) -> None:
     """Serve a simulated IB Gateway on `host:port` until cancelled, SIGTERM or SIGINT.
 
     `faults` are armed at start, in `apply_fault_spec` form (e.g. `omit:53`, `hold-client-id:7:2`).
+    `bag_execution`, `day_orders_expire` and `time_zone` are the `SimConfig` fields of those names.
     `control_port` (loopback TCP) and/or `control_path` (Unix socket) open the control protocol
     of `bot.sim.control`. `on_started` is called once listening (tests use it to learn ports).
+    `chain`, `missing_contracts` (`ContractKey.parse` form, e.g. `SPXW:20270115:6100:C`),
+    `enforce_market_rules`, `combo_increments`, `modify_processing_s` and `limits` make the gateway
+    as strict as IB (see `SimConfig`).
     A non-loopback `host` is honoured, with a warning: the simulator has no authentication.
     """
     if not _is_loopback(host):
@@ -74,8 +90,19 @@ async def run_simulator(
         spot_wander_pct=spot_wander_pct,
         server_version=server_version,
         fill_model=fill_model or FillModel(),
+        bag_execution=bag_execution,
+        day_orders_expire=day_orders_expire,
+        time_zone=time_zone,
+        chain=chain or ChainShape(),
+        enforce_market_rules=enforce_market_rules,
+        combo_increments=combo_increments,
+        modify_processing_s=modify_processing_s,
+        limits=limits or IbLimits(),
     )
     gateway = SimulatedGateway(config, clock=SystemClock())
+    for text in missing_contracts:
+        key = ContractKey.parse(text)
+        gateway.market.listing.remove(key.trading_class, key.expiry, key.strike, key.right)
     for spec in faults:
         apply_fault_spec(gateway.faults, spec)
     control: ControlServer | None = None

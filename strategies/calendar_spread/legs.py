@@ -78,6 +78,27 @@ def strike_at_the_money(chain: OptionChain, spot: float, *, below: bool | None =
     return min(strikes, key=lambda k: (abs(k - spot), k))
 
 
+def strikes_near(chain: OptionChain, spot: float, *, below: bool | None = None) -> list[float]:
+    """Listed strikes nearest `spot` first (strictly below or above it, when `below` says so)."""
+    strikes = sorted(chain.strikes)
+    if below is True:
+        strikes = [k for k in strikes if k < spot]
+    elif below is False:
+        strikes = [k for k in strikes if k > spot]
+    if not strikes:
+        raise NoLegs(f"no listed strike near {spot:.2f}")
+    return sorted(strikes, key=lambda k: (abs(k - spot), k))
+
+
+def ranked_by_delta(quotes: Iterable[OptionQuote], target: float, tolerance: float) -> list[OptionQuote]:
+    """Quotes whose |delta| is within `tolerance` of `target`, nearest first."""
+    scored = [(abs(abs(q.delta) - target), q.contract.strike, q) for q in quotes if q.delta is not None]
+    within = [item for item in scored if item[0] <= tolerance]
+    if not within:
+        strike_by_delta(quotes, target, tolerance)  # raises the usual NoLegs with the closest
+    return [q for _, _, q in sorted(within, key=lambda item: (item[0], item[1]))]
+
+
 def strike_by_delta(quotes: Iterable[OptionQuote], target: float, tolerance: float) -> OptionContract:
     """The option whose |delta| is nearest `target`, within `tolerance`."""
     best: tuple[float, OptionQuote] | None = None

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 
-from bot.broker.protocol import OptionQuote
+from bot.broker.protocol import OptionQuote, PriceRule
 
 __all__ = ["ComboPrice", "Unpriceable", "combo_price", "price_ladder", "round_to_tick"]
 
@@ -55,18 +55,35 @@ def combo_price(sells: Sequence[OptionQuote], buys: Sequence[OptionQuote]) -> Co
     return ComboPrice(mid=mid, natural=natural)
 
 
-def price_ladder(price: ComboPrice, step: float, max_steps: int, max_debit: float) -> list[float]:
+def price_ladder(
+    price: ComboPrice, step: float, max_steps: int, max_debit: float, rule: PriceRule | None = None
+) -> list[float]:
     """Limits to try: mid (to the tick), then `step` toward natural each time, never above
-    natural or `max_debit`; at most `max_steps` steps after the first; no repeats."""
-    start = round_to_tick(price.mid)
+    natural or `max_debit`; at most `max_steps` steps after the first; no repeats.
+
+    With `rule` (the market rule's increments) every limit is on its grid: mid to the nearest
+    valid price, each step up to the next valid price, the ceiling down to one (a 0.05 step on a
+    0.10 grid becomes 0.10)."""
+
+    def snap(value: float, *, up: bool | None = None) -> float:
+        if rule is None:
+            return round_to_tick(value)
+        if up is None:
+            low, high = rule.round(value, up=False), rule.round(value, up=True)
+            return low if value - low < high - value - 1e-9 else high
+        return rule.round(value, up=up)
+
+    start = snap(price.mid)
     if start <= 0:
         raise Unpriceable(f"the calendar's mid debit {price.mid:.2f} is not positive")
     if start > max_debit:
         raise Unpriceable(f"mid debit {start:.2f} is above max_debit {max_debit:.2f}")
-    ceiling = min(max(round_to_tick(price.natural), start), round_to_tick(max_debit))
+    ceiling = min(
+        max(snap(price.natural), start), snap(max_debit, up=False) if rule else round_to_tick(max_debit)
+    )
     ladder = [start]
     for i in range(1, max_steps + 1):
-        nxt = min(round_to_tick(start + i * step), ceiling)
+        nxt = min(snap(start + i * step, up=True) if rule else round_to_tick(start + i * step), ceiling)
         if nxt <= ladder[-1]:
             break
         ladder.append(nxt)

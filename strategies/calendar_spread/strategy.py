@@ -7,6 +7,7 @@ calendar above), sent as one BAG so both calendars fill together or not at all.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 
 from bot.broker.errors import NoSuchContract
 from bot.broker.protocol import (
@@ -25,9 +26,10 @@ from strategies.calendar_spread.legs import (
     NoLegs,
     candidate_strikes,
     choose_expiries,
+    ranked_by_delta,
     refine_strikes,
-    strike_at_the_money,
     strike_by_delta,
+    strikes_near,
 )
 from strategies.calendar_spread.pricing import Unpriceable, combo_price, price_ladder
 from strategies.calendar_spread.walk import WalkSettings, resume_order, work_order
@@ -35,6 +37,9 @@ from strategies.calendar_spread.walk import WalkSettings, resume_order, work_ord
 __all__ = ["CalendarParams", "CalendarSpread"]
 
 log = get_logger(__name__)
+
+_PAIR_CANDIDATES = 6
+"""Strikes tried, nearest first, for one listed in both expiries (one batch of quotes)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,8 +84,9 @@ class CalendarSpread:
             return
         legs = [q.contract for q in sells] + [q.contract for q in buys]
         await recorder.legs_chosen(legs, _describe(sells, buys))
+        rule = await ctx.broker.price_rule(legs)
         try:
-            ladder = price_ladder(combo_price(sells, buys), p.price_step, p.max_steps, p.max_debit)
+            ladder = price_ladder(combo_price(sells, buys), p.price_step, p.max_steps, p.max_debit, rule)
         except Unpriceable as exc:
             await recorder.finished(EntryStatus.SKIPPED, str(exc))
             return
@@ -102,6 +108,7 @@ class CalendarSpread:
             request,
             ladder,
             WalkSettings(step_interval_s=p.step_interval_s, fill_timeout_s=p.fill_timeout_s),
+            rule,
         )
 
     async def resume(self, ctx: EntryContext, order: BrokerOrder) -> None:
@@ -130,23 +137,40 @@ class CalendarSpread:
         for right in rights:
             side = None if p.shape != "double" else right is Right.PUT
             if p.strike_mode == "atm":
-                strike = strike_at_the_money(chain, spot, below=side)
+                # IB lists the union of strikes over every expiry: take the nearest strikes in
+                # order and keep the first that both expiries really list.
+                candidates = strikes_near(chain, spot, below=side)[:_PAIR_CANDIDATES]
             else:
                 coarse = candidate_strikes(chain, spot, right)
-                quotes = await ctx.broker.quotes([OptionContract(expiries.front, k, right) for k in coarse])
+                quotes = await ctx.broker.quotes(
+                    [OptionContract(expiries.front, k, right) for k in coarse], skip_missing=True
+                )
                 best = strike_by_delta(quotes, p.target_delta, 1.0).strike
-                fine = refine_strikes(chain, best, coarse)
+                fine = refine_strikes(chain, best, [q.contract.strike for q in quotes])
                 if fine:
                     quotes += await ctx.broker.quotes(
-                        [OptionContract(expiries.front, k, right) for k in fine]
+                        [OptionContract(expiries.front, k, right) for k in fine], skip_missing=True
                     )
-                strike = strike_by_delta(quotes, p.target_delta, p.delta_tolerance).strike
-            front, back = await ctx.broker.quotes(
-                [OptionContract(expiries.front, strike, right), OptionContract(expiries.back, strike, right)]
-            )
+                candidates = [
+                    q.contract.strike for q in ranked_by_delta(quotes, p.target_delta, p.delta_tolerance)
+                ][:_PAIR_CANDIDATES]
+            front, back = await self._pair(ctx, expiries.front, expiries.back, right, candidates)
             sells.append(front)
             buys.append(back)
         return sells, buys
+
+    async def _pair(
+        self, ctx: EntryContext, front: date, back: date, right: Right, strikes: list[float]
+    ) -> tuple[OptionQuote, OptionQuote]:
+        """Quotes for the first of `strikes` listed in both expiries."""
+        wanted = [OptionContract(e, k, right) for k in strikes for e in (front, back)]
+        quotes = await ctx.broker.quotes(wanted, skip_missing=True)
+        by_key = {(q.contract.expiry, q.contract.strike): q for q in quotes}
+        for strike in strikes:
+            if (front, strike) in by_key and (back, strike) in by_key:
+                return by_key[(front, strike)], by_key[(back, strike)]
+        tried = ", ".join(f"{k:g}" for k in strikes) or "none"
+        raise NoLegs(f"no strike listed in both {front} and {back} (tried {tried}{right.value})")
 
 
 def _describe(sells: list[OptionQuote], buys: list[OptionQuote]) -> str:

@@ -1,8 +1,15 @@
 """Working the BAG order: place at mid, step toward natural, cancel on timeout, confirm the end.
 
-Every limit sent, every status and every fill goes to the journal as it happens (through the
-recorder). While the gateway link is down the walk does not touch the order; when the link comes
-back it re-reads the order from the broker before doing anything else.
+Every limit is journaled *before* it is sent (write-ahead: a journal that cannot be written sends
+nothing); every status, filled quantity and fill goes to the journal as it arrives. Immediately
+before the order leaves, the stop flag and the broker itself are asked (the fourth guard,
+`bot.broker_guard`); right after, a duplicate placed meanwhile by another client is resolved.
+While the gateway link is down the walk does not touch the order; when the link comes back it
+re-reads the order from the broker before doing anything else. A modification the broker
+refuses (110 price increment, 2102 still processing, ...) leaves the order working at its
+previous limit; a price refusal steps to a valid price. At the end, executions that lag the
+broker's "Filled" are waited for (bounded), then looked up; the entry is settled from the
+broker's filled quantity either way, and missing executions are alerted.
 """
 
 from __future__ import annotations
@@ -12,9 +19,11 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bot.broker.errors import BrokerError, LinkDown
-from bot.broker.protocol import Broker, BrokerOrder, ComboOrderRequest, LinkState, OrderState
+from bot.broker.errors import BrokerError, DoNotRetry, LinkDown, OrderRejected, RetryLater
+from bot.broker.protocol import Broker, BrokerOrder, ComboOrderRequest, LinkState, OrderState, PriceRule
+from bot.broker_guard import check_before_send, later_duplicate
 from bot.clock import Clock
+from bot.domain import EntryStatus
 from bot.entry import finish_from_broker
 from bot.logs import get_logger
 from bot.strategy import EntryRecorder
@@ -30,6 +39,8 @@ class WalkSettings:
 
     step_interval_s: float
     fill_timeout_s: float
+    executions_wait_s: float = 5.0
+    """How long to wait, after the broker says filled, for executions that have not arrived."""
 
 
 async def _first(*aws: Awaitable[Any]) -> tuple[int, Any]:
@@ -63,16 +74,23 @@ class _Walk:
         self.ref = ref
         self.quantity = quantity
         self.order: BrokerOrder | None = None
-        self._seen_status: str | None = None
+        self._seen_status: tuple[str, float] | None = None
 
     async def absorb(self, order: BrokerOrder) -> None:
         """Journal what is new in `order`: its executions and its status."""
         self.order = order
         for ex in order.executions:
             await self.recorder.fill(ex.exec_id, ex.quantity, ex.price, ex.time)
-        if order.state.value != self._seen_status:
-            self._seen_status = order.state.value
-            await self.recorder.broker_status(order.state.value, perm_id=order.perm_id or None)
+        seen = (order.state.value, order.filled)
+        if seen != self._seen_status:
+            self._seen_status = seen
+            await self.recorder.broker_status(
+                order.state.value,
+                perm_id=order.perm_id or None,
+                filled=order.filled,
+                avg_price=order.avg_price,
+                client_id=order.client_id,
+            )
 
     def done(self) -> bool:
         order = self.order
@@ -105,6 +123,31 @@ class _Walk:
         if self.ref in found:
             await self.absorb(found[self.ref])
 
+    async def wait_executions(self, seconds: float) -> None:
+        """The broker may report "Filled" before the executions (TWS API docs: follow execDetails
+        as well as orderStatus): wait up to `seconds` for them, then look them up once."""
+        deadline = self.clock.monotonic() + seconds
+        while self.order is not None and self.order.executed < self.order.filled and not self.stop.is_set():
+            remaining = deadline - self.clock.monotonic()
+            if remaining <= 0 or self.broker.link is not LinkState.UP:
+                break
+            try:
+                which, result = await _first(
+                    self.broker.wait_order_change(self.ref, self.order.version),
+                    self.clock.sleep(remaining),
+                    self.stop.wait(),
+                    self.broker.wait_link_change(),
+                )
+            except LinkDown:
+                break
+            if which == 0:
+                await self.absorb(result)
+        if self.order is not None and self.order.executed < self.order.filled:
+            try:
+                await self.reread()
+            except BrokerError as exc:
+                log.warning("could not look the executions up", ref=self.ref, error=str(exc))
+
     async def ride_out_link_loss(self) -> None:
         """Leave the order alone until the link is back (or we are stopping), then re-read it."""
         log.warning("gateway link down; not touching the order until it is back", ref=self.ref)
@@ -122,27 +165,126 @@ async def work_order(
     request: ComboOrderRequest,
     ladder: Sequence[float],
     timing: WalkSettings,
+    rule: PriceRule | None = None,
 ) -> None:
-    """Place `request` at `ladder[0]`, step through the ladder, and reach a final, journaled state."""
+    """Place `request` at `ladder[0]`, step through the ladder, and reach a final, journaled state.
+
+    Raises `AdoptInstead` when the broker already holds the day's order (nothing is sent).
+    """
+    if stop.is_set():
+        await recorder.finished(EntryStatus.CANCELLED, "stop requested before the order was sent")
+        return
+    for attempt in range(3):
+        try:
+            await check_before_send(broker, recorder)
+            break
+        except LinkDown:
+            # Nothing was sent; wait for the link (or the stop) and ask again.
+            while broker.link is not LinkState.UP and not stop.is_set():
+                await _first(broker.wait_link_change(), stop.wait())
+            if stop.is_set() or attempt == 2:
+                raise
+    # The check took round trips: a stop requested meanwhile still wins, checked immediately
+    # before the order is written.
+    if stop.is_set():
+        await recorder.finished(EntryStatus.CANCELLED, "stop requested before the order was sent")
+        return
     walk = _Walk(broker, clock, recorder, stop, request.order_ref, request.quantity)
-    await recorder.sending()
+    await recorder.sending(request.limit)
     placed = await broker.place(request)
-    await recorder.order_placed(request.limit, placed.order_id, placed.perm_id)
+    await recorder.order_placed(request.limit, placed.order_id, placed.perm_id, placed.client_id or None)
     await walk.absorb(placed)
+    if not walk.done() and await _duplicate_after_place(walk, broker, recorder, placed):
+        final = await _cancel_confirmed(walk, broker)
+        await walk.absorb(final)
+        await _settle(walk, recorder, request.quantity, "another order for the day reached IB first")
+        return
+    ceiling = max(ladder)
     for limit in ladder[1:]:
         await walk.wait(timing.step_interval_s)
         if walk.done() or stop.is_set():
             break
-        try:
-            changed = await broker.modify(request.order_ref, limit)
-        except LinkDown:
-            await walk.ride_out_link_loss()
+        if not await _step(walk, broker, recorder, limit, rule, ceiling):
             continue
-        await recorder.stepped(limit)
-        await walk.absorb(changed)
     else:
         await walk.wait(timing.fill_timeout_s)
-    await _finish(walk, broker, recorder, request.quantity)
+    await _finish(walk, broker, recorder, request.quantity, timing)
+
+
+async def _duplicate_after_place(
+    walk: _Walk, broker: Broker, recorder: EntryRecorder, placed: BrokerOrder
+) -> bool:
+    """True when another order of the day reached the broker before ours (ours must cancel).
+    Asked again after a link loss; after repeated failures to ask, the order is worked as usual
+    (reconciliation and the next guard still see both orders) and the failure is logged."""
+    for _ in range(3):
+        try:
+            return await later_duplicate(broker, recorder, placed) is not None
+        except LinkDown:
+            await walk.ride_out_link_loss()
+        except RetryLater as exc:
+            log.warning("could not ask the broker for a duplicate", ref=walk.ref, error=str(exc))
+        if walk.done() or walk.stop.is_set():
+            return False
+    log.error("the duplicate check after placing could not complete", ref=walk.ref)
+    return False
+
+
+async def _step(
+    walk: _Walk, broker: Broker, recorder: EntryRecorder, limit: float, rule: PriceRule | None, ceiling: float
+) -> bool:
+    """Change the limit to `limit` (journaled first). A refusal keeps the order at its previous
+    limit; a price-increment refusal (110) tries once more at the next valid price at or below
+    `ceiling`. Returns True when the change was acknowledged."""
+    attempts = [limit]
+    while attempts:
+        price = attempts.pop(0)
+        await recorder.stepping(price)
+        try:
+            changed = await broker.modify(walk.ref, price)
+        except LinkDown:
+            await walk.ride_out_link_loss()
+            return False
+        except OrderRejected as exc:
+            await recorder.step_refused(price, exc.code, exc.message)
+            log.warning("modification refused; the order keeps its limit", ref=walk.ref, code=exc.code)
+            if exc.code == PRICE_INCREMENT_REFUSED and not attempts:
+                valid = _valid_price(price, rule, ceiling)
+                if valid is not None:
+                    attempts.append(valid)
+                    continue
+            return False
+        except DoNotRetry:
+            # Final meanwhile (filled, cancelled elsewhere): read what the broker has.
+            await walk.reread()
+            return False
+        except RetryLater:
+            # It may have been sent: look the order up before doing anything else.
+            await walk.reread()
+            return False
+        await walk.absorb(changed)
+        return True
+    return False
+
+
+PRICE_INCREMENT_REFUSED = 110
+"""IB: "The price does not conform to the minimum price variation for this contract"."""
+_COARSE = PriceRule(((0.0, 0.10),))
+
+
+def _valid_price(price: float, rule: PriceRule | None, ceiling: float) -> float | None:
+    """A price near `price` that conforms where `price` did not: the rule's next valid price up
+    (toward natural), else on the coarser 0.10 grid; never above `ceiling`."""
+    for grid in (rule, _COARSE):
+        if grid is None:
+            continue
+        candidate = grid.round(price, up=True)
+        if abs(candidate - price) > 1e-9 and candidate <= ceiling + 1e-9:
+            return candidate
+        candidate = grid.round(price, up=False)
+        if abs(candidate - price) > 1e-9 and candidate > 0:
+            return candidate
+    return None
 
 
 async def resume_order(
@@ -154,22 +296,38 @@ async def resume_order(
     quantity: int,
     timing: WalkSettings,
 ) -> None:
-    """Finish an order adopted from the broker after a restart: never re-sent, never re-priced;
-    it gets one fill timeout to fill, then it is cancelled and the end confirmed."""
+    """Finish an order adopted from the broker (after a restart, or found by the broker-side
+    guard): never re-sent, never re-priced. Ours gets one fill timeout to fill, then it is
+    cancelled and the end confirmed; another client's is only watched to its end (IB lets only
+    the placing client change it)."""
     walk = _Walk(broker, clock, recorder, stop, order.order_ref, quantity)
     await recorder.sending()  # the order exists at the broker
     await walk.absorb(order)
-    await walk.wait(timing.fill_timeout_s)
-    await _finish(walk, broker, recorder, quantity)
+    if not order.ours and not walk.done():
+        log.warning("watching an order another client placed; it is theirs to change", ref=order.order_ref)
+        while not walk.done() and not stop.is_set():
+            await walk.wait(3600.0)
+        if not walk.done():
+            return  # stopping: left live in the journal, reconciled on the next start
+    else:
+        await walk.wait(timing.fill_timeout_s)
+    await _finish(walk, broker, recorder, quantity, timing)
 
 
-async def _finish(walk: _Walk, broker: Broker, recorder: EntryRecorder, quantity: int) -> None:
+async def _finish(
+    walk: _Walk, broker: Broker, recorder: EntryRecorder, quantity: int, timing: WalkSettings
+) -> None:
     if not walk.done():
         reason = "shutting down" if walk.stop.is_set() else "fill timeout"
         final = await _cancel_confirmed(walk, broker)
         await walk.absorb(final)
     else:
         reason = None
+    await walk.wait_executions(timing.executions_wait_s)
+    await _settle(walk, recorder, quantity, reason)
+
+
+async def _settle(walk: _Walk, recorder: EntryRecorder, quantity: int, reason: str | None) -> None:
     order = walk.order
     assert order is not None  # noqa: S101 -- set by the placement
     await finish_from_broker(recorder, order, quantity, reason)

@@ -17,7 +17,8 @@ import pytest
 
 from bot.clock import ManualClock
 from bot.domain import ActionKind, Blocked, BlockReason, EntryStatus, Source, Started
-from bot.journal.store import Journal, JournalError
+from bot.journal.schema import MIGRATIONS
+from bot.journal.store import Journal, JournalError, JournalTooNew
 
 pytestmark = pytest.mark.unit
 
@@ -28,7 +29,7 @@ async def test_pragmas_wal_full_and_schema_version(journal: Journal) -> None:
     """WAL mode, synchronous=FULL (2), busy_timeout set, schema migrated to the latest version."""
     conn = sqlite3.connect(journal.path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     conn.close()
     async with journal.connection.execute("PRAGMA synchronous") as cur:
         assert (await cur.fetchone())[0] == 2  # type: ignore[index]
@@ -227,7 +228,7 @@ async def test_newer_schema_is_refused(tmp_path: Path, clock: ManualClock) -> No
     conn = sqlite3.connect(path)
     conn.execute("PRAGMA user_version = 99")
     conn.close()
-    with pytest.raises(JournalError, match="newer than this bot"):
+    with pytest.raises(JournalTooNew, match=r"written by a newer bot \(schema 99, this bot knows"):
         await Journal.open(path, clock)
 
 

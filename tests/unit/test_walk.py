@@ -93,11 +93,26 @@ async def test_stop_cancels_the_working_order_and_journals_it(core: Core) -> Non
     assert core.broker.orders[started.trade.idempotency_key].state.value == "cancelled"
 
 
-async def test_a_strike_missing_in_the_back_expiry_skips_the_day(core: Core) -> None:
-    """Both expiries must list the strike; otherwise SKIPPED with the reason and no order."""
+async def test_a_strike_missing_in_the_back_expiry_moves_to_the_nearest_listed_in_both(core: Core) -> None:
+    """IB lists the union of strikes over all expiries: the ATM strike missing in the back expiry
+    is not fatal; the nearest strike listed in both expiries is traded instead."""
     chain = await core.broker.chain()
     back = sorted(e for e in chain.expiries if (e - core.clock.now().date()).days >= 26)[0]
     core.broker.missing = frozenset((e, 6000.0) for e in chain.expiries if e >= back)
+    started = await _start(core)
+    await _until_idle(core)
+    view = await core.journal.entry(started.trade.id)
+    assert view.status is EntryStatus.FILLED
+    [ref] = core.broker.placed
+    strikes = {leg.contract.strike for leg in core.broker.orders[ref].request.legs}
+    assert strikes == {5995.0}
+
+
+async def test_no_strike_near_the_money_in_both_expiries_skips_the_day(core: Core) -> None:
+    """None of the nearest strikes exists in the back expiry: SKIPPED with the reason, no order."""
+    chain = await core.broker.chain()
+    back = sorted(e for e in chain.expiries if (e - core.clock.now().date()).days >= 26)[0]
+    core.broker.missing = frozenset((e, k) for e in chain.expiries if e >= back for k in chain.strikes)
     started = await _start(core)
     await _until_idle(core)
     view = await core.journal.entry(started.trade.id)
