@@ -178,10 +178,14 @@ def _dispatch(args: argparse.Namespace, settings: Settings, runtime: RuntimeEnv)
     from bot.logs import configure_logging
 
     command: str = args.command
+    # Masked in every log line from the first one on (account-shaped ids are masked anyway).
+    accounts = [settings.broker.account.get_secret_value()] if settings.broker.account else []
     if command == "run":
-        configure_logging(settings.log_level, stream=sys.stdout, journal_stream=runtime.journal_stream)
+        configure_logging(
+            settings.log_level, stream=sys.stdout, journal_stream=runtime.journal_stream, accounts=accounts
+        )
         return _run(settings, runtime, args.demo)
-    configure_logging("WARNING", stream=sys.stderr)
+    configure_logging("WARNING", stream=sys.stderr, accounts=accounts)
     if command == "check-config":
         return _check_config(settings, runtime, as_json=args.json)
     if command == "schedule":
@@ -235,6 +239,7 @@ def _check_config(settings: Settings, runtime: RuntimeEnv, *, as_json: bool) -> 
     data["_derived"] = {
         "journal": str(settings.journal_path),
         "lock": str(settings.lock_path),
+        "account_lock": _account_lock(settings),
         "socket": str(_socket_path(settings, runtime)),
         "sms": "on" if settings.alerts.sms_enabled else "off (alerts are journaled and logged only)",
     }
@@ -243,6 +248,17 @@ def _check_config(settings: Settings, runtime: RuntimeEnv, *, as_json: bool) -> 
     else:
         _print_tree(data)
     return int(ExitCode.OK)
+
+
+def _account_lock(settings: Settings) -> str:
+    from bot.service.lock import account_key
+
+    if settings.broker.mode == "simulated":
+        return "none (simulated: the embedded gateway is this daemon's own)"
+    broker = settings.broker
+    account = broker.account.get_secret_value() if broker.account else None
+    key = account_key(host=broker.host, port=broker.port, account=account)
+    return str(settings.service.lock_dir / key.file_name)
 
 
 def _print_tree(data: dict[str, Any], prefix: str = "") -> None:

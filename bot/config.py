@@ -208,6 +208,10 @@ class ServiceSettings(_Section):
 
     drain_timeout_s: float = Field(default=60.0, gt=0)
     max_fatal_errors_per_day: int = Field(default=10, ge=1)
+    lock_dir: Path = Path("/run/lock")
+    """Where the one-daemon-per-IB-account lock lives. Every bot on the host must use the same
+    directory, whichever user or unit runs it: the host's `/run/lock`, not `/tmp` (private per
+    unit under `PrivateTmp=`) nor `$RUNTIME_DIRECTORY` (per unit, removed when it stops)."""
 
 
 class _TomlLayer(PydanticBaseSettingsSource):

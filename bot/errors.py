@@ -32,11 +32,12 @@ class ExitCode(enum.IntEnum):
     IOERR = 74
     """The journal cannot be opened or written; nothing was sent."""
     TEMPFAIL = 75
-    """Another daemon already holds this state directory."""
+    """Another daemon already holds this state directory, or this IB account on this host."""
     NOPERM = 77
     """The caller may not use the control socket."""
     CONFIG = 78
-    """The configuration is invalid; systemd must not restart on this."""
+    """The configuration is invalid, or the journal was written by a newer bot: a restart cannot
+    fix either, so systemd must not restart on this."""
 
 
 class UserError(Exception):

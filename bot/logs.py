@@ -4,6 +4,12 @@ JSON lines when stdout is not a terminal, readable console lines when it is; und
 (`JOURNAL_STREAM` matches stdout) each line carries a `<N>` syslog priority prefix, so
 `journalctl -p warning` filters it. Secrets are redacted by key name and by type, and exception
 output never includes local variables.
+
+IB account ids are secrets too, and they travel in text: ib_async's DEBUG frames
+(`>>> 76,1,38,DU1234567`), its reprs (`Position(account='DU1234567', ...)`), error messages. So
+every line, ours or a library's, at every level, is masked as the last step before it is
+written: anything shaped like an account id, and the literal ids the bot was configured with or
+was told by the gateway (`redact_account`), from the first line on.
 """
 
 from __future__ import annotations
@@ -12,14 +18,24 @@ import logging
 import os
 import re
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Iterable, MutableMapping
 from typing import Any, TextIO
 
 import structlog
 from structlog.tracebacks import ExceptionDictTransformer
 from structlog.types import EventDict, Processor, WrappedLogger
 
-__all__ = ["configure_logging", "get_logger", "redact_secrets", "stdout_is_journal"]
+__all__ = [
+    "ACCOUNT_ID",
+    "AccountRedactor",
+    "configure_logging",
+    "get_logger",
+    "mask_accounts",
+    "redact_account",
+    "redact_accounts",
+    "redact_secrets",
+    "stdout_is_journal",
+]
 
 _SECRET_KEY = re.compile(
     r"(token|auth|passw(or)?d|secret|api[_-]?key|credential|cookie|signature|account)", re.IGNORECASE
@@ -51,6 +67,77 @@ def redact_secrets(_logger: WrappedLogger, _name: str, event_dict: EventDict) ->
     }
 
 
+ACCOUNT_ID = re.compile(r"(?<![A-Za-z0-9])D?(?:U|FA?|I)[0-9]{5,9}(?![A-Za-z0-9])")
+"""The shape of an IB account id: a letter code and 5-9 digits, `D` in front for paper accounts.
+`U` individual accounts and advisor clients (`U1234567`), `F` advisor masters, `I` IBroker
+masters (IB's API documentation: `DU119915` for a paper account, `DF12345` for a paper advisor
+master; advisor codes start with F, FA or I). Standing alone only: a letter or digit on either
+side (`0xF12345`, `SPXW261218C06000000`) means it is part of something else."""
+_ACCOUNT_MASK = "[ACCOUNT]"
+
+# Literal ids to mask whatever their shape: the configured broker.account and the accounts the
+# gateway reports. Process-wide like the logging configuration itself; only ever added to.
+_accounts: set[str] = set()
+
+
+def redact_account(account: str) -> None:
+    """Mask `account` in every log line from now on (in addition to anything account-shaped)."""
+    if account.strip():
+        _accounts.add(account.strip())
+
+
+def mask_accounts(text: str, extra: Iterable[str] = ()) -> str:
+    """`text` with every account-shaped token, every registered id and each of `extra` masked."""
+    for account in sorted({*_accounts, *extra}, key=len, reverse=True):
+        text = text.replace(account, _ACCOUNT_MASK)
+    return ACCOUNT_ID.sub(_ACCOUNT_MASK, text)
+
+
+def _mask(value: Any, depth: int = 0) -> Any:
+    if isinstance(value, str):
+        return mask_accounts(value)
+    if depth > 6:
+        return value
+    if isinstance(value, MutableMapping):
+        return {k: _mask(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple) and not _is_exc_info(value):
+        return type(value)(_mask(v, depth + 1) for v in value)
+    return value
+
+
+def _is_exc_info(value: Any) -> bool:
+    return isinstance(value, tuple) and len(value) == 3 and isinstance(value[1], BaseException)
+
+
+def redact_accounts(_logger: WrappedLogger, _name: str, event_dict: EventDict) -> EventDict:
+    """Mask IB account ids in every string of the event (the message, values, a rendered
+    traceback); the rendered line is masked once more (`configure_logging`), for reprs."""
+    return {k: _mask(v) for k, v in event_dict.items()}
+
+
+class AccountRedactor(logging.Filter):
+    """Masks IB account ids in a stdlib record's message, for handlers outside our pipeline too.
+
+    `accounts` holds extra literal ids; account-shaped ones and `redact_account`'s are always
+    masked.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.accounts: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite the record's message with the ids masked; never drops a record."""
+        try:
+            text = record.getMessage()
+        except (TypeError, ValueError):
+            return True  # a malformed record: let logging report it as it would anyway
+        masked = mask_accounts(text, self.accounts)
+        if masked != text:
+            record.msg, record.args = masked, ()
+        return True
+
+
 def stdout_is_journal(journal_stream: str | None, stream: TextIO) -> bool:
     """True when `stream` is the journal connection systemd named in `JOURNAL_STREAM`."""
     if not journal_stream:
@@ -71,6 +158,16 @@ class _PriorityPrefix:
         return event_dict
 
 
+def _masking(renderer: Processor) -> Processor:
+    # The rendered line holds what no event value showed as a string: reprs of objects, a
+    # traceback the console renderer formats itself.
+    def render(logger: WrappedLogger, name: str, event_dict: EventDict) -> Any:
+        line = renderer(logger, name, event_dict)
+        return mask_accounts(line.decode() if isinstance(line, bytes) else str(line))
+
+    return render
+
+
 def _prefixing(renderer: Processor) -> Processor:
     def render(logger: WrappedLogger, name: str, event_dict: EventDict) -> Any:
         priority = event_dict.pop("_priority", 6)
@@ -87,8 +184,14 @@ def configure_logging(
     stream: TextIO | None = None,
     journal_stream: str | None = None,
     force_json: bool | None = None,
+    accounts: Iterable[str] = (),
 ) -> None:
-    """Route structlog and stdlib logging through one handler on `stream` (stderr by default)."""
+    """Route structlog and stdlib logging through one handler on `stream` (stderr by default).
+
+    `accounts`: literal IB account ids (the configured one) to mask from the first line on.
+    """
+    for account in accounts:
+        redact_account(account)
     out = stream or sys.stderr
     journal = stdout_is_journal(journal_stream, out)
     as_json = force_json if force_json is not None else (journal or not out.isatty())
@@ -110,6 +213,9 @@ def configure_logging(
             exception_formatter=structlog.dev.plain_traceback,
         )
         final = []
+    # Last before rendering, after the exception was turned into text (JSON), so nothing escapes.
+    final.append(redact_accounts)
+    renderer = _masking(renderer)
     if journal:
         final.append(_PriorityPrefix())
         renderer = _prefixing(renderer)

@@ -4,8 +4,15 @@ Trading days come from the exchange calendar (holidays skipped). Entry times are
 datetimes in the schedule's zone, so DST changes need no special case. The loop sleeps at most
 `recheck_s` at a time and re-reads the wall clock on every wake, so a clock step or a suspend is
 noticed within that bound. Missed start: after the entry time but before `entry_window_end` it
-fires once; later it journals `SKIPPED`. The day it fired is persisted, so a restart never fires
-the same day twice (and the guard would refuse it anyway).
+fires; later it journals `SKIPPED` with the reason and an alert.
+
+A day is done only when the journal says so (`HandledDays`): the scheduler's claim committed, or
+its request was refused because the day already has its trade or one is running, or a `SKIPPED`
+with its reason was journaled. Nothing is written before firing, so a stop or a crash between the
+fire and the claim (e.g. while waiting for the broker to be reconciled) leaves the day open, and
+a restart inside the window fires it again; the journal's own rows are the marker, written in the
+claim's (or the skip's) transaction. The latest done day is a high-water mark: a wall clock
+stepped back never makes a done day, or an earlier one, eligible again.
 """
 
 from __future__ import annotations
@@ -16,14 +23,101 @@ from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from bot.clock import Clock
+from bot.domain import ActionKind, AlertKind, Blocked, BlockReason, Skipped, Source, Started
+from bot.journal.store import Journal
 from bot.logs import get_logger
 from bot.trading_days import TradingCalendar
 
-__all__ = ["DayPlan", "Scheduler", "plan_days"]
+__all__ = ["HANDLED_KINDS", "DayPlan", "HandledDays", "Scheduler", "plan_days", "scheduled_entry"]
 
 log = get_logger(__name__)
 
-FIRED_KEY = "scheduler.last_day"
+HANDLED_KINDS: tuple[ActionKind, ...] = (
+    ActionKind.TRADE_STARTED,
+    ActionKind.DUPLICATE_PREVENTED,
+    ActionKind.CONCURRENT_BLOCKED,
+    ActionKind.SKIPPED,
+)
+"""Actions by the scheduler that settle its day: the claim committed (written in the claim's own
+transaction), a refusal because the day is already traded or an entry is running, or a skip with
+its reason. A refusal while reconciling or paused settles nothing by itself: the daemon journals
+a `SKIPPED` for those."""
+
+
+class HandledDays:
+    """Which trading days the scheduler has handled for one strategy, read from the journal."""
+
+    def __init__(self, journal: Journal, strategy: str, on_alert: Callable[[], None] = lambda: None) -> None:
+        self._journal = journal
+        self._strategy = strategy
+        self._on_alert = on_alert
+
+    async def latest(self) -> date | None:
+        """The latest day with a claim, a settling refusal or a skip by the scheduler."""
+        return await self._journal.last_action_day(self._strategy, Source.SCHEDULER, HANDLED_KINDS)
+
+    async def skip(self, day: date, reason: str) -> None:
+        """Journal `SKIPPED` for `day` with its reason and a `day_skipped` alert; the day is done."""
+        await self._journal.log_action(
+            ActionKind.SKIPPED,
+            strategy=self._strategy,
+            day=day,
+            source=Source.SCHEDULER,
+            detail={"reason": reason},
+            alert=(AlertKind.DAY_SKIPPED, f"bot: no entry {day}: {reason}"[:300]),
+        )
+        self._on_alert()
+
+
+#: Refusals that settle the day by themselves (their journal rows are among `HANDLED_KINDS`).
+_DAY_HANDLED = frozenset({BlockReason.IN_PROGRESS, BlockReason.ALREADY_TRADED_TODAY})
+
+
+async def scheduled_entry(
+    day: date,
+    window_end: datetime,
+    clock: Clock,
+    *,
+    reconciling: Callable[[], bool],
+    request: Callable[[], Awaitable[Started | Blocked | Skipped]],
+    skip: Callable[[date, str], Awaitable[None]],
+) -> Started | Blocked | Skipped:
+    """The scheduled entry of `day`: wait (up to `window_end`) until entries are no longer blocked
+    by reconciliation, then `request()` it through the guard.
+
+    Nothing is journaled before the guard's claim, so a stop while waiting leaves the day open.
+    A refusal that does not settle the day by itself (still reconciling at the window's end,
+    paused, ...) is skipped with its reason, so every scheduled day ends claimed, refused as
+    already handled, or skipped.
+    """
+    while True:
+        if reconciling():
+            log.info("scheduled entry waits for reconciliation", until=window_end.isoformat())
+            while reconciling() and (left_s := (window_end - clock.now()).total_seconds()) > 0:
+                # Polled rather than awaited: reconciliation runs again after every reconnect,
+                # and what matters is the end of the latest run, which no link change announces.
+                await clock.sleep(min(1.0, left_s))
+        outcome = await request()
+        if not isinstance(outcome, Blocked) or outcome.reason in _DAY_HANDLED:
+            return outcome
+        if outcome.reason is BlockReason.RECONCILING and clock.now() < window_end:
+            continue  # the link dropped again just before the request: wait for the next run
+        await skip(day, _skip_reason(outcome.reason))
+        return outcome
+
+
+def _skip_reason(reason: BlockReason) -> str:
+    if reason is BlockReason.RECONCILING:
+        return "the broker state could not be established before the window ended"
+    if reason is BlockReason.PAUSED:
+        return "entries are paused (`bot resume` allows them again)"
+    return f"the entry was refused ({reason.value})"
+
+
+def _later(a: date | None, b: date | None) -> date | None:
+    if a is None or b is None:
+        return a or b
+    return max(a, b)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +165,13 @@ def plan_days(
 
 
 class Scheduler:
-    """Fires `fire(day)` once per trading day at the entry time (or within the window after it)."""
+    """Fires `fire(day)` at each trading day's entry time (or later within its window) until the
+    day is handled, and `missed(day, reason)` once when its window passed unhandled.
+
+    `fire` asks for the entry (the guard's claim journals the outcome); `missed` journals the
+    skip; `last_handled` reads the latest handled day back (`HandledDays` does all three against
+    the journal, with the daemon's `fire`).
+    """
 
     def __init__(
         self,
@@ -83,8 +183,7 @@ class Scheduler:
         *,
         fire: Callable[[date], Awaitable[None]],
         missed: Callable[[date, str], Awaitable[None]],
-        load_last_day: Callable[[], Awaitable[date | None]],
-        save_last_day: Callable[[date], Awaitable[None]],
+        last_handled: Callable[[], Awaitable[date | None]],
         recheck_s: float = 30.0,
         demo_at: datetime | None = None,
     ) -> None:
@@ -95,8 +194,7 @@ class Scheduler:
         self._tz = tz
         self._fire = fire
         self._missed = missed
-        self._load_last_day = load_last_day
-        self._save_last_day = save_last_day
+        self._last_handled = last_handled
         self._recheck_s = recheck_s
         self._demo_at = demo_at
         self._demo_fired = False
@@ -108,7 +206,7 @@ class Scheduler:
         return plan_days(self._calendar, today, days, self._entry_time, self._window_end, self._tz)
 
     def next_entry(self, last_day: date | None) -> DayPlan | None:
-        """The next day with an entry time after `last_day` (the last day that fired).
+        """The next day with an entry time after `last_day` (the latest day already handled).
 
         Comparing with `>` rather than `!=` means a wall clock stepped back after an entry, or
         forward and back again, never makes a day that already fired eligible again.
@@ -126,7 +224,8 @@ class Scheduler:
 
     async def run(self) -> None:
         """Loop forever (until cancelled)."""
-        last_day = await self._load_last_day()
+        last_day = await self._last_handled()
+        fired_day: date | None = None
         while True:
             plan = self.next_entry(last_day)
             self.next_plan = plan
@@ -134,21 +233,32 @@ class Scheduler:
             if plan is None or plan.entry_at is None or plan.window_end is None:
                 await self._clock.sleep(self._recheck_s)
                 continue
-            if now >= plan.entry_at:
-                if self._demo_at is not None and not self._demo_fired:
-                    # The demo entry fires once per run, on any day; the guard still applies.
-                    self._demo_fired = True
-                    await self._fire(plan.day)
-                    continue
-                last_day = plan.day
-                await self._save_last_day(plan.day)
-                if now < plan.window_end:
-                    log.info("scheduled entry firing", day=plan.day.isoformat())
-                    await self._fire(plan.day)
-                else:
-                    reason = f"started after the entry window ({plan.window_end:%H:%M %Z})"
-                    log.warning("scheduled entry missed", day=plan.day.isoformat(), reason=reason)
-                    await self._missed(plan.day, reason)
+            if now < plan.entry_at:
+                wait_s = (plan.entry_at - now).total_seconds()
+                await self._clock.sleep(min(wait_s, self._recheck_s))
                 continue
-            wait_s = (plan.entry_at - now).total_seconds()
-            await self._clock.sleep(min(wait_s, self._recheck_s))
+            if self._demo_at is not None:
+                # The demo entry fires once per run, on any day; the guard still applies.
+                self._demo_fired = True
+                await self._fire(plan.day)
+                continue
+            if now < plan.window_end:
+                log.info("scheduled entry firing", day=plan.day.isoformat())
+                fired_day = plan.day
+                await self._fire(plan.day)
+                last_day = _later(last_day, await self._last_handled())
+                if last_day is None or last_day < plan.day:
+                    # Neither a claim nor a skip reached the journal (it could not be written):
+                    # the day is still open. Ask again after a pause while the window lasts.
+                    log.warning("scheduled entry not claimed; asking again", day=plan.day.isoformat())
+                    await self._clock.sleep(self._recheck_s)
+                continue
+            if fired_day == plan.day:
+                reason = f"the entry could not start before the window ended ({plan.window_end:%H:%M %Z})"
+            else:
+                reason = f"started after the entry window ({plan.window_end:%H:%M %Z})"
+            log.warning("scheduled entry missed", day=plan.day.isoformat(), reason=reason)
+            await self._missed(plan.day, reason)
+            # `missed` journaled the skip, so the journal has the day too; this keeps the run from
+            # asking again even if it could not be read back.
+            last_day = _later(last_day, plan.day)

@@ -89,7 +89,7 @@ from bot.broker.protocol import (
     PriceRule,
 )
 from bot.clock import Clock, SystemClock
-from bot.logs import get_logger
+from bot.logs import AccountRedactor, get_logger, redact_account
 
 __all__ = ["IBBroker", "order_state_of"]
 
@@ -194,27 +194,6 @@ class _Pulse:
         await asyncio.shield(self._future)
 
 
-class _AccountRedactor(logging.Filter):
-    """Masks account ids in ib_async's own log lines (it logs whole Trade and fill reprs)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.accounts: set[str] = set()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if self.accounts:
-            try:
-                text = record.getMessage()
-            except (TypeError, ValueError):
-                return True  # a malformed record: let logging report it as it would anyway
-            masked = text
-            for account in self.accounts:
-                masked = masked.replace(account, "[ACCOUNT]")
-            if masked != text:
-                record.msg, record.args = masked, ()
-        return True
-
-
 class IBBroker:
     """The `Broker` protocol over ib_async, and the connection to IB Gateway / TWS.
 
@@ -270,9 +249,11 @@ class IBBroker:
         self._ib.openOrderEvent += self._on_open_order
         self._ib.execDetailsEvent += self._on_exec_details
         self._ib.client.apiError += self._on_api_error
-        self._redactor = _AccountRedactor()
+        # The logging pipeline masks account-shaped ids in every line, and the configured id
+        # whatever its shape; this filter does it at the source too, for any other handler.
+        self._redactor = AccountRedactor()
         if self._account:
-            self._redactor.accounts.add(self._account)
+            redact_account(self._account)
         for name in _IB_LOGGERS:
             logging.getLogger(name).addFilter(self._redactor)
 

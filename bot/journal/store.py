@@ -789,6 +789,17 @@ class Journal:
             for r in await self._read(sql, params)
         ]
 
+    async def last_action_day(
+        self, strategy: str, source: Source, kinds: Sequence[ActionKind]
+    ) -> date | None:
+        """The latest trading day with an action of one of `kinds` by `source` for `strategy`."""
+        rows = await self._read(
+            "SELECT MAX(trading_day) FROM actions WHERE strategy = ? AND source = ? "
+            f"AND kind IN ({','.join('?' * len(kinds))})",
+            (strategy, source.value, *(k.value for k in kinds)),
+        )
+        return date.fromisoformat(rows[0][0]) if rows and rows[0][0] else None
+
     async def fills(self, entry_id: int) -> list[tuple[str, float, float, datetime]]:
         """(exec_id, quantity, price, time) of each fill of an entry."""
         rows = await self._read(

@@ -36,8 +36,8 @@ from bot.journal.store import Journal, JournalError, JournalTooNew
 from bot.logs import get_logger
 from bot.progress import ProgressHub
 from bot.reconcile import reconcile
-from bot.scheduler import FIRED_KEY, Scheduler
-from bot.service.lock import InstanceLock
+from bot.scheduler import HandledDays, Scheduler, scheduled_entry
+from bot.service.lock import AccountLock, InstanceLock, account_key
 from bot.service.sdnotify import SystemdNotifier
 from bot.service.watchdog import watchdog_loop
 from bot.sim import FillModel, SimConfig, SimulatedGateway
@@ -93,6 +93,7 @@ class Daemon:
         self.guard: EntryGuard
         self.runner: EntryRunner
         self.scheduler: Scheduler
+        self._days: HandledDays
         self.alerts: AlertSender
         self.control: ControlServer
         self._sim: Any = None
@@ -136,7 +137,14 @@ class Daemon:
         """Run until stopped; raises `UserError` for start-up problems a user can fix."""
         s = self.settings
         lock = InstanceLock.acquire(s.lock_path)
+        account_lock: AccountLock | None = None
         try:
+            if s.broker.mode != "simulated":
+                # The state-directory lock cannot see a copy with another state directory trading
+                # the same account. (A simulated daemon has its own embedded gateway and account.)
+                account = s.broker.account.get_secret_value() if s.broker.account else None
+                key = account_key(host=s.broker.host, port=s.broker.port, account=account)
+                account_lock = AccountLock.acquire(s.service.lock_dir, key, state_dir=s.state_dir)
             try:
                 self.journal = await Journal.open(s.journal_path, self.clock)
             except JournalTooNew as exc:
@@ -150,6 +158,8 @@ class Daemon:
             finally:
                 await self.journal.close()
         finally:
+            if account_lock is not None:
+                account_lock.release()
             lock.release()
 
     async def _run_with_journal(self) -> None:
@@ -196,6 +206,7 @@ class Daemon:
         demo_at = (
             self.clock.now() + timedelta(seconds=self.demo_delay_s) if self.demo_delay_s is not None else None
         )
+        self._days = HandledDays(self.journal, s.strategy.name, on_alert=self._wake_alerts)
         self.scheduler = Scheduler(
             self.clock,
             self.calendar,
@@ -204,8 +215,7 @@ class Daemon:
             self.tz,
             fire=self._scheduled_fire,
             missed=self._scheduled_missed,
-            load_last_day=self._load_last_day,
-            save_last_day=self._save_last_day,
+            last_handled=self._days.latest,
             recheck_s=s.schedule.recheck_s,
             demo_at=demo_at,
         )
@@ -450,45 +460,22 @@ class Daemon:
 
     # -- scheduler callbacks -------------------------------------------------------------------
 
-    async def _load_last_day(self) -> date | None:
-        value = await self.journal.get_state(FIRED_KEY)
-        return date.fromisoformat(value) if value else None
-
-    async def _save_last_day(self, day: date) -> None:
-        await self.journal.set_state(
-            FIRED_KEY, day.isoformat(), ActionKind.RECONCILED, {"scheduler_day": day.isoformat()}
-        )
-
     async def _scheduled_fire(self, day: date) -> None:
         window_end = datetime.combine(day, self.settings.schedule.entry_window_end, tzinfo=self.tz)
-        wait_s = max(1.0, (window_end - self.clock.now()).total_seconds())
-        if not self._reconciled.is_set() or self.guard.reconciling:
-            log.info("scheduled entry waits for reconciliation", until=window_end.isoformat())
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait_s):
-                    while self.guard.reconciling:
-                        await self._reconciled.wait()
-                        if self.guard.reconciling:
-                            await self.broker.wait_link_change()
         try:
-            outcome = await self._request(Source.SCHEDULER, force=False)
-        except JournalError:
-            return  # fail closed: nothing was sent; _request told the user
-        if isinstance(outcome, Blocked) and outcome.reason is BlockReason.RECONCILING:
-            await self._scheduled_missed(
-                day, "the broker state could not be established before the window ended"
+            await scheduled_entry(
+                day,
+                window_end,
+                self.clock,
+                reconciling=lambda: self.guard.reconciling,
+                request=lambda: self._request(Source.SCHEDULER, force=False),
+                skip=self._scheduled_missed,
             )
+        except JournalError:
+            return  # fail closed: nothing was sent; _request told the user; the scheduler asks again
 
     async def _scheduled_missed(self, day: date, reason: str) -> None:
-        await self.journal.log_action(
-            ActionKind.SKIPPED,
-            strategy=self.settings.strategy.name,
-            day=day,
-            source=Source.SCHEDULER,
-            detail={"reason": reason},
-            alert=(AlertKind.DAY_SKIPPED, f"bot: no entry {day}: {reason}"[:300]),
-        )
-        self._wake_alerts()
+        await self._days.skip(day, reason)
 
     async def _risk_check(self) -> str | None:
         s = self.settings.strategy

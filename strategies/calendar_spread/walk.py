@@ -267,6 +267,9 @@ async def _step(
     return False
 
 
+_WATCH_POLL_S = 2.0
+"""How often an order placed by another client is looked up while it is watched."""
+
 PRICE_INCREMENT_REFUSED = 110
 """IB: "The price does not conform to the minimum price variation for this contract"."""
 _COARSE = PriceRule(((0.0, 0.10),))
@@ -306,7 +309,13 @@ async def resume_order(
     if not order.ours and not walk.done():
         log.warning("watching an order another client placed; it is theirs to change", ref=order.order_ref)
         while not walk.done() and not stop.is_set():
-            await walk.wait(3600.0)
+            # Another client's order sends this connection no events: look it up now and then.
+            await walk.wait(_WATCH_POLL_S)
+            if not walk.done() and not stop.is_set() and broker.link is LinkState.UP:
+                try:
+                    await walk.reread()
+                except RetryLater as exc:
+                    log.warning("could not look up the watched order", ref=walk.ref, error=str(exc))
         if not walk.done():
             return  # stopping: left live in the journal, reconciled on the next start
     else:

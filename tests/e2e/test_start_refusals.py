@@ -60,6 +60,7 @@ async def test_a_second_daemon_on_the_same_ib_account_is_refused(
     copy, a restored backup): the second exits 75 with one line naming the first's account lock
     and the fix; the first keeps running and answering."""
     locks = tmp_path / "locks"
+    locks.mkdir(mode=0o1777)
     env = {"BOT_SERVICE__LOCK_DIR": str(locks)}
     first = _daemon(tmp_path / "first", sim, env).start()
     daemons.append(first)

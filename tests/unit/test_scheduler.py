@@ -1,8 +1,11 @@
-"""The scheduler: trading days from the exchange calendar, DST, missed starts, clock jumps."""
+"""The scheduler: trading days from the exchange calendar, DST, missed starts, clock jumps, and
+a day done only once its claim or skip is in the journal."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -10,9 +13,11 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from bot.clock import ManualClock
-from bot.scheduler import Scheduler, plan_days
+from bot.domain import ActionKind, Blocked, Skipped, Source, Started
+from bot.journal.store import Journal
+from bot.scheduler import HandledDays, Scheduler, plan_days, scheduled_entry
 from bot.trading_days import calendar_for
-from tests.conftest import ny
+from tests.conftest import Core, ny
 
 pytestmark = pytest.mark.unit
 
@@ -45,25 +50,29 @@ def test_dst_change_keeps_the_new_york_wall_time() -> None:
 
 
 class Recorder:
+    """The scheduler's callbacks in memory: each fire is a claim that commits, each miss a skip."""
+
     def __init__(self) -> None:
         self.fired: list[date] = []
         self.missed: list[tuple[date, str]] = []
-        self.saved: date | None = None
+        self.handled: date | None = None
         self.event = asyncio.Event()
+
+    def _handle(self, day: date) -> None:
+        self.handled = day if self.handled is None else max(self.handled, day)
 
     async def fire(self, day: date) -> None:
         self.fired.append(day)
+        self._handle(day)
         self.event.set()
 
     async def miss(self, day: date, reason: str) -> None:
         self.missed.append((day, reason))
+        self._handle(day)
         self.event.set()
 
     async def load(self) -> date | None:
-        return self.saved
-
-    async def save(self, day: date) -> None:
-        self.saved = day
+        return self.handled
 
 
 def _scheduler(clock: ManualClock, rec: Recorder, demo_at: datetime | None = None) -> Scheduler:
@@ -75,8 +84,7 @@ def _scheduler(clock: ManualClock, rec: Recorder, demo_at: datetime | None = Non
         NY,
         fire=rec.fire,
         missed=rec.miss,
-        load_last_day=rec.load,
-        save_last_day=rec.save,
+        last_handled=rec.load,
         recheck_s=30.0,
         demo_at=demo_at,
     )
@@ -105,7 +113,7 @@ async def test_fires_once_at_the_entry_time_and_sleeps_in_bounded_steps() -> Non
     task.cancel()
     task = await _run_until(clock, rec, 50 * 60)
     assert rec.fired == [date(2026, 12, 2)]
-    assert rec.saved == date(2026, 12, 2)
+    assert rec.handled == date(2026, 12, 2)
     task.cancel()
 
 
@@ -130,10 +138,10 @@ async def test_missed_start_after_the_window_is_skipped() -> None:
 
 
 async def test_restart_after_firing_does_not_fire_again() -> None:
-    """A restart at 10:00 on a day that already fired (persisted) does nothing today."""
+    """A restart at 10:00 on a day already handled (in the journal) does nothing today."""
     clock = ManualClock(ny(date(2026, 12, 2), 10, 0).astimezone(UTC))
     rec = Recorder()
-    rec.saved = date(2026, 12, 2)
+    rec.handled = date(2026, 12, 2)
     task = await _run_until(clock, rec, 60)
     assert rec.fired == [] and rec.missed == []
     task.cancel()
@@ -239,3 +247,254 @@ async def test_a_demo_replaces_the_daily_schedule_with_one_entry() -> None:
     assert rec.fired == [date(2026, 12, 2)]
     assert rec.missed == []
     task.cancel()
+
+
+# -- a day is done only once the journal says so ---------------------------------------------------
+
+DAY = date(2026, 12, 2)
+STRATEGY = "calendar"
+
+
+def _on_journal(clock: ManualClock, days: HandledDays, fire: Callable[[date], Awaitable[None]]) -> Scheduler:
+    """A scheduler wired as the daemon wires it: done days and skips in a real journal."""
+    return Scheduler(
+        clock,
+        CAL,
+        time(9, 45),
+        time(10, 30),
+        NY,
+        fire=fire,
+        missed=days.skip,
+        last_handled=days.latest,
+        recheck_s=30.0,
+    )
+
+
+async def _parked(clock: ManualClock, done: Callable[[], bool]) -> None:
+    """Until the scheduler sleeps on the clock again (its journal reads run on a real thread), or
+    `done()`; the timeout only bounds a broken run."""
+    async with asyncio.timeout(10):
+        while True:
+            if clock.next_wake_in() is not None or done():
+                return
+            await asyncio.sleep(0.001)
+
+
+async def _advance_until(clock: ManualClock, done: Callable[[], bool], limit_s: float) -> None:
+    """Step the manual clock 10 s at a time until `done()`; `limit_s` bounds a broken run."""
+    elapsed = 0.0
+    while True:
+        await _parked(clock, done)
+        if done():
+            return
+        assert elapsed < limit_s, "the scheduler never got there"
+        await clock.advance(10)
+        elapsed += 10
+
+
+async def _advance(clock: ManualClock, seconds: float) -> None:
+    """Step the manual clock by `seconds`, 10 s at a time, each step once the scheduler sleeps."""
+    for _ in range(int(seconds / 10)):
+        await _parked(clock, lambda: False)
+        await clock.advance(10)
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _alerts(journal: Journal) -> list[tuple[str, str]]:
+    rows = await journal.connection.execute_fetchall("SELECT kind, body FROM alerts ORDER BY id")
+    return [(str(r[0]), str(r[1])) for r in rows]
+
+
+@pytest.mark.parametrize("how", ["stopped", "crashed"])
+async def test_a_stop_between_the_fire_and_the_claim_leaves_the_day_to_fire_again(
+    how: str, clock: ManualClock, journal: Journal
+) -> None:
+    """Fired at 09:45, then stopped (the task cancelled, as SIGTERM does) or crashed while it
+    waited for reconciliation, before any claim: nothing marks the day, no SKIPPED, and a new
+    scheduler inside the window fires it again; that claim settles the day."""
+    clock.set_wall(ny(DAY, 9, 40).astimezone(UTC))
+    days = HandledDays(journal, STRATEGY)
+    waiting = asyncio.Event()
+
+    async def wait_for_reconciliation(day: date) -> None:
+        waiting.set()
+        if how == "crashed":
+            raise RuntimeError("crashed before the claim")
+        await asyncio.Event().wait()  # the gateway never comes back
+
+    first = asyncio.create_task(_on_journal(clock, days, wait_for_reconciliation).run())
+    await _advance_until(clock, waiting.is_set, 10 * 60)
+    if how == "stopped":
+        await _stop(first)
+    else:
+        with pytest.raises(RuntimeError):
+            await first
+    assert await days.latest() is None
+    assert await journal.actions(kinds=[ActionKind.SKIPPED]) == []
+
+    claims: list[Started | Blocked] = []
+
+    async def claim(day: date) -> None:
+        claims.append(await journal.claim(STRATEGY, day, Source.SCHEDULER, 1))
+
+    again = asyncio.create_task(_on_journal(clock, days, claim).run())
+    await _advance_until(clock, lambda: bool(claims), 60)
+    await _advance(clock, 120)
+    await _stop(again)
+    assert clock.now() < ny(DAY, 10, 30)
+    assert len(claims) == 1 and isinstance(claims[0], Started)
+    assert claims[0].trade.trading_day == DAY
+    assert await days.latest() == DAY
+
+
+@pytest.mark.parametrize("outcome", ["claimed", "skipped", "refused_in_progress"])
+async def test_once_the_journal_has_the_claim_or_skip_the_day_never_fires_again(
+    outcome: str, clock: ManualClock, journal: Journal
+) -> None:
+    """The fire claims (or the guard's risk check journals SKIPPED, or the claim is refused because
+    a manual entry is running): neither a restart inside the window nor the wall clock stepped
+    back before the entry time fires that day again."""
+    clock.set_wall(ny(DAY, 9, 40).astimezone(UTC))
+    days = HandledDays(journal, STRATEGY)
+    if outcome == "refused_in_progress":
+        assert isinstance(await journal.claim(STRATEGY, DAY, Source.MANUAL, 1), Started)
+    fired: list[date] = []
+
+    async def fire(day: date) -> None:
+        fired.append(day)
+        if outcome == "skipped":
+            await journal.log_action(
+                ActionKind.SKIPPED,
+                strategy=STRATEGY,
+                day=day,
+                source=Source.SCHEDULER,
+                detail={"reason": "2 calendars open, at max_open_calendars 2"},
+            )
+        else:
+            await journal.claim(STRATEGY, day, Source.SCHEDULER, 1)
+
+    first = asyncio.create_task(_on_journal(clock, days, fire).run())
+    await _advance_until(clock, lambda: bool(fired), 10 * 60)
+    await _advance(clock, 120)
+    await _stop(first)
+    assert await days.latest() == DAY
+
+    scheduler = _on_journal(clock, days, fire)
+    again = asyncio.create_task(scheduler.run())
+    await _advance(clock, 120)  # a restart at about 09:50, inside the window
+    clock.set_wall(ny(DAY, 9, 30).astimezone(UTC))  # then the wall clock steps back
+    await _advance(clock, 30 * 60)
+    await _stop(again)
+    assert fired == [DAY]
+    assert scheduler.next_plan is not None and scheduler.next_plan.day == date(2026, 12, 3)
+
+
+async def test_after_the_window_with_neither_claim_nor_skip_one_skipped_row_and_an_alert(
+    clock: ManualClock, journal: Journal
+) -> None:
+    """Started at 11:00 with nothing journaled for the day: exactly one SKIPPED with its reason and
+    one day_skipped alert, however often the daemon restarts that day; nothing fires."""
+    clock.set_wall(ny(DAY, 11, 0).astimezone(UTC))
+    days = HandledDays(journal, STRATEGY)
+    fired: list[date] = []
+
+    async def fire(day: date) -> None:
+        fired.append(day)
+
+    for _ in range(3):  # the first start, then two restarts the same day
+        task = asyncio.create_task(_on_journal(clock, days, fire).run())
+        await _advance(clock, 60)
+        await _stop(task)
+    (skipped,) = await journal.actions(kinds=[ActionKind.SKIPPED])
+    assert (skipped.trading_day, skipped.source) == ("2026-12-02", "scheduler")
+    assert skipped.detail["reason"] == "started after the entry window (10:30 EST)"
+    assert await _alerts(journal) == [
+        ("day_skipped", "bot: no entry 2026-12-02: started after the entry window (10:30 EST)")
+    ]
+    assert fired == []
+
+
+async def test_a_fire_that_could_not_claim_asks_again_then_skips_at_the_window_end(
+    clock: ManualClock, journal: Journal
+) -> None:
+    """Each fire inside the window returns without a claim (the journal could not be written):
+    the scheduler asks again every recheck, and at the window's end journals one SKIPPED saying
+    the entry could not start, with its alert."""
+    clock.set_wall(ny(DAY, 10, 25).astimezone(UTC))
+    days = HandledDays(journal, STRATEGY)
+    fired: list[date] = []
+
+    async def fire(day: date) -> None:
+        fired.append(day)  # and no claim reaches the journal
+
+    task = asyncio.create_task(_on_journal(clock, days, fire).run())
+    await _advance(clock, 10 * 60)  # to 10:35
+    await _stop(task)
+    assert len(fired) >= 5 and set(fired) == {DAY}
+    (skipped,) = await journal.actions(kinds=[ActionKind.SKIPPED])
+    reason = "the entry could not start before the window ended (10:30 EST)"
+    assert skipped.detail["reason"] == reason
+    assert await _alerts(journal) == [("day_skipped", f"bot: no entry 2026-12-02: {reason}")]
+
+
+# -- the daemon's scheduled entry: reconciliation first, and every refusal accounted for ------------
+
+
+def _scheduled(core: Core, days: HandledDays) -> asyncio.Task[Started | Blocked | Skipped]:
+    return asyncio.create_task(
+        scheduled_entry(
+            DAY,
+            ny(DAY, 10, 30),
+            core.clock,
+            reconciling=lambda: core.guard.reconciling,
+            request=lambda: core.guard.try_start(Source.SCHEDULER),
+            skip=days.skip,
+        )
+    )
+
+
+async def test_a_scheduled_entry_waits_for_reconciliation_and_claims_when_it_ends(core: Core) -> None:
+    """Reconciling at 09:45 (a reconnect; the link stays up): nothing is journaled while it waits,
+    and the claim follows as soon as the reconciliation ends, inside the window."""
+    core.guard.reconciling = True
+    days = HandledDays(core.journal, STRATEGY)
+    task = _scheduled(core, days)
+    await _advance(core.clock, 10 * 60)
+    assert not task.done()
+    assert await core.journal.actions(since_day=DAY) == []
+    core.guard.reconciling = False
+    await _advance_until(core.clock, task.done, 10)
+    outcome = task.result()
+    assert isinstance(outcome, Started) and outcome.trade.source is Source.SCHEDULER
+    core.guard.finish()
+    assert core.clock.now() < ny(DAY, 10, 30)
+    assert await days.latest() == DAY
+
+
+@pytest.mark.parametrize(
+    ("paused", "reason"),
+    [
+        (False, "the broker state could not be established before the window ended"),
+        (True, "entries are paused (`bot resume` allows them again)"),
+    ],
+)
+async def test_a_scheduled_entry_refused_for_a_reason_that_settles_nothing_is_skipped(
+    core: Core, paused: bool, reason: str
+) -> None:
+    """Still reconciling when the window ends, or paused: one SKIPPED with the reason and its
+    alert, so the day is accounted for and a restart does not fire it again."""
+    core.guard.reconciling = not paused
+    core.guard.paused = paused
+    days = HandledDays(core.journal, STRATEGY)
+    task = _scheduled(core, days)
+    await _advance_until(core.clock, task.done, 50 * 60)
+    assert isinstance(task.result(), Blocked)
+    (skipped,) = await core.journal.actions(kinds=[ActionKind.SKIPPED])
+    assert skipped.detail["reason"] == reason and skipped.source == "scheduler"
+    assert await _alerts(core.journal) == [("day_skipped", f"bot: no entry 2026-12-02: {reason}")]
+    assert await days.latest() == DAY
