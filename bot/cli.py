@@ -69,6 +69,11 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("pause", help="stop scheduled and manual entries until resumed")
     sub.add_parser("resume", help="allow entries again")
 
+    rs = sub.add_parser("resolve", help="record what happened to an entry whose outcome is unknown")
+    rs.add_argument("entry_id", type=int, help="the entry's id (#N in alerts and `bot history`)")
+    rs.add_argument("outcome", choices=["filled", "unfilled"], help="what the account shows")
+    rs.add_argument("--quantity", type=int, default=None, help="units filled (default: all ordered)")
+
     al = sub.add_parser("alerts", help="SMS alerts")
     al_sub = al.add_subparsers(dest="alerts_command", required=True, metavar="ACTION")
     al_sub.add_parser("test", help="send one test SMS through the running daemon")
@@ -217,6 +222,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings, runtime: RuntimeEnv)
         return asyncio.run(commands.resume(path, out))
     if command == "alerts":
         return asyncio.run(commands.alerts_test(path, out))
+    if command == "resolve":
+        return asyncio.run(commands.resolve(path, args.entry_id, args.outcome, args.quantity, out))
     raise AssertionError(command)  # argparse only accepts the commands above
 
 

@@ -46,6 +46,10 @@ class DaemonApi(Protocol):
         """Undo `pause`."""
         ...
 
+    async def resolve(self, entry_id: int, filled: int | None, by: str) -> dict[str, Any]:
+        """Settle an `unknown` entry with what the operator found (journaled, alerted)."""
+        ...
+
     async def alerts_test(self) -> dict[str, Any]:
         """Send one test SMS and report the outcome."""
         ...

@@ -488,6 +488,15 @@ async def resume(path: Path, out: TextIO) -> int:
     return int(ExitCode.OK)
 
 
+async def resolve(path: Path, entry_id: int, outcome: str, quantity: int | None, out: TextIO) -> int:
+    """`bot resolve ID filled|unfilled`: settle an entry whose outcome is unknown (the daemon
+    journals it with who said so); entries are allowed again once nothing is unknown."""
+    filled = 0 if outcome == "unfilled" else quantity
+    result = client.check(await client.request(path, "resolve", {"entry_id": entry_id, "filled": filled}))
+    out.write(f"#{_show(result.get('resolved'))} settled as {_show(result.get('status'))}\n")
+    return 0
+
+
 async def alerts_test(path: Path, out: TextIO) -> int:
     """`bot alerts test`: send one test SMS through the daemon; exit 4 if it reports a failure."""
     result = client.check(await client.request(path, "alerts_test", timeout_s=30.0))

@@ -9,6 +9,7 @@ Commands and their `args` (every field optional, unknown fields refused):
 * ``ping``, ``status``, ``pause``, ``resume``, ``alerts_test``: none
 * ``trade``: ``force`` (bool, default false), ``wait`` (bool, default true)
 * ``history``: ``days`` (int 1..3660, default 7)
+* ``resolve``: ``entry_id`` (int), ``filled`` (int >= 0 units found filled, or null: all)
 
 Every request line gets exactly one reply line, echoing `v` and `id`::
 
@@ -76,7 +77,7 @@ PROTOCOL_VERSION: Final = 1
 MAX_ID_CHARS: Final = 128
 """The longest request id echoed back."""
 
-COMMANDS: Final = ("ping", "status", "trade", "history", "pause", "resume", "alerts_test")
+COMMANDS: Final = ("ping", "status", "trade", "history", "pause", "resume", "alerts_test", "resolve")
 """Every command the daemon answers."""
 
 
@@ -139,6 +140,14 @@ class HistoryArgs(_Args):
     """How many days back, today included."""
 
 
+class ResolveArgs(_Args):
+    """`resolve` arguments: what the operator found at the broker for an unknown entry."""
+
+    entry_id: StrictInt = Field(ge=1)
+    filled: StrictInt | None = Field(default=None, ge=0)
+    """Units found filled; None: the whole quantity ordered."""
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -188,6 +197,13 @@ class ResumeRequest(_Request):
     args: NoArgs = Field(default_factory=NoArgs)
 
 
+class ResolveRequest(_Request):
+    """Record what happened to an entry whose outcome is unknown."""
+
+    cmd: Literal["resolve"]
+    args: ResolveArgs
+
+
 class AlertsTestRequest(_Request):
     """Send one test SMS."""
 
@@ -202,7 +218,8 @@ Request = Annotated[
     | HistoryRequest
     | PauseRequest
     | ResumeRequest
-    | AlertsTestRequest,
+    | AlertsTestRequest
+    | ResolveRequest,
     Field(discriminator="cmd"),
 ]
 """A validated request, discriminated by `cmd`."""

@@ -48,6 +48,7 @@ from bot.control.protocol import (
     PingRequest,
     ProtocolError,
     Request,
+    ResolveRequest,
     ResumeRequest,
     StatusRequest,
     TradeRequest,
@@ -574,6 +575,14 @@ class ControlServer:
                 result = await self._api.resume(await self._by(peer))
             case AlertsTestRequest():
                 result = await self._api.alerts_test()
+            case ResolveRequest():
+                try:
+                    result = await self._api.resolve(
+                        request.args.entry_id, request.args.filled, await self._by(peer)
+                    )
+                except ValueError as exc:  # no such entry, or not unknown: the operator's mistake
+                    await self._send(writer, error_reply(request.id, ErrorCode.BAD_REQUEST, str(exc)))
+                    return
         await self._send(writer, ok_reply(request.id, result))
 
     async def _by(self, peer: Peer) -> str:

@@ -474,6 +474,48 @@ class Journal:
                 entry_id, ActionKind.ORDER_PLACED, {"order_id": order_id, "perm_id": perm_id}
             )
 
+    async def resolve(self, entry_id: int, filled: int | None, by: str) -> TradeView:
+        """An operator settles an `unknown` entry: `filled` units (None: all it ordered) found at
+        the broker. Journaled with who said so; refused (ValueError) for any other status."""
+        async with self.transaction() as tx:
+            row = await tx.fetchone(f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE id = ?", (entry_id,))
+            if row is None:
+                raise ValueError(f"there is no entry #{entry_id}")
+            trade = _trade(row)
+            if trade.status is not EntryStatus.UNKNOWN:
+                raise ValueError(
+                    f"entry #{entry_id} is {trade.status.value}, not unknown; nothing to resolve"
+                )
+            units = trade.quantity if filled is None else min(filled, trade.quantity)
+            status = (
+                EntryStatus.FILLED
+                if units >= trade.quantity
+                else EntryStatus.PARTIAL
+                if units > 0
+                else EntryStatus.CANCELLED
+            )
+            await tx.execute(
+                "UPDATE entries SET status = ?, broker_filled = MAX(broker_filled, ?), reason = ?, "
+                "ended_at = COALESCE(ended_at, ?), updated_at = ? WHERE id = ?",
+                (
+                    status.value,
+                    float(units),
+                    f"resolved by {by}: {units} filled",
+                    tx.stamp,
+                    tx.stamp,
+                    entry_id,
+                ),
+            )
+            await tx.entry_action(
+                entry_id,
+                ActionKind.RESOLVED,
+                {"by": by, "filled": units, "status": status.value},
+                alert=(AlertKind.RECONCILE_UNEXPECTED, f"bot: #{entry_id} resolved by {by}: {units} filled"),
+            )
+            out = await tx.fetchone(f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE id = ?", (entry_id,))
+        assert out is not None  # noqa: S101 -- updated just above
+        return _trade(out)
+
     async def is_forced(self, entry_id: int) -> bool:
         """True when the entry was claimed with `--force` (the same-day rule bypassed)."""
         rows = await self._read("SELECT forced FROM entries WHERE id = ?", (entry_id,))

@@ -141,6 +141,10 @@ class FakeApi:
         self.calls.append(("resume", by))
         return {"paused": False}
 
+    async def resolve(self, entry_id: int, filled: int | None, by: str) -> dict[str, Any]:
+        self.calls.append(("resolve", by))
+        return {"resolved": entry_id, "filled": filled}
+
     async def alerts_test(self) -> dict[str, Any]:
         self.calls.append(("alerts_test", None))
         return {"queued": True, "to": 1}

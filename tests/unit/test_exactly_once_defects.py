@@ -10,7 +10,15 @@ from datetime import date, timedelta
 
 import pytest
 
-from bot.broker.protocol import ComboLegSpec, ComboOrderRequest, ExecutionRecord, OptionContract, Right
+from bot.broker.protocol import (
+    BrokerOrder,
+    ComboLegSpec,
+    ComboOrderRequest,
+    ExecutionRecord,
+    OptionContract,
+    OrderState,
+    Right,
+)
 from bot.domain import ActionKind, AlertKind, Blocked, BlockReason, EntryStatus, Source, Started
 from bot.reconcile import reconcile
 from tests.conftest import TRADING_DAY, Core
@@ -127,6 +135,12 @@ async def test_unexplained_positions_make_the_entry_unknown_and_block_entries(co
     assert isinstance(refused, Blocked) and refused.reason is BlockReason.UNRESOLVED
     assert refused.existing is not None and refused.existing.id == entry
     assert core.broker.placed == []
+    # An operator looks at the account and records what happened: entries are allowed again.
+    resolved = await core.journal.resolve(entry, 1, "alice")
+    assert (resolved.status, resolved.broker_filled) == (EntryStatus.FILLED, 1.0)
+    assert isinstance(await core.runner.request(Source.MANUAL), Started)
+    with pytest.raises(ValueError, match="not unknown"):
+        await core.journal.resolve(entry, 0, "alice")
 
 
 # -- 5. a stop during leg selection ----------------------------------------------------------------
@@ -195,3 +209,31 @@ async def test_an_order_at_the_broker_unknown_to_the_journal_blocks_the_day(core
         assert (await core.journal.entry(outcome.trade.id)).status is EntryStatus.NEVER_SENT
     again = await core.runner.request(Source.MANUAL)
     assert isinstance(again, Blocked) and again.reason is BlockReason.ALREADY_TRADED_TODAY
+
+
+# -- 2(c). a duplicate placed meanwhile by another client ---------------------------------------
+
+
+async def test_the_later_of_two_orders_for_the_day_cancels_itself(core: Core) -> None:
+    """Two hosts checked in the same instant and both sent: right after ours is acknowledged the
+    broker shows another order for the day with an earlier permId, so ours is cancelled at once
+    (the earlier one survives) and the duplicate is alerted."""
+    core.broker.fill_delay_s = None
+    theirs = f"calendar:{TRADING_DAY:%Y%m%d}:7"
+    request = ComboOrderRequest((ComboLegSpec(FRONT, "SELL"), ComboLegSpec(BACK, "BUY")), 1, 12.5, theirs)
+    real_place = core.broker.place
+
+    async def place_after_theirs(req: ComboOrderRequest) -> BrokerOrder:
+        if req.order_ref != theirs and theirs not in core.broker.orders:
+            await real_place(request)  # booked first: the lower permId
+        return await real_place(req)
+
+    core.broker.place = place_after_theirs  # type: ignore[method-assign]
+    started = await core.runner.request(Source.MANUAL)
+    assert isinstance(started, Started)
+    await _until_idle(core)
+    ours = core.broker.orders[started.trade.idempotency_key]
+    assert ours.state is OrderState.CANCELLED
+    assert core.broker.orders[theirs].state is OrderState.WORKING
+    assert len(await core.journal.actions(kinds=[ActionKind.DUPLICATE_RESOLVED])) == 1
+    assert await _alerts(core, AlertKind.DUPLICATE_AT_BROKER)

@@ -75,7 +75,9 @@ async def _alert_kinds(d: Daemon) -> list[str]:
         return [str(r[0]) for r in await cur.fetchall()]
 
 
-async def test_filled_before_its_executions_blocks_a_second_entry(gw: SimulatedGateway, tmp_path: Path) -> None:
+async def test_filled_before_its_executions_blocks_a_second_entry(
+    gw: SimulatedGateway, tmp_path: Path
+) -> None:
     """execDetails arrive 0.3 s after orderStatus(Filled): the entry is filled at once from the
     broker's quantity, its executions are still journaled when they come, and a plain second
     `trade` is refused as already traded. Before the fix: a second filled order at the broker."""
