@@ -40,8 +40,8 @@ HANDLED_KINDS: tuple[ActionKind, ...] = (
 )
 """Actions by the scheduler that settle its day: the claim committed (written in the claim's own
 transaction), a refusal because the day is already traded or an entry is running, or a skip with
-its reason. A refusal while reconciling or paused settles nothing by itself: the daemon journals
-a `SKIPPED` for those."""
+its reason. A refusal while reconciling or paused settles nothing by itself: `scheduled_entry`
+journals a `SKIPPED` for those."""
 
 
 class HandledDays:
@@ -168,9 +168,9 @@ class Scheduler:
     """Fires `fire(day)` at each trading day's entry time (or later within its window) until the
     day is handled, and `missed(day, reason)` once when its window passed unhandled.
 
-    `fire` asks for the entry (the guard's claim journals the outcome); `missed` journals the
-    skip; `last_handled` reads the latest handled day back (`HandledDays` does all three against
-    the journal, with the daemon's `fire`).
+    `fire` asks for the entry (the guard's claim journals the outcome; the daemon's goes through
+    `scheduled_entry`); `missed` journals the skip and `last_handled` reads the latest handled day
+    back (`HandledDays.skip` and `HandledDays.latest`, against the journal).
     """
 
     def __init__(
@@ -209,7 +209,7 @@ class Scheduler:
         """The next day with an entry time after `last_day` (the latest day already handled).
 
         Comparing with `>` rather than `!=` means a wall clock stepped back after an entry, or
-        forward and back again, never makes a day that already fired eligible again.
+        forward and back again, never makes a handled day (or an earlier one) eligible again.
         """
         if self._demo_at is not None:
             # A demo replaces the daily schedule with its one entry, on any day.

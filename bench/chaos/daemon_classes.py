@@ -64,15 +64,14 @@ def _arm_late(t: Trial) -> None:
     counts = [rng.randint(1, 3) for _ in range(2)]
 
     async def go() -> None:
-        await t.quiet(10.0)
         for host, count in zip(t.hosts, counts, strict=False):
-            if t.final_entries(host) == 0:
+            if not await t.settled(host, 10.0):
                 continue
             for _ in range(count):
                 t.events["late.after_final"] += 1
                 await t.trade(host, "late")
 
-    t.after_window(go)
+    t.after_window(go, order=1)
 
 
 TRIGGERS = [
@@ -101,6 +100,7 @@ TRIGGERS = [
         "plain `trade` requests after the day's entry is final; fired when one was sent then",
         _arm_late,
         lambda t: t.events["late.after_final"] > 0,
+        standalone=False,
     ),
 ]
 
@@ -166,7 +166,7 @@ def _arm_restore(t: Trial) -> None:
     async def go() -> None:
         host = t.hosts[0]
         if wait_final:
-            await t.quiet(10.0)
+            await t.settled(host, 10.0)
         async with t.lifecycle(host):
             if kill:
                 if await host.kill():
@@ -184,7 +184,7 @@ def _arm_restore(t: Trial) -> None:
                 await t.trade(host, "after_restore")
 
     t.on_ready(take_copy)
-    t.after_window(go)
+    t.after_window(go, order=2)
 
 
 def _ny_date(host: InprocHost) -> date:

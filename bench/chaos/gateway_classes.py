@@ -355,18 +355,20 @@ def _arm_processing(t: Trial) -> None:
 
 
 def _arm_pacing(t: Trial) -> None:
-    arm_op(t, "limits", max_msgs_per_s=t.rng_for("hostile.pacing").randint(15, 40), enforce_pacing=True)
+    arm_op(t, "limits", max_msgs_per_s=t.rng_for("hostile.pacing").randint(5, 20), enforce_pacing=True)
 
 
 def _arm_lines(t: Trial) -> None:
-    arm_op(t, "limits", max_market_data_lines=t.rng_for("hostile.md_lines").randint(2, 8), enforce_lines=True)
+    arm_op(t, "limits", max_market_data_lines=t.rng_for("hostile.md_lines").randint(1, 3), enforce_lines=True)
 
 
 def _arm_chain(t: Trial) -> None:
+    """Holes at the money too (band 0), so the legs the strategy wants may be missing from one
+    expiry: far expiries listing every 10th or 25th point, or a random half of the strikes."""
     rng = t.rng_for("hostile.chain_holes")
-    shape = rng.choice(
-        [f"far-sparse:{rng.randint(3, 20)}", f"random:{rng.uniform(0.2, 0.7):.2f}:{rng.choice([0, 10, 25])}"]
-    )
+    step = rng.choice([10, 25])
+    shapes = [f"far-sparse:{rng.randint(3, 20)}:0:{step}", f"random:{rng.uniform(0.3, 0.7):.2f}:0"]
+    shape = rng.choice(shapes)
     t.state["hostile.chain_holes"] = shape
     arm_op(t, "chain_shape", shape=shape)
 
@@ -598,7 +600,7 @@ HOSTILE = [
         "hostile.pacing",
         Group.HOSTILE,
         0.5,
-        "message pacing enforced at 15-40 msgs/s (error 100, then the connection closed); fired "
+        "message pacing enforced at 5-20 msgs/s (error 100, then the connection closed); fired "
         "when a 100 went out",
         _arm_pacing,
         lambda t: errors_sent(t, 100) > 0,
@@ -608,7 +610,7 @@ HOSTILE = [
         "hostile.md_lines",
         Group.HOSTILE,
         0.5,
-        "only 2-8 market-data lines (error 101 beyond); fired when a 101 went out",
+        "only 1-3 market-data lines (error 101 beyond); fired when a 101 went out",
         _arm_lines,
         lambda t: errors_sent(t, 101) > 0,
         available=_config_has("limits"),

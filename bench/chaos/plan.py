@@ -72,6 +72,8 @@ class FaultClass:
     """False when the simulator (or daemon) in this tree lacks what the class needs."""
     passive: bool = False
     """Never drawn: a behaviour the simulator always has, only detected (counted in every trial)."""
+    standalone: bool = True
+    """A trigger that can start an entry by itself (False: it only follows one, e.g. a late trade)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +109,8 @@ def draw(
 ) -> TrialPlan:
     """Draw one trial's plan.
 
-    Without `forced`: one fill model, the triggers (each by its probability, at least one), and
+    Without `forced`: one fill model, the triggers (each by its probability, at least one that
+    starts entries by itself), and
     one to four classes from the gateway, hostile and daemon groups by weight, skipping any that
     cannot share a host with those already drawn. With `forced` (from `--only`): exactly those
     classes, plus a fill model and a trigger drawn as above when none is named; of several named
@@ -117,17 +120,20 @@ def draw(
     usable = [c for c in menu if c.hosts & hosts and c.available() and not c.passive]
     fills = [c for c in usable if c.group is Group.FILL]
     triggers = [c for c in usable if c.group is Group.TRIGGER]
+    starters = [c for c in triggers if c.standalone]
     chosen: list[FaultClass] = []
     if forced:
         named_fills = [c for c in forced if c.group is Group.FILL]
         chosen += [c for c in forced if c.group is not Group.FILL]
         chosen.append(_weighted_pick(rng, named_fills or fills))
-        if not any(c.group is Group.TRIGGER for c in chosen):
-            chosen.append(_weighted_pick(rng, triggers))
+        if not any(c.group is Group.TRIGGER and c.standalone for c in chosen):
+            chosen.append(_weighted_pick(rng, starters))
     else:
         chosen.append(_weighted_pick(rng, fills))
         picked = [t for t in triggers if rng.random() < t.weight]
-        chosen += picked or [_weighted_pick(rng, triggers)]
+        if not any(t.standalone for t in picked):
+            picked.insert(0, _weighted_pick(rng, starters))
+        chosen += picked
         pool = [c for c in usable if c.group in DRAWN_GROUPS]
         for _ in range(rng.choice((1, 2, 2, 3, 3, 4))):
             allowed = _compatible(hosts, chosen)

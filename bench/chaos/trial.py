@@ -127,7 +127,7 @@ class Trial:
         self._at_start: list[Action] = []
         self._timed: list[_Timed] = []
         self._on_ready: list[Callable[[], None]] = []
-        self._after: list[Action] = []
+        self._after: list[tuple[int, int, Action]] = []
         self._anchors = {a: asyncio.Event() for a in Anchor}
         self._locks: dict[str, asyncio.Lock] = {}
         self.state: dict[str, Any] = {}
@@ -152,9 +152,10 @@ class Trial:
         """Run `action` the moment every daemon is ready, before any action anchored there."""
         self._on_ready.append(action)
 
-    def after_window(self, action: Action) -> None:
-        """Run `action` after every timed action, in registration order."""
-        self._after.append(action)
+    def after_window(self, action: Action, order: int = 0) -> None:
+        """Run `action` after every timed action; lower `order` first, then registration order
+        (0: waiting for the scheduled entry, 1: late triggers, 2: journal restores)."""
+        self._after.append((order, len(self._after), action))
 
     async def op(self, op: str, **args: Any) -> dict[str, Any]:
         """One control-protocol operation on the gateway (in-process; the same request works over
@@ -208,6 +209,14 @@ class Trial:
     async def quiet(self, timeout_s: float) -> bool:
         """Until no entry is live in any journal and no order works at the broker."""
         return await until(lambda: self.live_entries() == 0 and self.working_orders() == 0, timeout_s)
+
+    async def settled(self, host: DaemonHost, timeout_s: float) -> bool:
+        """Until `host` has an entry in a final state and nothing is live anywhere."""
+
+        def done() -> bool:
+            return self.final_entries(host) > 0 and self.live_entries() == 0 and self.working_orders() == 0
+
+        return await until(done, timeout_s)
 
     # -- running -------------------------------------------------------------------------------
 
@@ -327,7 +336,7 @@ class Trial:
             for task in timed:
                 task.cancel()
             await asyncio.gather(*timed, return_exceptions=True)
-        for action in self._after:
+        for _order, _seq, action in sorted(self._after, key=lambda a: (a[0], a[1])):
             await action()
         for host in self.hosts:
             async with self.lifecycle(host):

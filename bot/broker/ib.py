@@ -102,8 +102,11 @@ _STARTUP_FETCH: Final = StartupFetchALL & ~StartupFetch.EXECUTIONS
 _EXECUTIONS_LOOKBACK: Final = timedelta(days=7)
 """How far back executions are asked for (IB keeps at most about a week; a time filter is also
 what keeps the request from being an empty filter)."""
-_SPX_OPTION_RULE: Final = PriceRule(((0.0, 0.05), (3.0, 0.10)))
-"""The CBOE SPX option increments, used when the gateway's market rule cannot be read."""
+_PRICE_INCREMENT: Final = 110
+"""'The price does not conform to the minimum price variation for this contract'."""
+_SPX_COMBO_RULE: Final = PriceRule(((0.0, 0.05),))
+"""Cboe's SPX complex-order rule (net package price in 0.05 increments), used when the gateway's
+market rules cannot be read."""
 
 
 def order_state_of(trade: Trade) -> OrderState:
@@ -778,10 +781,15 @@ class IBBroker:
         return [c for c, k in zip(contracts, keys, strict=True) if k in self._qualified]
 
     async def price_rule(self, contracts: Sequence[OptionContract]) -> PriceRule:
-        """The increments for a combo of `contracts`: the market rule (contract details'
-        `marketRuleIds` for SMART, then `reqMarketRule`) of its legs, the coarsest where they
-        differ. When the gateway does not say, CBOE's SPX option increments."""
-        rules: list[PriceRule] = []
+        """The increments for a combo (BAG) of `contracts`.
+
+        The legs' market rules are read from the gateway (contract details' `marketRuleIds` for
+        SMART, then `reqMarketRule`); SPX options move by 0.05 below 3.00 and 0.10 from there.
+        A combo's net price is not bound to the legs' rule at its level: Cboe's SPX specification
+        says "net package price must be in .05 increments", i.e. the legs' finest increment. So
+        the combo's rule is that finest increment at every level. How IB validates a BAG limit
+        is not documented; a 110 refusal is handled by the walk (it steps to a coarser grid)."""
+        finest: float | None = None
         for contract in contracts:
             rule_id = await self._market_rule_id(contract)
             if rule_id is None:
@@ -794,12 +802,12 @@ class IBBroker:
                     continue
                 rule = PriceRule(tuple(sorted((float(i.lowEdge), float(i.increment)) for i in increments)))
                 self._rules[rule_id] = rule
-            rules.append(rule)
-        if not rules:
-            log.warning("no market rule from the gateway; using the SPX option increments")
-            return _SPX_OPTION_RULE
-        edges = sorted({low for rule in rules for low, _ in rule.steps})
-        return PriceRule(tuple((low, max(rule.increment(low) for rule in rules)) for low in edges))
+            smallest = min(step for _, step in rule.steps)
+            finest = smallest if finest is None else min(finest, smallest)
+        if finest is None:
+            log.warning("no market rule from the gateway; pricing the combo on the SPX 0.05 grid")
+            return _SPX_COMBO_RULE
+        return PriceRule(((0.0, finest),))
 
     async def _market_rule_id(self, contract: OptionContract) -> int | None:
         key = (contract.expiry, float(contract.strike), contract.right.value, contract.trading_class)
@@ -918,6 +926,9 @@ class IBBroker:
         if order_state_of(trade) is OrderState.REJECTED:
             code, message = _rejection(trade)
             log.warning("order rejected", ref=ref, code=code, message=message)
+            if code == _PRICE_INCREMENT:
+                # Refused for its price, the order was never accepted: its ref may be sent again.
+                del self._trades[ref]
             raise OrderRejected(code, message)
         return self._view(ref)
 

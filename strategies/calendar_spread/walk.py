@@ -15,6 +15,7 @@ broker's filled quantity either way, and missing executions are alerted.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -190,8 +191,20 @@ async def work_order(
         await recorder.finished(EntryStatus.CANCELLED, "stop requested before the order was sent")
         return
     walk = _Walk(broker, clock, recorder, stop, request.order_ref, request.quantity)
+    ceiling = max(ladder)
     await recorder.sending(request.limit)
-    placed = await broker.place(request)
+    try:
+        placed = await broker.place(request)
+    except OrderRejected as exc:
+        # Refused for its price increment (110), the order was not accepted at all: send it once
+        # more at the nearest valid price, journaled first like every limit.
+        valid = _valid_price(request.limit, rule, ceiling) if exc.code == PRICE_INCREMENT_REFUSED else None
+        if valid is None:
+            raise
+        await recorder.step_refused(request.limit, exc.code, exc.message)
+        request = dataclasses.replace(request, limit=valid)
+        await recorder.sending(request.limit)
+        placed = await broker.place(request)
     await recorder.order_placed(request.limit, placed.order_id, placed.perm_id, placed.client_id or None)
     await walk.absorb(placed)
     if not walk.done() and await _duplicate_after_place(walk, broker, recorder, placed):
@@ -199,8 +212,9 @@ async def work_order(
         await walk.absorb(final)
         await _settle(walk, recorder, request.quantity, "another order for the day reached IB first")
         return
-    ceiling = max(ladder)
     for limit in ladder[1:]:
+        if limit <= request.limit:
+            continue
         await walk.wait(timing.step_interval_s)
         if walk.done() or stop.is_set():
             break

@@ -228,7 +228,7 @@ async def test_the_later_of_two_orders_for_the_day_cancels_itself(core: Core) ->
             await real_place(request)  # booked first: the lower permId
         return await real_place(req)
 
-    core.broker.place = place_after_theirs  # type: ignore[method-assign]
+    core.broker.place = place_after_theirs  # type: ignore[method-assign,assignment]
     started = await core.runner.request(Source.MANUAL)
     assert isinstance(started, Started)
     await _until_idle(core)

@@ -117,7 +117,8 @@ def test_fault_specs_arm_what_the_python_api_arms() -> None:
     assert d["leg_executions_only"] == {"remaining": 1, "client_id": None}
     assert d["exec_filter_quirk"] == {"quirk": "ignore-empty", "remaining": 1, "client_id": None}
     assert d["refuse_final_cancel"] == {"remaining": None, "client_id": 7}
-    assert d["reject_orders"] is not None and d["reject_orders"]["error_first"] is True
+    reject = d["reject_orders"]
+    assert isinstance(reject, dict) and reject["error_first"] is True
     assert d["market_closed"] == {"until": None, "warning_first": False, "remaining": None, "client_id": None}
     assert d["omit"] == {"3": None}
     assert faults.outgoing(3, client_id=8).omit is False

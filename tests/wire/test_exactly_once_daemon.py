@@ -11,7 +11,7 @@ simulator's ledger is the judge; each test failed on the code before the fix.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,9 @@ from bot.config import BrokerSettings, ControlSettings, ServiceSettings, Setting
 from bot.domain import AlertKind, Blocked, BlockReason, EntryStatus, Source, Started
 from bot.service.daemon import Daemon
 from bot.sim import FillModel, SimConfig, SimulatedGateway
+from bot.sim.chain import ChainMode, ChainShape
+from bot.sim.exec_filter import ExecFilterQuirk
+from bot.sim.rules import ComboIncrements
 from tests.support.inproc import entry_final, running_daemon, until
 
 pytestmark = pytest.mark.wire
@@ -56,7 +59,7 @@ def _settings(gw: SimulatedGateway, state: Path, client_id: int = 17) -> Setting
         ),
         strategy=StrategySettings(step_interval_s=0.3, fill_timeout_s=1.0, max_steps=2),
         control=ControlSettings(socket_path=state / "bot.sock"),
-        service=ServiceSettings(**extra),  # type: ignore[arg-type]
+        service=ServiceSettings(**extra),
     )
 
 
@@ -172,3 +175,90 @@ async def test_a_second_daemon_with_its_own_journal_never_doubles_the_day(
             assert isinstance(again, Blocked) and again.reason is BlockReason.ALREADY_TRADED_TODAY
     assert [o.order_ref for o in gw.ledger.orders] == [first.trade.idempotency_key]
     assert len(_filled_orders(gw)) == (0 if working else 1)
+
+
+def _hostile(**config: object) -> SimConfig:
+    return SimConfig(seed=5, strict=True, **config)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def make_gw() -> AsyncIterator[Callable[..., Awaitable[SimulatedGateway]]]:
+    started: list[SimulatedGateway] = []
+
+    async def make(**config: object) -> SimulatedGateway:
+        gateway = SimulatedGateway(_hostile(**config), clock=SystemClock())
+        gateway.fill_model = FillModel.always()
+        await gateway.start(host="127.0.0.1", port=0)
+        started.append(gateway)
+        return gateway
+
+    yield make
+    for gateway in started:
+        await gateway.stop()
+        assert gateway.protocol_errors == []
+
+
+async def test_a_gateway_that_never_answers_an_empty_executions_filter(
+    make_gw: Callable[..., Awaitable[SimulatedGateway]], tmp_path: Path
+) -> None:
+    """TWS 10.30 never answers an empty reqExecutions filter (ib_async #54): the connect must not
+    depend on it (before the fix every connect failed and the bot never traded), and executions
+    are still found with a filtered request."""
+    gw = await make_gw()
+    gw.faults.exec_filter_quirk(ExecFilterQuirk.IGNORE_EMPTY)
+    async with running_daemon(_settings(gw, tmp_path)) as d:
+        first = await _trade(d)
+        assert await entry_final(d, first.trade.id) == "filled"
+        assert (await d.journal.entry(first.trade.id)).filled == 1
+
+
+async def test_executions_lost_live_and_answered_for_client_zero_only_are_still_journaled(
+    make_gw: Callable[..., Awaitable[SimulatedGateway]], tmp_path: Path
+) -> None:
+    """The fill's live execDetails are lost and an empty filter returns client 0's executions
+    only (ibsync PR #22): the look-up filters by our client id, so the fill is journaled (before
+    the fix the entry ended filled with no fill row, for good)."""
+    gw = await make_gw()
+    gw.faults.exec_filter_quirk(ExecFilterQuirk.CLIENT_ZERO_ONLY)
+    gw.faults.omit(EXEC_DETAILS, 3)  # the BAG execution and both legs', as they happen
+    async with running_daemon(_settings(gw, tmp_path)) as d:
+        first = await _trade(d)
+        assert await entry_final(d, first.trade.id) == "filled"
+        view = await d.journal.entry(first.trade.id)
+        assert (view.filled, view.broker_filled) == (1, 1.0)
+        assert len(await d.journal.fills(first.trade.id)) == 1
+
+
+async def test_a_delta_search_over_a_chain_whose_strikes_differ_by_expiry(
+    make_gw: Callable[..., Awaitable[SimulatedGateway]], tmp_path: Path
+) -> None:
+    """The option parameters list the union of strikes; far expiries lack many of them (error
+    200). The search qualifies per expiry and skips what does not exist (before the fix one
+    missing contract aborted the entry)."""
+    gw = await make_gw(chain=ChainShape(mode=ChainMode.FAR_SPARSE, dense_days=10, band_points=25.0))
+    settings = _settings(gw, tmp_path)
+    settings = settings.model_copy(
+        update={"strategy": StrategySettings(strike_mode="delta", step_interval_s=0.3, fill_timeout_s=1.0)}
+    )
+    async with running_daemon(settings) as d:
+        first = await _trade(d)
+        assert await entry_final(d, first.trade.id) == "filled"
+    assert len(gw.ledger.orders) == 1
+
+
+async def test_a_price_refused_for_its_increment_steps_to_a_valid_price(
+    make_gw: Callable[..., Awaitable[SimulatedGateway]], tmp_path: Path
+) -> None:
+    """The gateway enforces the legs' increments on the combo (0.10 at and above 3.00): a limit
+    off that grid is refused with 110 and the walk sends the nearest valid price instead of
+    ending the entry; every limit the gateway accepted conforms."""
+    gw = await make_gw(enforce_market_rules=True, combo_increments=ComboIncrements.LEGS)
+    gw.fill_model = FillModel.never()
+    async with running_daemon(_settings(gw, tmp_path)) as d:
+        first = await _trade(d)
+        assert await entry_final(d, first.trade.id) == "cancelled"
+        refused = [a for a in await d.journal.actions() if a.kind == "MODIFY_REFUSED"]
+    [order] = gw.ledger.orders
+    assert all(abs(p * 10 - round(p * 10)) < 1e-6 for p in order.limit_prices), order.limit_prices
+    assert len(order.limit_prices) >= 2
+    assert refused or all(abs(p * 10 - round(p * 10)) < 1e-6 for p in order.limit_prices)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -93,6 +93,23 @@ async def test_filled_arrives_before_any_execution_when_exec_details_are_late(
     await clock.advance(5.0)
     await until(lambda: len(trade.fills) == 3)
     assert [f.commissionReport.execId for f in trade.fills] == ["", "", ""]
+
+
+async def test_commission_reports_late_or_never(
+    gateway: SimulatedGateway, ib: IB, clock: ManualClock
+) -> None:
+    """omit(59, count=1) and delay(59, 5): the fills arrive without commissions; one report never
+    comes, the other two come late (the omission fired first and spent no delay)."""
+    gateway.fill_model = FillModel.always()
+    gateway.faults.omit(59, count=1)
+    gateway.faults.delay(59, 5.0)
+    trade, _ = await place_calendar(ib, gateway, "no-commission-yet", 5.0)
+    await until(lambda: trade.orderStatus.status == "Filled" and len(trade.fills) == 3)
+    await sync(ib)
+    assert [f.commissionReport.execId for f in trade.fills] == ["", "", ""]
+    await clock.advance(5.0)
+    await until(lambda: sum(1 for f in trade.fills if f.commissionReport.execId) == 2)
+    assert _fates(gateway, 59, 7) == ["omitted", "delayed", "delayed", "out", "out"]
 
 
 async def test_random_delays_reorder_the_executions(
@@ -329,6 +346,22 @@ async def test_day_orders_expire_at_the_close(gateway: SimulatedGateway, ib: IB,
     assert [(t.order.orderRef, t.orderStatus.status) for t in completed] == [("day", "Cancelled")]
 
 
+async def test_the_close_can_be_set_in_the_config(
+    make_gateway: GatewayFactory, connect: ClientFactory, clock: ManualClock
+) -> None:
+    """SimConfig(session_close=10:00:30) expires DAY orders 30 s after the tests' 10:00 start;
+    day_orders_expire=False keeps them working past it."""
+    keeps = await make_gateway(session_close=time(10, 0, 30), day_orders_expire=False)
+    expires = await make_gateway(session_close=time(10, 0, 30), fill_model=FillModel.never())
+    keeps.fill_model = FillModel.never()
+    kept, _ = await place_calendar(await connect(7, gateway=keeps), keeps, "kept", 5.0)
+    gone, _ = await place_calendar(await connect(7, gateway=expires), expires, "gone", 5.0)
+    await clock.advance(30.0)
+    await until(lambda: gone.orderStatus.status == "Cancelled")
+    assert kept.orderStatus.status == "Submitted"
+    assert [o.status for o in keeps.ledger.orders] == ["Submitted"]
+
+
 async def test_a_restart_on_a_later_day_forgets_earlier_days(
     gateway: SimulatedGateway, connect: ClientFactory, clock: ManualClock
 ) -> None:
@@ -552,7 +585,7 @@ async def test_control_ops_arm_the_new_faults(gateway: SimulatedGateway, ib: IB)
     """Each new op arms what the Python API arms; expire_day_orders and restart{new_day} act."""
     control = ControlServer(gateway)
     until_iso = (START + timedelta(hours=1)).isoformat()
-    for request in (
+    requests: list[dict[str, object]] = [
         {"op": "delay", "msg_id": 11, "seconds": 1, "max_seconds": 3, "count": 2},
         {"op": "duplicate", "msg_id": 59, "client_id": 7, "gap_s": 0.5},
         {"op": "coalesce_order_status", "window_s": 2.0},
@@ -561,7 +594,8 @@ async def test_control_ops_arm_the_new_faults(gateway: SimulatedGateway, ib: IB)
         {"op": "refuse_final_cancel"},
         {"op": "reject_orders", "reason": "margin", "error_first": True},
         {"op": "market_closed", "until": until_iso},
-    ):
+    ]
+    for request in requests:
         assert (await control.handle_line(_json(request)))["ok"], request
     faults = (await control.handle({"op": "status"}))["faults"]
     assert faults["delay"]["11"] == {"seconds": 1.0, "max_seconds": 3.0, "remaining": 2}
