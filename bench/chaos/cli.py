@@ -22,7 +22,7 @@ from bench.chaos.hosts import probe_settings
 from bench.chaos.menu import MENU
 from bench.chaos.plan import FaultClass, Host, TrialPlan, draw, resolve_only
 from bench.chaos.regressions import REGRESSIONS
-from bench.chaos.report import classes_table, failures, summary_table, trial_line
+from bench.chaos.report import classes_table, failures, summary_table, timing, trial_line
 from bench.chaos.trial import TrialResult, run_trial
 from bot.config import Settings
 from bot.logs import configure_logging
@@ -46,9 +46,8 @@ def _progress(message: str) -> None:
 
 
 async def _run(
-    runs: Sequence[tuple[int, Sequence[FaultClass]]],
+    runs: Sequence[tuple[int, Sequence[FaultClass], frozenset[Host]]],
     *,
-    hosts: frozenset[Host],
     proc_share: float,
     src: Path,
     known_keys: frozenset[str],
@@ -57,7 +56,7 @@ async def _run(
 ) -> list[TrialResult]:
     results: list[TrialResult] = []
     with tempfile.TemporaryDirectory(prefix="bot-chaos-") as tmp:
-        for index, (seed, forced) in enumerate(runs):
+        for index, (seed, forced, hosts) in enumerate(runs):
             plan: TrialPlan = draw(
                 random.Random(seed), MENU, hosts=hosts, proc_share=proc_share, forced=forced
             )
@@ -128,13 +127,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         known_keys = probe_settings(src)
     if args.regression:
         by_name = {c.name: c for c in MENU}
-        runs: list[tuple[int, Sequence[FaultClass]]] = [
-            (r.seed, [by_name[n] for n in r.classes]) for r in REGRESSIONS
+        runs: list[tuple[int, Sequence[FaultClass], frozenset[Host]]] = [
+            (r.seed, [by_name[n] for n in r.classes], hosts & {r.host}) for r in REGRESSIONS
         ]
     elif args.trial_seed:
-        runs = [(s, forced) for s in args.trial_seed]
+        runs = [(s, forced, hosts) for s in args.trial_seed]
     else:
-        runs = [(args.seed * SEED_STRIDE + i, forced) for i in range(args.trials)]
+        runs = [(args.seed * SEED_STRIDE + i, forced, hosts) for i in range(args.trials)]
     configure_logging("CRITICAL", stream=sys.stderr, force_json=True)
     for name in ("", "ib_async", "bot", "strategies"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
@@ -145,7 +144,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = asyncio.run(
             _run(
                 runs,
-                hosts=hosts,
                 proc_share=args.proc_share,
                 src=src,
                 known_keys=known_keys,
@@ -158,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     elapsed_s = time.monotonic() - start
     print(summary_table(results, elapsed_s))
+    print()
+    print(timing(results))
     print()
     print(classes_table(results, MENU))
     bad = failures(results)

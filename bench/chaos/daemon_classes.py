@@ -82,7 +82,7 @@ TRIGGERS = [
         "1-4 bursts of 1-25 concurrent control-socket `trade` requests at random moments; fired "
         "when one was answered",
         _arm_bursts,
-        lambda t: t.events["trigger.burst"] > t.events["outcome.down"],
+        lambda t: t.events["answered.burst"] > 0,
     ),
     FaultClass(
         "trigger.scheduler",
@@ -136,7 +136,17 @@ def _arm_kill(name: str, anchors: Sequence[Anchor]) -> Callable[[Trial], None]:
 
 
 def _arm_two(t: Trial) -> None:
+    """A second daemon on the account; each of the two also gets a trade of its own at a random
+    moment (as two hosts' schedules or operators would), whatever the other triggers do."""
     t.shape.daemons = 2
+    rng = t.rng_for("daemon.two")
+    for index in (0, 1):
+        anchor, delay_s = anchored(rng, ENTRY_ANCHORS, t)
+
+        async def go(index: int = index) -> None:
+            await t.trade(t.hosts[index], "two_daemons")
+
+        t.at(anchor, delay_s, f"daemon.two.{index}", go)
 
 
 def _two_fired(t: Trial) -> bool:
@@ -191,14 +201,15 @@ def _ny_date(host: InprocHost) -> date:
     return host.clock.now().astimezone(NEW_YORK).date()
 
 
-def _arm_clock(name: str, *, midnight: bool) -> Callable[[Trial], None]:
+def _arm_clock(name: str, *, midnight: bool, machine: bool = False) -> Callable[[Trial], None]:
     """Step an in-process daemon's wall clock by hours (the simulator keeps the true time, so the
     daemon and the broker disagree about the time and maybe the day). For `clock.midnight` the
     daemons start a little before (or after) New York midnight and the step crosses it; half the
-    time a second step goes back."""
+    time a second step goes back. `machine`: the gateway's clock starts and steps with them."""
 
     def arm(t: Trial) -> None:
         rng = t.rng_for(name)
+        t.shape.gateway_clock = t.shape.gateway_clock or machine
         if midnight:
             forward = rng.random() < 0.5
             minute = rng.randint(0, 57)
@@ -220,6 +231,8 @@ def _arm_clock(name: str, *, midnight: bool) -> Callable[[Trial], None]:
                     return
                 before = _ny_date(host)
                 host.shift(delta)
+                if machine and t.gw_clock is not None:
+                    t.gw_clock.offset += delta
                 t.events[name] += 1
                 if _ny_date(host) != before:
                     t.events[f"{name}.day_changed"] += 1
@@ -286,6 +299,16 @@ DAEMON = [
         "back); fired when a running daemon's New York date changed",
         _arm_clock("clock.midnight", midnight=True),
         lambda t: t.events["clock.midnight.day_changed"] > 0,
+        hosts=INPROC,
+    ),
+    FaultClass(
+        "clock.machine",
+        Group.DAEMON,
+        0.5,
+        "the whole machine's clock (the daemons' and the gateway's) starts near New York midnight "
+        "and is stepped across it together; fired when a running daemon's New York date changed",
+        _arm_clock("clock.machine", midnight=True, machine=True),
+        lambda t: t.events["clock.machine.day_changed"] > 0,
         hosts=INPROC,
     ),
 ]

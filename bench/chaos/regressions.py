@@ -2,12 +2,14 @@
 
 Each was found by the campaign against an older source tree (`--daemon-src`); `--regression`
 replays them on this tree with exactly those classes (the seed draws the rest: instants, sizes,
-the host when the classes allow either).
+and the daemons run as subprocesses, as when they were found).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from bench.chaos.plan import Host
 
 __all__ = ["REGRESSIONS", "Regression"]
 
@@ -21,6 +23,30 @@ class Regression:
     classes: tuple[str, ...]
     found: str
     """What it found on the old code."""
+    host: Host = Host.PROC
+    """Where its daemons run (as when it was found: subprocesses from the old tree)."""
 
 
-REGRESSIONS: tuple[Regression, ...] = ()
+REGRESSIONS: tuple[Regression, ...] = (
+    Regression(
+        "filled-before-executions",
+        1001,
+        ("hostile.exec_after_filled", "trigger.burst", "trigger.late", "fill.always"),
+        "orderStatus Filled before the execDetails: the entry was journaled filled with 0 fills, "
+        "so a plain later trade entered again (4 filled orders in one day, every fill lost)",
+    ),
+    Regression(
+        "two-daemons-one-orderref",
+        2001,
+        ("daemon.two", "trigger.burst", "fill.always"),
+        "two daemons (separate journals, client ids 17 and 18) each sent calendar:<day>:1: two "
+        "filled orders with one orderRef",
+    ),
+    Regression(
+        "bag-fill-legs-only",
+        3001,
+        ("hostile.legs_only", "trigger.burst", "trigger.late", "fill.always"),
+        "combo fills reported with leg executions only: the entry was journaled filled with 0 "
+        "fills and a later trade entered again",
+    ),
+)

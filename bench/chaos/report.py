@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from bench.chaos.plan import FaultClass
+from bench.chaos.plan import FaultClass, Host
 from bench.chaos.trial import TrialResult
 
-__all__ = ["classes_table", "failures", "summary_table", "trial_line"]
+__all__ = ["classes_table", "failures", "summary_table", "timing", "trial_line"]
 
 
 def summary_table(results: Sequence[TrialResult], elapsed_s: float) -> str:
@@ -19,14 +19,27 @@ def summary_table(results: Sequence[TrialResult], elapsed_s: float) -> str:
     dup = sum(len(r.verdict.duplicates) for r in results)
     lost = sum(len(r.verdict.lost_fills) for r in results)
     mism = sum(len(r.verdict.mismatches) for r in results)
+    resolved = sum(len(r.verdict.resolved) for r in results)
     return "\n".join(
         [
             "| trials | triggers | crashes | orders at the broker | duplicate orders | lost fills "
-            "| journal/broker mismatches | time |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|",
-            f"| {trials} | {triggers} | {crashes} | {orders} | {dup} | {lost} | {mism} | {elapsed_s:.0f} s |",
+            "| journal/broker mismatches | same-instant duplicates cancelled unfilled | time |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            f"| {trials} | {triggers} | {crashes} | {orders} | {dup} | {lost} | {mism} | {resolved} "
+            f"| {elapsed_s:.0f} s |",
         ]
     )
+
+
+def timing(results: Sequence[TrialResult]) -> str:
+    """Seconds per trial by daemon host: count, mean and max."""
+    parts: list[str] = []
+    for host in Host:
+        times = [r.elapsed_s for r in results if r.plan.host is host]
+        if times:
+            mean_s = sum(times) / len(times)
+            parts.append(f"{host.value}: {len(times)} trials, mean {mean_s:.1f} s, max {max(times):.1f} s")
+    return "Per trial: " + "; ".join(parts) + "."
 
 
 def classes_table(results: Sequence[TrialResult], menu: Sequence[FaultClass]) -> str:

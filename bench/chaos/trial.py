@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import json
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -75,6 +76,9 @@ class Shape:
     """The New York wall time the in-process daemons' clocks start at (None: the true time)."""
     sim_config: dict[str, Any] = field(default_factory=dict)
     """SimConfig fields to override for this trial's gateway."""
+    gateway_clock: bool = False
+    """The gateway runs on a clock like the daemons' (same start, stepped with them), as when
+    both run on one machine whose clock is wrong; otherwise it keeps the true time."""
 
 
 @dataclass(slots=True)
@@ -123,6 +127,8 @@ class Trial:
         """Timed actions anchored at READY land within this many seconds of it."""
         self.hosts: list[DaemonHost] = []
         self.gw: SimulatedGateway
+        self.gw_clock: ShiftedClock | None = None
+        """The gateway's clock when a class steps it too (`Shape.gateway_clock`)."""
         self.control: ControlServer
         self._at_start: list[Action] = []
         self._timed: list[_Timed] = []
@@ -173,6 +179,8 @@ class Trial:
         self.events[f"trigger.{tag}"] += 1
         outcome = await host.trade()
         self.events[f"outcome.{outcome}"] += 1
+        if outcome != "down":
+            self.events[f"answered.{tag}"] += 1
         if outcome == "started":
             self._anchors[Anchor.CLAIM].set()
         return outcome
@@ -294,7 +302,8 @@ class Trial:
     async def run(self) -> Verdict:
         """Run the trial and judge it."""
         config = SimConfig(seed=self.seed & 0x7FFFFFFF, strict=False, **self.shape.sim_config)
-        self.gw = SimulatedGateway(config, clock=SystemClock())
+        self.gw_clock = self._clock() if self.shape.gateway_clock else None
+        self.gw = SimulatedGateway(config, clock=self.gw_clock or SystemClock())
         self.control = ControlServer(self.gw)
         await self.gw.start(host="127.0.0.1", port=0)
         try:
@@ -347,8 +356,6 @@ class Trial:
 
 
 def _json_line(request: dict[str, Any]) -> bytes:
-    import json  # noqa: PLC0415 -- only for the in-process control requests
-
     return json.dumps(request).encode()
 
 
