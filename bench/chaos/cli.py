@@ -1,7 +1,9 @@
 """`python -m bench.chaos`: parse the arguments, run the trials one after another, print the report.
 
 Trial i of a run with `--seed S` has the trial seed `S * 1_000_003 + i`; `--trial-seed X` runs
-that one trial again (with the same `--only` and `--daemon-src`, if any). stdout carries the
+that one trial again (with the same `--only` and `--daemon-src`, if any): the same plan and the
+same drawn instants as long as the menu is unchanged (a new class shifts the weighted draw; the
+regression runs name all their classes, so only instants and sizes are drawn, per class). stdout carries the
 report; progress lines go to stderr. Exit status 1 on any duplicate, lost fill or mismatch.
 """
 
@@ -22,7 +24,7 @@ from bench.chaos.hosts import probe_settings
 from bench.chaos.menu import MENU
 from bench.chaos.plan import FaultClass, Host, TrialPlan, draw, resolve_only
 from bench.chaos.regressions import REGRESSIONS
-from bench.chaos.report import classes_table, failures, summary_table, timing, trial_line
+from bench.chaos.report import classes_table, failures, forgotten, summary_table, timing, trial_line
 from bench.chaos.trial import TrialResult, run_trial
 from bot.config import Settings
 from bot.logs import configure_logging
@@ -158,6 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(summary_table(results, elapsed_s))
     print()
     print(timing(results))
+    print(forgotten(results))
     print()
     print(classes_table(results, MENU))
     bad = failures(results)

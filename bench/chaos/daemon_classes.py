@@ -186,6 +186,7 @@ def _arm_restore(t: Trial) -> None:
             copy: Path = t.state["daemon.restore"]
             lost = _entry_keys(host.journal_path) - _entry_keys(copy)
             restore_journal(copy, host.journal_path)
+            t.restored[host.client_id] = len(t.gw.ledger.orders)
             t.events["daemon.restore"] += 1
             t.events["daemon.restore.lost"] += len(lost)
             ready = await t.restart(host, 0.0)

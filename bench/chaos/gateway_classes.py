@@ -188,6 +188,21 @@ def _arm_hold(t: Trial) -> None:
     t.at(anchor, delay_s, "gw.hold_client_id", go)
 
 
+def _arm_spot_jump(t: Trial) -> None:
+    """The index jumps 0.5-2% up or down while the entry is in flight (quotes, the threshold fill
+    and the walk's next step all move)."""
+    rng = t.rng_for("gw.spot_jump")
+    anchor, delay_s = anchored(rng, (Anchor.CLAIM, Anchor.ORDER, Anchor.ORDER), t)
+    factor = 1.0 + rng.choice((-1, 1)) * rng.uniform(0.005, 0.02)
+
+    async def go() -> None:
+        before = t.gw.market.spot()
+        await t.op("set_spot", spot=round(before * factor, 2))
+        t.events["gw.spot_jump"] += int(t.gw.market.spot() != before)
+
+    t.at(anchor, delay_s, "gw.spot_jump", go)
+
+
 GATEWAY = [
     FaultClass(
         "gw.drop",
@@ -248,6 +263,14 @@ GATEWAY = [
         "1100 then 1102 (data maintained); fired when a 1100 frame went out",
         _arm_connectivity("gw.conn_1102", maintained=True),
         lambda t: errors_sent(t, 1100) > 0,
+    ),
+    FaultClass(
+        "gw.spot_jump",
+        Group.GATEWAY,
+        0.5,
+        "SPX jumps 0.5-2% while the entry is in flight; fired when the gateway's spot moved",
+        _arm_spot_jump,
+        lambda t: t.events["gw.spot_jump"] > 0,
     ),
     FaultClass(
         "gw.hold_client_id",
@@ -371,6 +394,14 @@ def _arm_chain(t: Trial) -> None:
     shape = rng.choice(shapes)
     t.state["hostile.chain_holes"] = shape
     arm_op(t, "chain_shape", shape=shape)
+
+
+def _arm_no_live_data(t: Trial) -> None:
+    """The account has no live option data; the daemons are configured for delayed data (as the
+    paper example configuration is) 70% of the time, else left on live (they must fail closed)."""
+    t.shape.sim_config["market_data_entitled"] = False
+    if t.rng_for("hostile.no_live_data").random() < 0.7:
+        t.shape.market_data_type = "delayed"
 
 
 def _arm_zone(t: Trial) -> None:
@@ -614,6 +645,17 @@ HOSTILE = [
         _arm_lines,
         lambda t: errors_sent(t, 101) > 0,
         available=_config_has("limits"),
+    ),
+    FaultClass(
+        "hostile.no_live_data",
+        Group.HOSTILE,
+        0.4,
+        "a paper account without live option data: live requests refused with 354, delayed data "
+        "works (daemons on delayed 70% of the time); fired when a 354 went out or delayed data "
+        "was asked for",
+        _arm_no_live_data,
+        lambda t: errors_sent(t, 354) > 0 or t.shape.market_data_type == "delayed",
+        available=_config_has("market_data_entitled"),
     ),
     FaultClass(
         "hostile.chain_holes",

@@ -11,6 +11,7 @@ Also here: the journal's backup (SQLite's online backup API) and restore, and re
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import itertools
@@ -94,7 +95,7 @@ async def control_request(
     return None
 
 
-class DaemonHost:
+class DaemonHost(abc.ABC):
     """What a trial does with one daemon; `InprocHost` and `ProcHost` implement it."""
 
     def __init__(self, name: str, directory: Path, client_id: int, port: int) -> None:
@@ -105,7 +106,6 @@ class DaemonHost:
         self.lock_dir = directory / "locks"
         self.client_id = client_id
         self.port = port
-        self.starts = 0
         self.failures: list[str] = []
         """What went wrong with the daemon itself (start-up errors, exits nobody asked for)."""
         self.dir.mkdir(parents=True)
@@ -117,21 +117,21 @@ class DaemonHost:
         return self.state_dir / "journal.sqlite3"
 
     @property
+    @abc.abstractmethod
     def alive(self) -> bool:
         """True while the daemon runs."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def start(self, demo_s: float) -> None:
         """Start the daemon; a demo entry fires `demo_s` after the start."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def kill(self) -> bool:
         """Stop dead; True when it was running."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def stop(self) -> None:
         """Stop gracefully (drain, final journal write), bounded."""
-        raise NotImplementedError
 
     async def status(self) -> dict[str, Any] | None:
         """The daemon's `status` result, or None when it does not answer."""
@@ -178,6 +178,7 @@ class InprocHost(DaemonHost):
         quantity: int,
         clock: ShiftedClock,
         service_extra: dict[str, Any],
+        market_data_type: str = "live",
     ) -> None:
         super().__init__(name, directory, client_id, port)
         self.clock = clock
@@ -191,6 +192,7 @@ class InprocHost(DaemonHost):
                 reconnect_max_s=0.3,
                 connect_timeout_s=2.0,
                 request_timeout_s=1.5,
+                market_data_type=market_data_type,
             ),
             strategy=StrategySettings(
                 step_interval_s=0.15, fill_timeout_s=0.4, max_steps=2, quantity=quantity
@@ -219,7 +221,6 @@ class InprocHost(DaemonHost):
             handle_signals=False,
         )
         self.task = asyncio.create_task(self.daemon.run(), name=f"chaos-daemon-{self.name}")
-        self.starts += 1
 
     async def kill(self) -> bool:
         task = self.task
@@ -300,6 +301,7 @@ class ProcHost(DaemonHost):
         quantity: int,
         src: Path,
         known_keys: frozenset[str],
+        market_data_type: str = "live",
     ) -> None:
         super().__init__(name, directory, client_id, port)
         self.src = src
@@ -316,6 +318,7 @@ class ProcHost(DaemonHost):
                 "reconnect_max_s": 0.3,
                 "connect_timeout_s": 2.0,
                 "request_timeout_s": 1.5,
+                "market_data_type": market_data_type,
             },
             "control": {"socket_path": self.socket},
             "strategy": {
@@ -350,7 +353,6 @@ class ProcHost(DaemonHost):
                 env=_child_env(self.src),
                 cwd=self.src,
             )
-        self.starts += 1
 
     @property
     def pid(self) -> int | None:

@@ -9,12 +9,16 @@ never trusted about themselves. Three kinds of finding:
   or an execution id the broker reported for it is missing from that journal;
 * mismatch: the journal shows fills the broker never made, a final status the broker contradicts,
   an order at the broker in no journal, an entry left live, an order still working at the broker.
+
+An order a restored journal cannot know (placed before the restore, final, with no fill) is not a
+finding: the restore took its record away and nothing of it remains to reconcile. It is counted
+in `forgotten`.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +38,8 @@ class Verdict:
     duplicates: list[str] = field(default_factory=list)
     lost_fills: list[str] = field(default_factory=list)
     mismatches: list[str] = field(default_factory=list)
+    forgotten: list[str] = field(default_factory=list)
+    """Orders placed before a journal restore, final with no fill, that the restored journal lacks."""
     resolved: list[str] = field(default_factory=list)
     """Second orders for one key that the later-permId rule cancelled with no fill."""
 
@@ -80,8 +86,15 @@ def _journal(path: Path) -> dict[str, _Entry]:
     }
 
 
-def judge(gw: SimulatedGateway, journals: Sequence[tuple[str, int, Path]]) -> Verdict:
-    """Judge one trial: `journals` are (daemon name, its IB client id, its journal file)."""
+def judge(
+    gw: SimulatedGateway,
+    journals: Sequence[tuple[str, int, Path]],
+    restored: Mapping[int, int] | None = None,
+) -> Verdict:
+    """Judge one trial: `journals` are (daemon name, its IB client id, its journal file);
+    `restored` maps a client id to how many orders the ledger held when that daemon's journal
+    was last replaced by an earlier copy (a position, not a time: clocks may be stepped)."""
+    restored = restored or {}
     verdict = Verdict()
     orders = list(gw.ledger.orders)
     verdict.orders = len(orders)
@@ -113,14 +126,18 @@ def judge(gw: SimulatedGateway, journals: Sequence[tuple[str, int, Path]]) -> Ve
     known: set[str] = set()
     for o in orders:
         known |= _identities(gw, o)
-    for o in orders:
+    for position, o in enumerate(orders):
         name = owner.get(o.client_id)
         entry = entries.get(name, {}).get(o.order_ref) if name is not None else None
         where = f"{o.order_ref} (client {o.client_id} #{o.order_id})"
         if entry is None:
+            before_restore = position < restored.get(o.client_id, 0)
+            if before_restore and o.is_done and o.filled_qty <= _TOLERANCE:
+                verdict.forgotten.append(f"{where}: {o.status}, placed before the journal restore")
+                continue
             holders = [n for n, e in entries.items() if o.order_ref in e]
             seen = f"only in journal {', '.join(holders)}" if holders else "in no journal"
-            verdict.mismatches.append(f"{where}: at the broker ({o.status}), {seen}")
+            verdict.mismatches.append(f"{where}: at the broker ({o.status}, {o.filled_qty:g} filled), {seen}")
             continue
         _compare(verdict, gw, where, o, entry, name or "?", multi=len(by_ref[o.order_ref]) > 1)
         if o.is_working:

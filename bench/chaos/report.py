@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from bench.chaos.plan import FaultClass, Host
 from bench.chaos.trial import TrialResult
 
-__all__ = ["classes_table", "failures", "summary_table", "timing", "trial_line"]
+__all__ = ["classes_table", "failures", "forgotten", "summary_table", "timing", "trial_line"]
 
 
 def summary_table(results: Sequence[TrialResult], elapsed_s: float) -> str:
@@ -28,6 +28,16 @@ def summary_table(results: Sequence[TrialResult], elapsed_s: float) -> str:
             f"| {trials} | {triggers} | {crashes} | {orders} | {dup} | {lost} | {mism} | {resolved} "
             f"| {elapsed_s:.0f} s |",
         ]
+    )
+
+
+def forgotten(results: Sequence[TrialResult]) -> str:
+    """How many orders a journal restore legitimately took from the journals (not findings)."""
+    n = sum(len(r.verdict.forgotten) for r in results)
+    trials = sum(1 for r in results if r.verdict.forgotten)
+    return (
+        "Orders placed before a journal restore, final and unfilled, absent from the restored "
+        f"journal (not findings): {n} in {trials} trials."
     )
 
 
@@ -62,9 +72,12 @@ def trial_line(index: int, r: TrialResult) -> str:
     """One line per trial: seed, host, classes (fired ones marked *), orders, findings."""
     flag = "ok  " if r.ok else "FAIL"
     classes = ",".join(f"{n}*" if n in r.fired else n for n in r.plan.names)
+    outcomes = ",".join(
+        f"{k.removeprefix('outcome.')}={v}" for k, v in sorted(r.events.items()) if k.startswith("outcome.")
+    )
     return (
         f"{flag} trial {index} seed={r.seed} host={r.plan.host.value} {r.elapsed_s:.1f}s "
-        f"orders={r.verdict.orders} triggers={r.events['triggers']} classes={classes}"
+        f"orders={r.verdict.orders} triggers={r.events['triggers']} ({outcomes}) classes={classes}"
     )
 
 
@@ -79,5 +92,5 @@ def failures(results: Sequence[TrialResult]) -> str:
             f"classes {', '.join(r.plan.names)}; fired: {', '.join(r.fired) or 'none'}"
         )
         lines += [f"  - {finding}" for finding in r.verdict.findings()]
-        lines += [f"  - note: {n}" for n in r.notes if n not in r.verdict.mismatches]
+        lines += [f"  - note: {n}" for n in r.notes]
     return "\n".join(lines)

@@ -76,6 +76,8 @@ class Shape:
     """The New York wall time the in-process daemons' clocks start at (None: the true time)."""
     sim_config: dict[str, Any] = field(default_factory=dict)
     """SimConfig fields to override for this trial's gateway."""
+    market_data_type: str = "live"
+    """The daemons' `broker.market_data_type` (a paper account without live data needs delayed)."""
     gateway_clock: bool = False
     """The gateway runs on a clock like the daemons' (same start, stepped with them), as when
     both run on one machine whose clock is wrong; otherwise it keeps the true time."""
@@ -123,6 +125,9 @@ class Trial:
         self.events: Counter[str] = Counter()
         """Runner-side facts: triggers sent and their outcomes, kills delivered, restores, steps."""
         self.notes: list[str] = []
+        """What the runner noticed that is not a finding (an action that could not run)."""
+        self.problems: list[str] = []
+        """Findings about the trial as a whole (a daemon never ready, something left live)."""
         self.window_s = 1.5
         """Timed actions anchored at READY land within this many seconds of it."""
         self.hosts: list[DaemonHost] = []
@@ -136,6 +141,8 @@ class Trial:
         self._after: list[tuple[int, int, Action]] = []
         self._anchors = {a: asyncio.Event() for a in Anchor}
         self._locks: dict[str, asyncio.Lock] = {}
+        self.restored: dict[int, int] = {}
+        """Client id -> orders in the ledger when that daemon's journal was replaced by a copy."""
         self.state: dict[str, Any] = {}
         """Per-class scratch space (e.g. the journal copy), keyed by class name."""
 
@@ -246,6 +253,7 @@ class Trial:
                     quantity=self.shape.quantity,
                     clock=self._clock(),
                     service_extra=service_extra,
+                    market_data_type=self.shape.market_data_type,
                 )
             else:
                 host = ProcHost(
@@ -256,6 +264,7 @@ class Trial:
                     quantity=self.shape.quantity,
                     src=self.src,
                     known_keys=self.known_keys,
+                    market_data_type=self.shape.market_data_type,
                 )
             self.hosts.append(host)
 
@@ -318,7 +327,8 @@ class Trial:
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
                 await asyncio.gather(*(h.stop() for h in self.hosts))
-            return judge(self.gw, [(h.name, h.client_id, h.journal_path) for h in self.hosts])
+            journals = [(h.name, h.client_id, h.journal_path) for h in self.hosts]
+            return judge(self.gw, journals, self.restored)
         finally:
             await self.gw.stop()
 
@@ -336,7 +346,7 @@ class Trial:
                     if not ok and not host.alive:
                         ok = await self.restart(host, 0.0)  # noqa: PLW2901 -- the retried readiness
                     if not ok:
-                        self.notes.append(f"daemon {host.name} never became ready")
+                        self.problems.append(f"daemon {host.name} never became ready")
             for hook in self._on_ready:
                 hook()
             self._anchors[Anchor.READY].set()
@@ -352,7 +362,7 @@ class Trial:
                 if not host.alive:
                     await self.restart(host, 0.0)
         if not await self.quiet(30.0):
-            self.notes.append("entries or orders still live 30 s after the trial")
+            self.problems.append("entries or orders still live 30 s after the trial")
 
 
 def _json_line(request: dict[str, Any]) -> bytes:
@@ -384,8 +394,7 @@ async def run_trial(
     result.events = trial.events
     result.notes = trial.notes + [f"daemon {h.name}: {f}" for h in trial.hosts for f in h.failures]
     result.elapsed_s = loop.time() - start
-    if trial.notes:
-        result.verdict.mismatches += [n for n in trial.notes if "still live" in n or "never became" in n]
+    result.verdict.mismatches += trial.problems
     return result
 
 
