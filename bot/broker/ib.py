@@ -1252,6 +1252,10 @@ class IBBroker:
                 ref, trade, [*bag_fills, *(local.fills if local else [])], version=0, order_id=order_id
             )
             return self._settle(ref, order)
+        if local is not None and not local.isDone() and self._is_ours(local):
+            # Our own live order, missing from the gateway's answer (its openOrder can arrive after
+            # the answer's end marker): it is not concluded final, or gone, from that absence.
+            return self._order_of(ref, local, bag_fills, version=self._versions.get(ref, 0))
         if bag_fills:
             # Executions with no open or completed order: the order is not working any more, and
             # the executions are the whole record of it (BAG level, or the legs alone).

@@ -262,3 +262,31 @@ async def test_a_price_refused_for_its_increment_steps_to_a_valid_price(
     assert all(abs(p * 10 - round(p * 10)) < 1e-6 for p in order.limit_prices), order.limit_prices
     assert len(order.limit_prices) >= 2
     assert refused or all(abs(p * 10 - round(p * 10)) < 1e-6 for p in order.limit_prices)
+
+
+async def test_an_open_order_answer_missing_our_live_order_concludes_nothing(
+    make_gw: Callable[..., Awaitable[SimulatedGateway]], tmp_path: Path
+) -> None:
+    """Found by the chaos campaign: openOrder frames arrive late, after the open-orders answer's
+    end marker, while one of two units has filled (leg executions only, one of them lost). The
+    look-up must not take "executions but no open order" for a finished order: the order is still
+    ours and live, and the entry ends filled 2/2 as the broker says (before the fix: `partial`,
+    with the second unit lost)."""
+    gw = await make_gw()
+    gw.fill_model = FillModel.always(partial_qty=1, rest_after_s=0.3)
+    gw.faults.delay(5, 0.85)
+    gw.faults.leg_executions_only(4)
+    gw.faults.omit(EXEC_DETAILS, 1)
+    settings = _settings(gw, tmp_path)
+    settings = settings.model_copy(
+        update={
+            "strategy": StrategySettings(step_interval_s=0.15, fill_timeout_s=0.4, max_steps=2, quantity=2)
+        }
+    )
+    async with running_daemon(settings) as d:
+        first = await _trade(d)
+        assert await entry_final(d, first.trade.id) == "filled"
+        view = await d.journal.entry(first.trade.id)
+        assert (view.filled, view.broker_filled) == (2, 2.0)
+    [order] = gw.ledger.orders
+    assert order.filled_qty == 2
