@@ -31,7 +31,7 @@ from datetime import date
 from bot.broker.protocol import Broker
 from bot.domain import ActionKind, AlertKind, EntryStatus, TradeView
 from bot.entry import EntryRunner
-from bot.journal.store import Journal, day_prefix
+from bot.journal.store import Journal, parse_key
 from bot.logs import get_logger
 from bot.settle import final_action, final_status
 
@@ -164,7 +164,7 @@ async def reconcile(
             on_alert()
         if order.executed < order.filled:
             report.unexpected.append(f"#{trade.id}: {order.filled:g} filled, {order.executed:g} executions")
-    await _adopt_unknown_orders(journal, broker, runner, strategy, today, report, on_alert)
+    await _adopt_unknown_orders(journal, broker, runner, strategy, report, on_alert)
     if report.unexpected or report.adopted or report.finished or report.never_sent:
         log.warning("reconciliation changed the journal", **report.to_json())
     return report
@@ -175,12 +175,17 @@ async def _adopt_unknown_orders(
     broker: Broker,
     runner: EntryRunner,
     strategy: str,
-    today: date,
     report: ReconcileReport,
     on_alert: Callable[[], None],
 ) -> None:
-    """Orders of today at the broker under keys this journal does not know: adopted, not doubled."""
-    for order in await broker.find_day(day_prefix(strategy, today)):
+    """Orders of this strategy at the broker (any day it still lists: a wall clock stepped across
+    midnight makes yesterday's order today's question) under keys this journal does not know:
+    adopted, never doubled."""
+    for order in await broker.find_day(f"{strategy}:"):
+        parsed = parse_key(order.order_ref)
+        if parsed is None or parsed[0] != strategy:
+            continue
+        day = parsed[1]
         if await journal.entry_by_key(order.order_ref) is not None:
             continue
         detail = {"perm_id": order.perm_id, "state": order.state.value, "filled": order.filled}
@@ -189,7 +194,7 @@ async def _adopt_unknown_orders(
             f"bot: IB has {order.order_ref} ({order.state.value}, filled {order.filled:g}) unknown to "
             "this journal (lost/restored journal or a second bot); adopted",
         )
-        live_here = any(t.status.is_live for t in await journal.entries_on(strategy, today))
+        live_here = any(t.status.is_live for t in await journal.entries_on(strategy, day))
         if live_here and not order.state.is_final:
             # Another entry of today is live here too: two live orders for one day. Leave both to
             # the broker-side duplicate rule (the later permId cancels itself) and say so loudly.
@@ -197,9 +202,9 @@ async def _adopt_unknown_orders(
             await journal.log_action(
                 ActionKind.RECONCILED,
                 strategy=strategy,
-                day=today,
+                day=day,
                 detail={"unexpected": "second live order", **detail, "ref": order.order_ref},
-                alert=(AlertKind.RECONCILE_UNEXPECTED, f"bot: two live orders for {today} at IB - check"),
+                alert=(AlertKind.RECONCILE_UNEXPECTED, f"bot: two live orders for {day} at IB - check"),
             )
             on_alert()
             continue

@@ -40,8 +40,6 @@ class Verdict:
     mismatches: list[str] = field(default_factory=list)
     forgotten: list[str] = field(default_factory=list)
     """Orders placed before a journal restore, final with no fill, that the restored journal lacks."""
-    resolved: list[str] = field(default_factory=list)
-    """Second orders for one key that the later-permId rule cancelled with no fill."""
 
     @property
     def ok(self) -> bool:
@@ -54,7 +52,6 @@ class Verdict:
             [f"duplicate: {d}" for d in self.duplicates]
             + [f"lost fill: {d}" for d in self.lost_fills]
             + [f"mismatch: {d}" for d in self.mismatches]
-            + [f"resolved duplicate (no fill): {d}" for d in self.resolved]
         )
 
 
@@ -107,15 +104,7 @@ def judge(
     for ref, same in by_ref.items():
         if len(same) > 1:
             owners = ", ".join(f"client {o.client_id} #{o.order_id} {o.status}" for o in same)
-            finding = f"{ref}: {len(same)} orders at the broker ({owners})"
-            later = sorted(same, key=lambda o: o.perm_id)[1:]
-            if all(o.status == "Cancelled" and o.filled_qty <= _TOLERANCE for o in later):
-                # Two hosts passed the broker check in the same instant; the later permId
-                # cancelled itself with no fill (the documented remaining window): counted
-                # apart, never hidden.
-                verdict.resolved.append(finding)
-            else:
-                verdict.duplicates.append(finding)
+            verdict.duplicates.append(f"{ref}: {len(same)} orders at the broker ({owners})")
     for (strategy, day), filled in filled_by_day.items():
         if len(filled) > 1:
             refs = ", ".join(f"{o.order_ref} ({o.filled_qty:g} filled)" for o in filled)

@@ -48,6 +48,10 @@ __all__ = ["Daemon"]
 
 log = get_logger(__name__)
 
+_CHECK_SLOTS = 8
+_CHECK_SLOT_S = 0.25
+"""Width of one client id's slot for the broker-side check (above a placement's round trip)."""
+
 _RECONCILE_AGAIN_S = 30.0
 """How often reconciliation runs again while entries are not settled (missing executions)."""
 
@@ -181,7 +185,15 @@ class Daemon:
         # A restarted gateway can roll nextValidId back below ids this bot used (error 103).
         self.broker.order_id_floor = await self.journal.max_order_id()
         params = strategy_params(s.strategy, demo=self.demo_delay_s is not None)
-        strategy = CalendarSpread(s.strategy.name, params, self.calendar)
+
+        # Symmetry breaking between copies of the bot on one account (two hosts, one schedule):
+        # each client id asks the broker in its own slot, so the later sees the earlier's order.
+        strategy = CalendarSpread(
+            s.strategy.name,
+            params,
+            self.calendar,
+            broker_check_delay_s=(s.broker.client_id % _CHECK_SLOTS) * _CHECK_SLOT_S,
+        )
         self.guard = EntryGuard(
             self.journal,
             self.clock,

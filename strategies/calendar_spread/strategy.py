@@ -64,8 +64,16 @@ class CalendarParams:
 class CalendarSpread:
     """Enters one calendar spread (single or double) per call."""
 
-    def __init__(self, name: str, params: CalendarParams, calendar: TradingCalendar) -> None:
+    def __init__(
+        self,
+        name: str,
+        params: CalendarParams,
+        calendar: TradingCalendar,
+        *,
+        broker_check_delay_s: float = 0.0,
+    ) -> None:
         self.name = name
+        self._broker_check_delay_s = broker_check_delay_s
         self.params = params
         self._calendar = calendar
 
@@ -107,7 +115,11 @@ class CalendarSpread:
             ctx.stop,
             request,
             ladder,
-            WalkSettings(step_interval_s=p.step_interval_s, fill_timeout_s=p.fill_timeout_s),
+            WalkSettings(
+                step_interval_s=p.step_interval_s,
+                fill_timeout_s=p.fill_timeout_s,
+                broker_check_delay_s=self._broker_check_delay_s,
+            ),
             rule,
         )
 
@@ -121,7 +133,11 @@ class CalendarSpread:
             ctx.stop,
             order,
             ctx.trade.quantity,
-            WalkSettings(step_interval_s=p.step_interval_s, fill_timeout_s=p.fill_timeout_s),
+            WalkSettings(
+                step_interval_s=p.step_interval_s,
+                fill_timeout_s=p.fill_timeout_s,
+                broker_check_delay_s=self._broker_check_delay_s,
+            ),
         )
 
     async def _choose(self, ctx: EntryContext) -> tuple[list[OptionQuote], list[OptionQuote]]:

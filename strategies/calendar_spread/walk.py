@@ -42,6 +42,10 @@ class WalkSettings:
     fill_timeout_s: float
     executions_wait_s: float = 5.0
     """How long to wait, after the broker says filled, for executions that have not arrived."""
+    broker_check_delay_s: float = 0.0
+    """A wait before the broker-side check, different for each client id: two copies of the bot
+    fired at the same instant (the same schedule on two hosts) then ask the broker at different
+    moments, and the later one sees the earlier one's order instead of sending its own."""
 
 
 async def _first(*aws: Awaitable[Any]) -> tuple[int, Any]:
@@ -175,6 +179,8 @@ async def work_order(
     if stop.is_set():
         await recorder.finished(EntryStatus.CANCELLED, "stop requested before the order was sent")
         return
+    if timing.broker_check_delay_s > 0:
+        await _first(clock.sleep(timing.broker_check_delay_s), stop.wait())
     for attempt in range(3):
         try:
             await check_before_send(broker, recorder)
