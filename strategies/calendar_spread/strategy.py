@@ -178,11 +178,13 @@ class CalendarSpread:
     async def _pair(
         self, ctx: EntryContext, front: date, back: date, right: Right, strikes: list[float]
     ) -> tuple[OptionQuote, OptionQuote]:
-        """Quotes for the first of `strikes` listed in both expiries."""
-        wanted = [OptionContract(e, k, right) for k in strikes for e in (front, back)]
-        quotes = await ctx.broker.quotes(wanted, skip_missing=True)
-        by_key = {(q.contract.expiry, q.contract.strike): q for q in quotes}
+        """Quotes for the first of `strikes` listed in both expiries (tried one at a time, so
+        the usual case costs one pair of quotes and few requests: IB paces a client's messages)."""
         for strike in strikes:
+            quotes = await ctx.broker.quotes(
+                [OptionContract(front, strike, right), OptionContract(back, strike, right)], skip_missing=True
+            )
+            by_key = {(q.contract.expiry, q.contract.strike): q for q in quotes}
             if (front, strike) in by_key and (back, strike) in by_key:
                 return by_key[(front, strike)], by_key[(back, strike)]
         tried = ", ".join(f"{k:g}" for k in strikes) or "none"

@@ -213,9 +213,11 @@ async def work_order(
         placed = await broker.place(request)
     await recorder.order_placed(request.limit, placed.order_id, placed.perm_id, placed.client_id or None)
     await walk.absorb(placed)
-    if not walk.done() and await _duplicate_after_place(walk, broker, recorder, placed):
-        final = await _cancel_confirmed(walk, broker)
-        await walk.absorb(final)
+    # Asked even when ours filled at once: then it cannot be undone, but it is journaled and
+    # alerted as a duplicate for a person to close.
+    if await _duplicate_after_place(walk, broker, recorder, placed):
+        if not walk.done():
+            await walk.absorb(await _cancel_confirmed(walk, broker))
         await _settle(walk, recorder, request.quantity, "another order for the day reached IB first")
         return
     for limit in ladder[1:]:

@@ -10,6 +10,7 @@ simulator's ledger is the judge; each test failed on the code before the fix.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -290,3 +291,40 @@ async def test_an_open_order_answer_missing_our_live_order_concludes_nothing(
         assert (view.filled, view.broker_filled) == (2, 2.0)
     [order] = gw.ledger.orders
     assert order.filled_qty == 2
+
+
+async def test_order_ids_never_roll_back_below_the_journals_highest(
+    gw: SimulatedGateway, tmp_path: Path
+) -> None:
+    """A gateway restart rolls nextValidId back to 1 and (a new day for what clients see) forgets
+    the executions that would show the ids already used: the next order's id still starts above
+    the journal's highest, so the gateway never answers 103 (before the fix it did)."""
+    settings = _settings(gw, tmp_path)
+    async with running_daemon(settings) as d:
+        first = await _trade(d)
+        assert await entry_final(d, first.trade.id) == "filled"
+    await gw.restart(next_valid_id=1, new_day=True)
+    async with running_daemon(settings) as d:
+        forced = await d.trade(force=True)
+        assert isinstance(forced, Started)
+        assert await entry_final(d, forced.trade.id) == "filled"
+    assert gw.ledger.refused == []
+    ids = [o.order_id for o in gw.ledger.orders]
+    assert len(ids) == 2 and ids[1] > ids[0]
+
+
+async def test_two_copies_fired_at_the_same_instant_send_one_order(
+    gw: SimulatedGateway, tmp_path: Path
+) -> None:
+    """The same schedule on two hosts: both copies trade in the same instant. Each client id asks
+    the broker in its own slot, so the later one finds the earlier one's order and adopts it: one
+    order at the broker, never two with one orderRef."""
+    async with (
+        running_daemon(_settings(gw, tmp_path / "a", client_id=17)) as a,
+        running_daemon(_settings(gw, tmp_path / "b", client_id=18)) as b,
+    ):
+        first, second = await asyncio.gather(a.trade(force=False), b.trade(force=False))
+        assert isinstance(first, Started) and isinstance(second, Started)
+        await until(lambda: not a.runner.running and not b.runner.running)
+    assert [o.order_ref for o in gw.ledger.orders] == [first.trade.idempotency_key]
+    assert len(_filled_orders(gw)) == 1
