@@ -14,7 +14,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from bot.broker.errors import BrokerError, DoNotRetry
-from bot.broker.protocol import Broker, BrokerOrder
+from bot.broker.protocol import Broker, BrokerOrder, OrderState
 from bot.clock import Clock
 from bot.domain import Blocked, EntryStatus, Skipped, Source, Started, TradeView
 from bot.guard import EntryGuard
@@ -50,6 +50,7 @@ class EntryRunner:
         spawn: Spawn = _default_spawn,
         on_alert: Callable[[], None] = lambda: None,
         on_fatal: Callable[[str], None] = lambda _reason: None,
+        on_unsettled: Callable[[], None] = lambda: None,
         any_day: bool = False,
     ) -> None:
         self.guard = guard
@@ -61,6 +62,7 @@ class EntryRunner:
         self._spawn = spawn
         self._on_alert = on_alert
         self._on_fatal = on_fatal
+        self._on_unsettled = on_unsettled
         self._any_day = any_day
         self._stop = asyncio.Event()
         self._tasks: dict[int, asyncio.Task[None]] = {}
@@ -139,7 +141,9 @@ class EntryRunner:
                     recorder = ctx.recorder
                     self.guard.replace_current(held.trade)
                     await self._strategy.resume(ctx, held.order)
-            if recorder.final is None:
+            if recorder.unsettled:
+                self._on_unsettled()
+            elif recorder.final is None:
                 await self._fail(ctx, "the strategy ended without a final state")
         except asyncio.CancelledError:
             log.warning(
@@ -179,8 +183,9 @@ class EntryRunner:
             await recorder.finished(EntryStatus.FAILED, reason)
             return
         final = await self._cancel_quietly(ctx)
-        if final is None:
+        if final is None or final.state is OrderState.UNKNOWN:
             log.error("order state unknown after a failure; left live for reconciliation", entry=ctx.trade.id)
+            self._on_unsettled()
             return
         await finish_from_broker(recorder, final, ctx.trade.quantity, reason)
 

@@ -24,11 +24,11 @@ Reconciliation is idempotent: running it twice changes nothing the second time.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import date
 
-from bot.broker.protocol import Broker
+from bot.broker.protocol import Broker, BrokerOrder
 from bot.domain import ActionKind, AlertKind, EntryStatus, TradeView
 from bot.entry import EntryRunner
 from bot.journal.store import Journal, parse_key
@@ -73,9 +73,13 @@ async def reconcile(
     today: date,
     *,
     on_alert: Callable[[], None] = lambda: None,
+    sleep: Callable[[float], Awaitable[None]] | None = None,
 ) -> ReconcileReport:
     """Bring the journal in line with the broker. Raises `BrokerError` if the look-up is incomplete
-    (then nothing was concluded from absence, and the caller keeps entries blocked)."""
+    (then nothing was concluded from absence, and the caller keeps entries blocked).
+
+    With `sleep` (the clock's), executions the broker's filled quantity says exist but that did
+    not come with the look-up are asked for again, a few times, before the pass ends."""
     report = ReconcileReport()
     running = runner.guard.current
     running_id = running.trade.id if running is not None and running.trade is not None else None
@@ -164,10 +168,47 @@ async def reconcile(
             on_alert()
         if order.executed < order.filled:
             report.unexpected.append(f"#{trade.id}: {order.filled:g} filled, {order.executed:g} executions")
+    if sleep is not None:
+        await _fetch_missing(journal, broker, found, entries, report, sleep)
     await _adopt_unknown_orders(journal, broker, runner, strategy, report, on_alert)
     if report.unexpected or report.adopted or report.finished or report.never_sent:
         log.warning("reconciliation changed the journal", **report.to_json())
     return report
+
+
+_REFETCH_TRIES = 3
+_REFETCH_PAUSE_S = 0.5
+
+
+async def _fetch_missing(
+    journal: Journal,
+    broker: Broker,
+    found: dict[str, BrokerOrder],
+    entries: dict[int, TradeView],
+    report: ReconcileReport,
+    sleep: Callable[[float], Awaitable[None]],
+) -> None:
+    """Ask again for executions the broker's own filled quantity says exist (they can arrive
+    late, after the answer's end): a few tries, then the next pass tries again."""
+    short = {
+        t.idempotency_key: t
+        for t in entries.values()
+        if (o := found.get(t.idempotency_key)) and o.executed < o.filled
+    }
+    for _ in range(_REFETCH_TRIES):
+        if not short:
+            return
+        await sleep(_REFETCH_PAUSE_S)
+        again = await broker.lookup(list(short))
+        for key, trade in list(short.items()):
+            order = again.get(key)
+            if order is None:
+                continue
+            for ex in order.executions:
+                if await journal.record_fill(trade.id, ex.exec_id, ex.quantity, ex.price, ex.time):
+                    report.fills_applied += 1
+            if order.executed >= order.filled:
+                del short[key]
 
 
 async def _adopt_unknown_orders(

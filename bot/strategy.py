@@ -54,6 +54,8 @@ class EntryRecorder:
         self._on_alert = on_alert
         self.order_sent = False
         self.final: TradeView | None = None
+        self.unsettled = False
+        """True when the entry was left live on purpose, for reconciliation to settle."""
 
     @property
     def journal(self) -> Journal:
@@ -150,6 +152,17 @@ class EntryRecorder:
         """One execution (applied once per `exec_id`)."""
         if await self._journal.record_fill(self.trade.id, exec_id, quantity, price, at):
             await self._refresh("fill", quantity=quantity, price=price)
+
+    async def left_for_reconciliation(self, why: str) -> None:
+        """Leave the entry live for reconciliation (evidence first, never absence)."""
+        self.unsettled = True
+        await self._journal.log_action(
+            ActionKind.RECONCILED,
+            strategy=self.trade.strategy,
+            day=self.trade.trading_day,
+            entry_id=self.trade.id,
+            detail={"left_live": why},
+        )
 
     async def finished_quietly(
         self, reason: str, detail: dict[str, Any], alert: tuple[AlertKind, str]

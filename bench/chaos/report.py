@@ -35,7 +35,9 @@ def forgotten(results: Sequence[TrialResult]) -> str:
     trials = sum(1 for r in results if r.verdict.forgotten)
     return (
         "Orders placed before a journal restore, final and unfilled, absent from the restored "
-        f"journal (not findings): {n} in {trials} trials."
+        f"journal (not findings): {n} in {trials} trials. Fills journaled from positions because "
+        "the broker no longer showed their executions (a new-day restart): "
+        f"{sum(len(r.verdict.without_executions) for r in results)}."
     )
 
 

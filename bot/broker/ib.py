@@ -110,7 +110,17 @@ market rules cannot be read."""
 
 
 def order_state_of(trade: Trade) -> OrderState:
-    """Our state for an ib_async `Trade`: `ib_codes.order_state` fed from the trade's log."""
+    """Our state for an ib_async `Trade`: `ib_codes.order_state` fed from the trade's log.
+
+    A final status the gateway reported stays final: ib_async lets a late, stale update (an
+    earlier "Submitted" delivered after the "Cancelled") move the trade back to live, but an
+    order IB has ended never works again."""
+    if trade.orderStatus.status not in DONE_STATUSES:
+        for entry in trade.log:
+            if entry.status == "Filled" and not entry.errorCode:
+                return OrderState.FILLED
+            if entry.status in ("Cancelled", "ApiCancelled") and entry.errorCode in (0, CANCEL_CONFIRMED):
+                return OrderState.CANCELLED if _acknowledged(trade) else OrderState.REJECTED
     ended = _ended_by_error(trade)
     return order_state(
         trade.orderStatus.status,
@@ -1161,8 +1171,14 @@ class IBBroker:
         """Every order whose orderRef starts with `prefix` (one strategy's day), one per permId,
         whichever client placed it, from the same queries as `lookup()`: the broker-side guard."""
         open_trades, completed, fills = await self._broker_record()
+        # Plus every order this connection has heard of: another client's openOrder can arrive
+        # after the answer's end marker, and a late one still counts. (Only this guard reads
+        # them: a stale "live" here blocks a new order, the safe way round; look-ups use the
+        # gateway's fresh answer.)
+        answered = {id(t) for t in open_trades}
+        heard = [t for t in self._ib.trades() if id(t) not in answered]
         out: dict[int, BrokerOrder] = {}
-        trades = [t for t in open_trades if t.orderStatus.status not in DONE_STATUSES] + completed
+        trades = [t for t in (*open_trades, *heard) if t.orderStatus.status not in DONE_STATUSES] + completed
         for trade in trades:
             ref = trade.order.orderRef
             perm_id = trade.order.permId or trade.orderStatus.permId

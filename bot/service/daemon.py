@@ -52,7 +52,7 @@ _CHECK_SLOTS = 8
 _CHECK_SLOT_S = 0.25
 """Width of one client id's slot for the broker-side check (above a placement's round trip)."""
 
-_RECONCILE_AGAIN_S = 30.0
+_RECONCILE_AGAIN_S = 10.0
 """How often reconciliation runs again while entries are not settled (missing executions)."""
 
 PAUSED_KEY = "entries.paused"
@@ -86,6 +86,8 @@ class Daemon:
         self.last_error: str | None = None
         self.reconciliation = "pending"
         self._reconciled = asyncio.Event()
+        self._reconcile_soon = asyncio.Event()
+        """Set when an entry was left live for reconciliation: reconcile once it has ended."""
         self._fatal_today: tuple[date, int] = (date.min, 0)
         self._link_down_since: float | None = None
         self._link_alerted = False
@@ -213,6 +215,7 @@ class Daemon:
             self.hub,
             on_alert=self._wake_alerts,
             on_fatal=self._on_fatal,
+            on_unsettled=self._reconcile_soon.set,
             any_day=self.demo_delay_s is not None or s.broker.mode == "simulated",
         )
         demo_at = (
@@ -368,15 +371,21 @@ class Daemon:
             try:
                 while not changed.done():
                     unsettled = state is LinkState.UP and await self._has_unsettled()
-                    if not unsettled:
-                        await asyncio.wait({changed})
-                        break
-                    timer = asyncio.ensure_future(self.clock.sleep(_RECONCILE_AGAIN_S))
+                    soon = asyncio.ensure_future(self._reconcile_soon.wait())
+                    waiters: set[asyncio.Future[Any]] = {changed, soon}
+                    if unsettled:
+                        waiters.add(asyncio.ensure_future(self.clock.sleep(_RECONCILE_AGAIN_S)))
                     try:
-                        await asyncio.wait({changed, timer}, return_when=asyncio.FIRST_COMPLETED)
+                        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
                     finally:
-                        timer.cancel()
-                    if not changed.done() and self.broker.link is LinkState.UP and not self.runner.running:
+                        for waiter in waiters - {changed}:
+                            waiter.cancel()
+                    if changed.done():
+                        break
+                    if self._reconcile_soon.is_set():
+                        self._reconcile_soon.clear()
+                        await self.runner.wait_idle()
+                    if self.broker.link is LinkState.UP and not self.runner.running:
                         await self._reconcile_until_done()
             finally:
                 if not changed.done():
@@ -407,6 +416,7 @@ class Daemon:
                     self.settings.strategy.name,
                     self.trading_day(),
                     on_alert=self._wake_alerts,
+                    sleep=self.clock.sleep,
                 )
             except (BrokerError, TimeoutError, JournalError) as exc:
                 self.last_error = f"reconciliation: {exc}"

@@ -147,11 +147,16 @@ class _Walk:
                 break
             if which == 0:
                 await self.absorb(result)
-        if self.order is not None and self.order.executed < self.order.filled:
+        for attempt in range(3):
+            if self.order is None or self.order.executed >= self.order.filled or self.stop.is_set():
+                break
+            if attempt:
+                await self.clock.sleep(0.5)  # an answer can lose executions that arrive after its end
             try:
                 await self.reread()
             except BrokerError as exc:
                 log.warning("could not look the executions up", ref=self.ref, error=str(exc))
+                break
 
     async def ride_out_link_loss(self) -> None:
         """Leave the order alone until the link is back (or we are stopping), then re-read it."""
@@ -361,6 +366,11 @@ async def _finish(
 async def _settle(walk: _Walk, recorder: EntryRecorder, quantity: int, reason: str | None) -> None:
     order = walk.order
     assert order is not None  # noqa: S101 -- set by the placement
+    if order.state is OrderState.UNKNOWN:
+        # The broker no longer lists the order (a restarted gateway forgets): nothing is
+        # concluded from that; reconciliation settles it from evidence (positions) or `unknown`.
+        await recorder.left_for_reconciliation("the broker no longer lists the order")
+        return
     await finish_from_broker(recorder, order, quantity, reason)
 
 
