@@ -28,14 +28,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import date
 
-from bot.broker.protocol import Broker, BrokerOrder
+from bot.broker.protocol import Broker
 from bot.domain import ActionKind, AlertKind, EntryStatus, TradeView
 from bot.entry import EntryRunner
 from bot.journal.store import Journal, parse_key
 from bot.logs import get_logger
 from bot.settle import final_action, final_status
 
-__all__ = ["ReconcileReport", "reconcile"]
+__all__ = ["ReconcileReport", "fetch_missing_executions", "reconcile"]
 
 log = get_logger(__name__)
 
@@ -168,9 +168,10 @@ async def reconcile(
             on_alert()
         if order.executed < order.filled:
             report.unexpected.append(f"#{trade.id}: {order.filled:g} filled, {order.executed:g} executions")
-    if sleep is not None:
-        await _fetch_missing(journal, broker, found, entries, report, sleep)
     await _adopt_unknown_orders(journal, broker, runner, strategy, report, on_alert)
+    if sleep is not None:
+        missing = [t for t in await journal.unsettled_entries() if t.fills_missing > 0 and t.id != running_id]
+        await _fetch_missing(journal, broker, missing, report, sleep)
     if report.unexpected or report.adopted or report.finished or report.never_sent:
         log.warning("reconciliation changed the journal", **report.to_json())
     return report
@@ -180,25 +181,37 @@ _REFETCH_TRIES = 3
 _REFETCH_PAUSE_S = 0.5
 
 
+async def fetch_missing_executions(
+    journal: Journal,
+    broker: Broker,
+    sleep: Callable[[float], Awaitable[None]],
+    *,
+    exclude: int | None = None,
+) -> int:
+    """Look again for executions the broker's filled quantity says exist but the journal lacks
+    (a few tries); returns how many were journaled. Used by each pass and before a clean stop."""
+    report = ReconcileReport()
+    missing = [t for t in await journal.unsettled_entries() if t.fills_missing > 0 and t.id != exclude]
+    await _fetch_missing(journal, broker, missing, report, sleep, first_pause_s=0.0)
+    return report.fills_applied
+
+
 async def _fetch_missing(
     journal: Journal,
     broker: Broker,
-    found: dict[str, BrokerOrder],
-    entries: dict[int, TradeView],
+    trades: list[TradeView],
     report: ReconcileReport,
     sleep: Callable[[float], Awaitable[None]],
+    *,
+    first_pause_s: float = _REFETCH_PAUSE_S,
 ) -> None:
     """Ask again for executions the broker's own filled quantity says exist (they can arrive
     late, after the answer's end): a few tries, then the next pass tries again."""
-    short = {
-        t.idempotency_key: t
-        for t in entries.values()
-        if (o := found.get(t.idempotency_key)) and o.executed < o.filled
-    }
-    for _ in range(_REFETCH_TRIES):
+    short = {t.idempotency_key: t for t in trades}
+    for attempt in range(_REFETCH_TRIES):
         if not short:
             return
-        await sleep(_REFETCH_PAUSE_S)
+        await sleep(first_pause_s if attempt == 0 else _REFETCH_PAUSE_S)
         again = await broker.lookup(list(short))
         for key, trade in list(short.items()):
             order = again.get(key)

@@ -1206,6 +1206,10 @@ class IBBroker:
                 "the completed orders", lambda: self._ib.reqCompletedOrdersAsync(False)
             )
             fills = await self._executions()
+        # Executions this connection received outside the answer count too (an execDetails can
+        # arrive after the answer's end marker): an execution id is a fact, never stale.
+        seen = {f.execution.execId for f in fills}
+        fills += [f for f in self._ib.fills() if f.execution.execId not in seen]
         self._raise_id_floor(fills)
         return open_trades, completed, fills
 

@@ -35,7 +35,7 @@ from bot.history import history_from_journal
 from bot.journal.store import Journal, JournalError, JournalTooNew
 from bot.logs import get_logger
 from bot.progress import ProgressHub
-from bot.reconcile import reconcile
+from bot.reconcile import fetch_missing_executions, reconcile
 from bot.scheduler import HandledDays, Scheduler, scheduled_entry
 from bot.service.lock import AccountLock, InstanceLock, account_key
 from bot.service.sdnotify import SystemdNotifier
@@ -53,6 +53,7 @@ _CHECK_SLOT_S = 0.25
 """Width of one client id's slot for the broker-side check (above a placement's round trip)."""
 
 _RECONCILE_AGAIN_S = 10.0
+_LAST_FETCH_S = 3.0
 """How often reconciliation runs again while entries are not settled (missing executions)."""
 
 PAUSED_KEY = "entries.paused"
@@ -318,6 +319,7 @@ class Daemon:
                 drained = await self.runner.drain(self.settings.service.drain_timeout_s)
                 if not drained:
                     log.error("drain timed out; the next start will reconcile the open entry")
+                await self._last_fetch()
                 for task in tasks:
                     task.cancel()
         finally:
@@ -391,6 +393,16 @@ class Daemon:
                 if not changed.done():
                     changed.cancel()
             await self._watch_link(changed.result())
+
+    async def _last_fetch(self) -> None:
+        """Before a clean stop: one more look for executions still missing (bounded)."""
+        if self.broker.link is not LinkState.UP:
+            return
+        try:
+            async with asyncio.timeout(_LAST_FETCH_S):
+                await fetch_missing_executions(self.journal, self.broker, self.clock.sleep)
+        except (BrokerError, TimeoutError, JournalError) as exc:
+            log.warning("executions still missing at stop; the next start looks again", error=str(exc))
 
     async def _has_unsettled(self) -> bool:
         running = self.guard.current
