@@ -33,12 +33,24 @@ _KEY_ROUNDS = 100_000
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
 
 
-class InstanceLock:
-    """An exclusive, non-blocking flock on `path`, held until `release()` or process exit."""
+class _HeldLock:
+    """A flock held on an open file descriptor until `release()` or process exit."""
 
     def __init__(self, path: Path, fd: int) -> None:
         self.path = path
         self._fd: int | None = fd
+
+    def release(self) -> None:
+        """Release the lock (the kernel does this too when the process exits)."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+class InstanceLock(_HeldLock):
+    """An exclusive, non-blocking flock on `path`, held until `release()` or process exit."""
 
     @classmethod
     def acquire(cls, path: Path) -> InstanceLock:
@@ -58,14 +70,6 @@ class InstanceLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         return cls(path, fd)
-
-    def release(self) -> None:
-        """Release the lock (the kernel does this too when the process exits)."""
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,16 +119,12 @@ def _host_key(host: str) -> str:
     return "loopback" if address.is_loopback else address.compressed
 
 
-class AccountLock:
+class AccountLock(_HeldLock):
     """An exclusive, non-blocking flock on `<lock_dir>/<key.file_name>`, shared by every user.
 
     The directory is the host's, not this daemon's: `/run/lock` (sticky and world-writable on
     every systemd distribution, and not private per unit as `/tmp` is under `PrivateTmp=`).
     """
-
-    def __init__(self, path: Path, fd: int) -> None:
-        self.path = path
-        self._fd: int | None = fd
 
     @classmethod
     def acquire(cls, directory: Path, key: AccountKey, *, state_dir: Path) -> AccountLock:
@@ -153,14 +153,6 @@ class AccountLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n{state_dir}\n".encode(), 0)
         return cls(path, fd)
-
-    def release(self) -> None:
-        """Release the lock (the kernel does this too when the process exits)."""
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
 
 
 def _open_shared(path: Path) -> int:

@@ -12,7 +12,15 @@ from datetime import date
 from bot.broker.protocol import OptionChain, OptionContract, OptionQuote, Right
 from bot.trading_days import TradingCalendar
 
-__all__ = ["Expiries", "NoLegs", "choose_expiries", "strike_at_the_money", "strike_by_delta"]
+__all__ = [
+    "Expiries",
+    "NoLegs",
+    "choose_expiries",
+    "ranked_by_delta",
+    "strike_at_the_money",
+    "strike_by_delta",
+    "strikes_near",
+]
 
 
 class NoLegs(Exception):
@@ -68,14 +76,7 @@ def _trades(calendar: TradingCalendar, day: date) -> bool:
 
 def strike_at_the_money(chain: OptionChain, spot: float, *, below: bool | None = None) -> float:
     """The listed strike nearest `spot` (strictly below or above it, when `below` says so)."""
-    strikes = sorted(chain.strikes)
-    if below is True:
-        strikes = [k for k in strikes if k < spot]
-    elif below is False:
-        strikes = [k for k in strikes if k > spot]
-    if not strikes:
-        raise NoLegs(f"no listed strike near {spot:.2f}")
-    return min(strikes, key=lambda k: (abs(k - spot), k))
+    return strikes_near(chain, spot, below=below)[0]
 
 
 def strikes_near(chain: OptionChain, spot: float, *, below: bool | None = None) -> list[float]:
