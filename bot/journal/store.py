@@ -29,7 +29,6 @@ from bot.alerts import texts
 from bot.clock import Clock
 from bot.domain import (
     BLOCK_ACTION,
-    LIVE_STATUSES,
     ActionKind,
     AlertKind,
     Blocked,
@@ -436,28 +435,18 @@ class Journal:
             )
             await tx.entry_action(entry_id, ActionKind.LEGS_CHOSEN, {"legs": text})
 
-    async def record_limit(
-        self,
-        entry_id: int,
-        limit: float,
-        kind: ActionKind,
-        *,
-        order_id: int | None = None,
-        perm_id: int | None = None,
-        status: EntryStatus | None = None,
-    ) -> None:
-        """Append a limit price sent to the broker (placed or stepped), and the broker ids."""
+    async def record_limit(self, entry_id: int, limit: float, kind: ActionKind) -> None:
+        """Append a limit price about to be sent to the broker (placed or stepped): written
+        before the order or modification leaves (write-ahead)."""
         async with self.transaction() as tx:
             row = await tx.fetchone("SELECT limits FROM entries WHERE id = ?", (entry_id,))
             limits = json.loads(row[0]) if row and row[0] else []
             limits.append(round(limit, 4))
             await tx.execute(
-                "UPDATE entries SET limits = ?, order_id = COALESCE(?, order_id), "
-                "perm_id = COALESCE(NULLIF(?, 0), perm_id), status = COALESCE(?, status), "
-                "updated_at = ? WHERE id = ?",
-                (json.dumps(limits), order_id, perm_id, status.value if status else None, tx.stamp, entry_id),
+                "UPDATE entries SET limits = ?, updated_at = ? WHERE id = ?",
+                (json.dumps(limits), tx.stamp, entry_id),
             )
-            await tx.entry_action(entry_id, kind, {"limit": limit, "order_id": order_id})
+            await tx.entry_action(entry_id, kind, {"limit": limit})
 
     async def record_placed(
         self, entry_id: int, order_id: int, perm_id: int, client_id: int | None, broker_status: str
@@ -752,14 +741,6 @@ class Journal:
         rows = await self._read(
             f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE strategy = ? AND trading_day = ? ORDER BY attempt",
             (strategy, day.isoformat()),
-        )
-        return [_trade(r) for r in rows]
-
-    async def live_entries(self) -> list[TradeView]:
-        """Entries not yet final (an order may be at the broker)."""
-        statuses = ",".join(f"'{s.value}'" for s in LIVE_STATUSES)
-        rows = await self._read(
-            f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE status IN ({statuses}) ORDER BY id"
         )
         return [_trade(r) for r in rows]
 
