@@ -8,7 +8,14 @@ API docs advise following execDetails besides orderStatus, quoted in QuantConnec
 and TWS throttles orderStatus, so a fast order may report only its final state.
 
 Every rule fires for its next `count` matching messages (None: until cleared), optionally only for
-one client id. A delayed message never holds later ones back, so it arrives out of order.
+one client id. A delayed push (an order's status, its executions, an openOrder sent because the
+order changed) never holds later ones back, so it arrives out of order. An answer to a request
+(`send_answer`: the open orders, the executions, the positions, each closed by its end marker)
+is different: TWS writes it onto one ordered socket and documents its end message as the end of
+the answer, so its messages can come late only together, in order, still ahead of the end
+marker; a delay drawn for any of them delays the whole answer and a duplicate stays in place.
+Omission still applies to each of its messages (an omitted end marker is an answer that never
+completes); coalescing does not apply inside an answer.
 """
 
 from __future__ import annotations
@@ -237,6 +244,32 @@ class Outbox:
         if msg_id == ORDER_STATUS and self._coalesced(msg):
             return
         self._deliver(msg, msg_id)
+
+    def send_answer(self, msgs: list[list[object]]) -> None:
+        """Send one request's answer (its end marker last) as a block: now, or all of it late."""
+        session = self._session
+        gw = session.gw
+        block: list[list[object]] = []
+        delay_s = 0.0
+        for msg in msgs:
+            action = gw.faults.delivery.outgoing(int(str(msg[0])), self._client_id())
+            if action.omit:
+                gw.record("omitted", session.client_id, msg)
+                continue
+            delay_s = max(delay_s, action.delay_s)
+            block.extend([msg] * (1 + len(action.repeat_after_s)))
+        if delay_s <= 0:
+            for msg in block:
+                session.write(msg)
+            return
+        for msg in block:
+            gw.record("delayed", session.client_id, msg)
+        gw.spawn(self._send_block_later(block, delay_s), "sim-delayed-answer")
+
+    async def _send_block_later(self, block: list[list[object]], delay_s: float) -> None:
+        await self._session.gw.clock.sleep(delay_s)
+        for msg in block:
+            self._session.write(msg)
 
     def _client_id(self) -> int:
         cid = self._session.client_id

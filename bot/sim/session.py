@@ -239,6 +239,12 @@ class Session:
             return
         self._outbox.send(msg)
 
+    def send_answer(self, msgs: list[list[object]]) -> None:
+        """Send one request's answer, end marker last, in order (`Outbox.send_answer`)."""
+        if self.closed:
+            return
+        self._outbox.send_answer(msgs)
+
     def write(self, msg: list[object]) -> None:
         """Write one message now, bypassing faults (the handshake, delayed sends)."""
         if self.closed or self.writer.is_closing():
@@ -585,18 +591,18 @@ class Session:
 
     def _req_open_orders(self, fields: Fields) -> None:
         _fixed(fields, 2, "reqOpenOrders")
+        answer: list[list[object]] = []
         for o in self.gw.ledger.working():
             if o.client_id == self.client_id:
-                self.send(m.open_order(o, self.version))
-                self.send(m.order_status(o))
-        self.send(m.open_order_end())
+                answer += [m.open_order(o, self.version), m.order_status(o)]
+        self.send_answer([*answer, m.open_order_end()])
 
     def _req_all_open_orders(self, fields: Fields) -> None:
         _fixed(fields, 2, "reqAllOpenOrders")
+        answer: list[list[object]] = []
         for o in self.gw.ledger.working():
-            self.send(m.open_order(o, self.version))
-            self.send(m.order_status(o))
-        self.send(m.open_order_end())
+            answer += [m.open_order(o, self.version), m.order_status(o)]
+        self.send_answer([*answer, m.open_order_end()])
 
     def _req_auto_open_orders(self, fields: Fields) -> None:
         # Binding TWS-entered orders to client 0: there are none in the simulator.
@@ -604,9 +610,9 @@ class Session:
 
     def _req_completed_orders(self, fields: Fields) -> None:
         _fixed(fields, 2, "reqCompletedOrders")  # msgId, apiOnly: no version field
-        for o in self.gw.visible_completed():  # earlier days' are gone after a new-day restart
-            self.send(m.completed_order(o, self.version))
-        self.send(m.completed_orders_end())
+        answer = [m.completed_order(o, self.version) for o in self.gw.visible_completed()]
+        # earlier days' are gone after a new-day restart
+        self.send_answer([*answer, m.completed_orders_end()])
 
     def _req_executions(self, fields: Fields) -> None:
         r = FieldReader(fields)
@@ -626,10 +632,10 @@ class Session:
             )
         except ValueError as exc:
             raise ProtocolError(f"reqExecutions: {exc}") from exc
+        answer: list[list[object]] = []
         for ex in selected:
-            self.send(m.exec_details(req_id, ex, self.version))
-            self.send(m.commission_report(ex))
-        self.send(m.exec_details_end(req_id))
+            answer += [m.exec_details(req_id, ex, self.version), m.commission_report(ex)]
+        self.send_answer([*answer, m.exec_details_end(req_id)])
 
     def _req_ids(self, fields: Fields) -> None:
         _fixed(fields, 3, "reqIds")

@@ -553,6 +553,34 @@ async def test_other_clients_orders_show_only_in_all_open_and_completed(
     assert [t.order.orderRef for t in await ib8.reqCompletedOrdersAsync(False)] == ["seven"]
 
 
+async def test_a_late_answer_comes_whole_ahead_of_its_end_marker(
+    gateway: SimulatedGateway, connect: ClientFactory, clock: ManualClock
+) -> None:
+    """delay(5) and delay(11) for client 8: its reqAllOpenOrders and reqExecutions answers come
+    late, but whole, so each lists client 7's order or fills when its end marker arrives (TWS
+    writes an answer onto one ordered socket and documents the end message as its end)."""
+    gateway.fill_model = FillModel.never()
+    ib7, ib8 = await connect(7), await connect(8)
+    seven, _ = await place_calendar(ib7, gateway, "seven", 5.0)
+    gateway.faults.delay(5, 2.0, client_id=8)
+    gateway.faults.delay(11, 2.0, client_id=8)
+    listing = asyncio.ensure_future(ib8.reqAllOpenOrdersAsync())
+    await gateway.wait_for(lambda: bool(_frames(gateway, 5, 8, "delayed")))
+    assert not listing.done()
+    await clock.advance(2.0)
+    assert [t.order.orderRef for t in await listing] == ["seven"]
+    assert _fates(gateway, 53, 8)[-2:] == ["delayed", "out"]  # the end marker waited with the answer
+    gateway.fill_model = FillModel.always()
+    ib7.cancelOrder(seven.order)
+    await until(lambda: seven.orderStatus.status == "Cancelled")
+    filled, _ = await place_calendar(ib7, gateway, "filled", 5.0)
+    await until(lambda: filled.orderStatus.status == "Filled" and len(filled.fills) == 3)
+    fills = asyncio.ensure_future(ib8.reqExecutionsAsync(ExecutionFilter(clientId=7)))
+    await gateway.wait_for(lambda: bool(_frames(gateway, 11, 8, "delayed")))
+    await clock.advance(2.0)
+    assert len(await fills) == 3
+
+
 async def test_pushes_and_executions_go_to_the_owner_only(
     gateway: SimulatedGateway, connect: ClientFactory
 ) -> None:
