@@ -1,0 +1,83 @@
+"""Validated settings of exits, marks and netting (defaults as in the issue "Positions and exits").
+
+`ExitSettings` holds the exit rules and the mark guards that gate the price rules; `NettingSettings`
+holds what leg selection does with a strike that would net against an open position. Both are
+frozen and refuse unknown keys, like every section of the bot's configuration.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import time
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = ["ExitSettings", "NettingSettings", "OnNetting"]
+
+
+class OnNetting(enum.StrEnum):
+    """What leg selection does when a candidate leg would net against an open position's leg."""
+
+    SHIFT = "shift"
+    """Move the conflicting legs to the nearest listed strike that nets against nothing."""
+    SKIP = "skip"
+    """Enter nothing today, with the conflict as the reason."""
+    ALLOW = "allow"
+    """Enter as chosen; the conflict is noted (IB will show the two legs netted)."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ExitSettings(_Frozen):
+    """When an open calendar is closed, and which marks may decide it.
+
+    Price rules (profit target, stop loss) compare the spread mark with the entry debit, gross of
+    commissions: a 50 % target fires when the calendar's mid is worth 1.5 x what was paid for it.
+    Time rules use exchange time on the exchange calendar and fire whatever the marks say.
+    """
+
+    profit_target_pct: float | None = Field(default=50.0, gt=0)
+    """Close when the mark is this many % of the debit above it; None turns the rule off."""
+    stop_loss_pct: float | None = Field(default=None, gt=0, le=100)
+    """Close when the mark is this many % of the debit below it; None (the default) is off."""
+    time_exit_days: int | None = Field(default=14, ge=1)
+    """Close on this calendar day after the entry day (the trading day before, when it is closed)."""
+    time_exit_at: time = time(15, 0)
+    """Exchange time of the time exit."""
+    short_expiry_sessions_before: int = Field(default=1, ge=1)
+    """The hard rule: close this many sessions before the day a short leg expires, so no short leg
+    is ever held into its expiry day (SPXW settle at that day's close, SPX monthlies at its open)."""
+    short_expiry_exit_at: time = time(15, 0)
+    """Exchange time of the hard rule's exit on that session."""
+    before_close_min: int = Field(default=15, ge=1, le=120)
+    """Every exit time is moved to at least this long before the session's close (early closes at
+    13:00 move a 15:00 exit to 12:45 with the default)."""
+    manual_close_grace_min: int = Field(default=30, ge=0, le=360)
+    """How long after the hard rule's time a still-open position becomes "MANUAL CLOSE REQUIRED"
+    (never later than that session's close)."""
+    session_open: time = time(9, 30)
+    """The regular session's opening time in exchange time; exits are only sent while it is open."""
+    max_quote_age_s: float = Field(default=30.0, gt=0)
+    """A leg quote older than this (by the injected clock) makes the mark unusable."""
+    max_leg_width_abs: float = Field(default=0.50, ge=0)
+    """A leg's bid/ask width up to this many points always passes the width guard ..."""
+    max_leg_width_frac: float = Field(default=0.25, gt=0)
+    """... and a wider one passes only when it is at most this fraction of the leg's mid."""
+
+    @model_validator(mode="after")
+    def _times_inside_the_session(self) -> ExitSettings:
+        for name in ("time_exit_at", "short_expiry_exit_at"):
+            at: time = getattr(self, name)
+            if not self.session_open < at <= time(16, 0):
+                raise ValueError(f"{name} must be after session_open and no later than 16:00")
+        return self
+
+
+class NettingSettings(_Frozen):
+    """Leg selection against the open positions' legs (IB nets positions per contract)."""
+
+    on_netting: OnNetting = OnNetting.SHIFT
+    max_shift_points: float = Field(default=25.0, gt=0)
+    """`shift` moves a strike at most this many index points; farther means skip."""
