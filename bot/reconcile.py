@@ -144,6 +144,11 @@ async def reconcile(
                 on_alert()
             continue
         target = final_status(order, trade.quantity)
+        if fresh.status is not trade.status and not trade.status.is_live and fresh.traded:
+            # The journal itself corrected a no-fill ending when the fills were applied.
+            report.unexpected.append(f"#{trade.id} was {trade.status.value}, the broker filled it")
+            report.corrected.append(trade.id)
+            on_alert()
         if fresh.status.is_live or fresh.status is EntryStatus.UNKNOWN:
             kind, alert = _found_alert(fresh, target)
             await journal.finish(

@@ -342,9 +342,10 @@ class Trial:
             ready = await asyncio.gather(*(h.wait_ready() for h in self.hosts))
             if not all(ready):
                 # A kill at boot can leave a daemon down: restart it, as systemd would.
+                # A kill class may have restarted it already: then wait for that start instead.
                 for host, ok in zip(self.hosts, ready, strict=True):
-                    if not ok and not host.alive:
-                        ok = await self.restart(host, 0.0)  # noqa: PLW2901 -- the retried readiness
+                    if not ok:
+                        ok = await (host.wait_ready() if host.alive else self.restart(host, 0.0))  # noqa: PLW2901 -- the retried readiness
                     if not ok:
                         self.problems.append(f"daemon {host.name} never became ready")
             for hook in self._on_ready:

@@ -270,6 +270,10 @@ class IBBroker:
         for name in _IB_LOGGERS:
             logging.getLogger(name).addFilter(self._redactor)
 
+        self._filled_seen: dict[int, float] = {}
+        """The highest filled quantity reported per permId: a late, stale orderStatus (ib_async
+        takes each as it comes) never lowers it."""
+
         self._link = LinkState.CONNECTING
         self._link_seq = 0
         self._generation = 0
@@ -1124,7 +1128,14 @@ class IBBroker:
         legs = [ComboLegRef(leg.conId, leg.ratio, leg.action) for leg in trade.contract.comboLegs or []]
         executions = combo_units(ref, perm_id, raw, legs)
         executed = float(len(executions))
+        state = order_state_of(trade)
+        quantity = float(trade.order.totalQuantity)
         reported = max(float(trade.orderStatus.filled), price_or_none(trade.order.filledQuantity) or 0.0)
+        if state is OrderState.FILLED:
+            reported = max(reported, quantity)  # IB says "Filled" only once nothing remains
+        if perm_id:
+            reported = max(reported, self._filled_seen.get(perm_id, 0.0))
+            self._filled_seen[perm_id] = reported
         filled = max(executed, reported)
         status_avg = price_or_none(trade.orderStatus.avgFillPrice)
         if executed >= reported and executed:
@@ -1136,8 +1147,8 @@ class IBBroker:
             order_ref=ref,
             order_id=order_id if order_id is not None else trade.order.orderId,
             perm_id=perm_id,
-            state=order_state_of(trade),
-            quantity=float(trade.order.totalQuantity),
+            state=state,
+            quantity=quantity,
             filled=filled,
             avg_price=avg,
             limit=price_or_none(trade.order.lmtPrice),

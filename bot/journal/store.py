@@ -59,6 +59,8 @@ _ENTRY_COLUMNS = (
 _UNSETTLED = "(status IN ('claimed', 'working', 'unknown') OR broker_filled > filled)"
 # Evidence of a fill (the same-day rule and the open-calendars limit rest on all of it).
 _TRADED = "(filled > 0 OR broker_filled > 0 OR status IN ('filled', 'partial', 'unknown'))"
+_UNFILLED_FINAL = frozenset({"cancelled", "rejected", "failed", "never_sent"})
+"""Final statuses that say no fill happened (a fill that arrives later corrects them)."""
 
 
 class JournalError(Exception):
@@ -645,7 +647,28 @@ class Journal:
             await tx.entry_action(
                 entry_id, ActionKind.FILL, {"exec_id": exec_id, "quantity": quantity, "price": price}
             )
+            await self._correct_unfilled_final(tx, entry_id)
             return True
+
+    @staticmethod
+    async def _correct_unfilled_final(tx: _Tx, entry_id: int) -> None:
+        """An entry ended as never filled that now has a fill is corrected to what it is, with
+        an alert: a fill is the broker's evidence, the earlier conclusion was not."""
+        row = await tx.fetchone("SELECT status, filled, quantity FROM entries WHERE id = ?", (entry_id,))
+        if row is None or str(row[0]) not in _UNFILLED_FINAL:
+            return
+        was, filled, quantity = str(row[0]), float(row[1]), int(row[2])
+        now = EntryStatus.FILLED if filled >= quantity else EntryStatus.PARTIAL
+        await tx.execute(
+            "UPDATE entries SET status = ?, updated_at = ? WHERE id = ?", (now.value, tx.stamp, entry_id)
+        )
+        alert = (
+            AlertKind.RECONCILE_UNEXPECTED,
+            f"bot: #{entry_id} was journaled {was} but the broker filled {filled:g}/{quantity}; "
+            f"corrected to {now.value}",
+        )
+        kind = ActionKind.FILLED if now is EntryStatus.FILLED else ActionKind.PARTIAL_FILL
+        await tx.entry_action(entry_id, kind, {"corrected_from": was, "filled": filled}, alert=alert)
 
     async def finish(
         self,

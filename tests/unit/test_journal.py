@@ -75,6 +75,22 @@ async def test_a_fill_is_applied_once(journal: Journal, clock: ManualClock) -> N
     assert view.filled == 2 and view.avg_price == pytest.approx(12.5)
 
 
+async def test_a_fill_after_a_no_fill_ending_corrects_the_entry(journal: Journal, clock: ManualClock) -> None:
+    """An entry ended "cancelled with no fill" whose execution arrives later is corrected to
+    filled, with an alert, and then blocks the day."""
+    started = await journal.claim("calendar", DAY, Source.MANUAL, 1)
+    assert isinstance(started, Started)
+    entry = started.trade.id
+    await journal.finish(entry, EntryStatus.CANCELLED, "cancelled with no fill", ActionKind.CANCELLED)
+    assert await journal.record_fill(entry, "e.1", 1, 18.4, clock.now())
+    view = await journal.entry(entry)
+    assert (view.status, view.filled) == (EntryStatus.FILLED, 1)
+    alerts = await journal.connection.execute_fetchall("SELECT kind, body FROM alerts")
+    assert [(k, "corrected to filled" in b) for k, b in alerts] == [("reconcile_unexpected", True)]
+    again = await journal.claim("calendar", DAY, Source.MANUAL, 1)
+    assert isinstance(again, Blocked) and again.reason is BlockReason.ALREADY_TRADED_TODAY
+
+
 async def test_claim_and_blocked_rows_queue_alerts_in_the_same_transaction(journal: Journal) -> None:
     """A blocked duplicate writes its action row and its alert row together."""
     started = await journal.claim("calendar", DAY, Source.SCHEDULER, 1)

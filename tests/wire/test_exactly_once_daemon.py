@@ -29,6 +29,7 @@ from tests.support.inproc import entry_final, running_daemon, until
 
 pytestmark = pytest.mark.wire
 
+ORDER_STATUS = 3
 EXEC_DETAILS = 11
 
 
@@ -328,3 +329,29 @@ async def test_two_copies_fired_at_the_same_instant_send_one_order(
         await until(lambda: not a.runner.running and not b.runner.running)
     assert [o.order_ref for o in gw.ledger.orders] == [first.trade.idempotency_key]
     assert len(_filled_orders(gw)) == 1
+
+
+def _stale_status_delivered(gw: SimulatedGateway) -> bool:
+    sent = [e.fields[2] for e in gw.transcript if e.direction == "out" and e.msg_id == ORDER_STATUS]
+    return "Filled" in sent and sent[-1] != "Filled"
+
+
+async def test_a_stale_status_after_filled_never_unfills_the_entry(
+    gw: SimulatedGateway, tmp_path: Path
+) -> None:
+    """The order's first orderStatus (Submitted, 0 filled) comes 0.5 s late, after "Filled", and
+    the executions never come: ib_async takes the stale update's 0 as the filled quantity. The
+    entry is still filled (IB says "Filled" only when nothing remains) and a plain second `trade`
+    is refused. Before the fix: journaled "cancelled with no fill" and a second order sent."""
+    gw.faults.delay(ORDER_STATUS, 0.5, count=1)
+    gw.faults.omit(EXEC_DETAILS)
+    async with running_daemon(_settings(gw, tmp_path)) as d:
+        first = await _trade(d)
+        assert await entry_final(d, first.trade.id) == "filled"
+        await gw.wait_for(lambda: _stale_status_delivered(gw))
+        second = await d.trade(force=False)
+        assert isinstance(second, Blocked), second
+        assert second.reason is BlockReason.ALREADY_TRADED_TODAY
+        view = await d.journal.entry(first.trade.id)
+        assert view.broker_filled == 1.0
+    assert [o.order_ref for o in gw.ledger.orders] == [first.trade.idempotency_key]
