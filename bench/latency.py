@@ -3,7 +3,7 @@
 What is measured. Three arms, each timed from just before its trigger (`time.perf_counter()`) to
 the moment the simulated gateway's `place_order` is entered for its orderRef:
 
-* **bot**: `EntryRunner.request(Source.SCHEDULER)` on the whole in-process daemon: guard, risk
+* **bot**: `IntentRunner.request(Source.SCHEDULER)` on the whole in-process daemon: guard, risk
   read, durable same-day claim (`synchronous=FULL`), chain, SPX spot, leg quotes, leg selection,
   the legs journaled, pricing, `placeOrder`;
 * **floor** (the target's): a bare ib_async script on its own connection that qualifies the same

@@ -22,7 +22,7 @@ from bot.broker.protocol import Broker, BrokerOrder
 from bot.domain import ActionKind, AlertKind
 from bot.journal.store import day_prefix
 from bot.logs import get_logger
-from bot.strategy import AdoptInstead, EntryRecorder
+from bot.recorder import AdoptInstead, IntentRecorder
 
 __all__ = ["check_before_send", "later_duplicate"]
 
@@ -38,7 +38,7 @@ def _pick(orders: list[BrokerOrder]) -> BrokerOrder:
     return min(orders, key=lambda o: (o.filled <= 0, o.state.is_final, o.perm_id or 1 << 62))
 
 
-async def check_before_send(broker: Broker, recorder: EntryRecorder) -> None:
+async def check_before_send(broker: Broker, recorder: IntentRecorder) -> None:
     """Return when the broker holds nothing in the way; raise `AdoptInstead` when it does.
 
     Raises `BrokerError` when the broker's record cannot be read completely: then nothing may be
@@ -101,7 +101,9 @@ async def check_before_send(broker: Broker, recorder: EntryRecorder) -> None:
     raise AdoptInstead(adopted, order)
 
 
-async def later_duplicate(broker: Broker, recorder: EntryRecorder, placed: BrokerOrder) -> BrokerOrder | None:
+async def later_duplicate(
+    broker: Broker, recorder: IntentRecorder, placed: BrokerOrder
+) -> BrokerOrder | None:
     """After our order was acknowledged: another order of the day with an earlier permId (another
     client placed it meanwhile), or None. The caller cancels ours when one is returned."""
     trade = recorder.trade

@@ -17,11 +17,21 @@ __all__ = [
     "Blocked",
     "EntryOutcome",
     "EntryStatus",
+    "IntentKind",
     "Skipped",
     "Source",
     "Started",
     "TradeView",
 ]
+
+
+class IntentKind(enum.StrEnum):
+    """What an intent does: every order the bot sends is one of these, through one pipeline."""
+
+    ENTRY = "entry"
+    """Opens a position (today's calendar)."""
+    EXIT = "exit"
+    """Closes an open position: the same legs and quantity in the closing direction."""
 
 
 class Source(enum.StrEnum):
@@ -88,6 +98,11 @@ class BlockReason(enum.StrEnum):
     """Entries are paused by an operator or by the fatal-error halt."""
     UNRESOLVED = "unresolved"
     """An entry's outcome is unknown (`EntryStatus.UNKNOWN`); nothing trades until it is settled."""
+    POSITION_CLOSED = "position_closed"
+    """An exit was asked for a position that is not open (closed, closed outside the bot)."""
+    POSITION_FROZEN = "position_frozen"
+    """The broker's per-leg positions disagree with the ledger for this position: no exit is
+    sent on a guess until they agree again."""
 
 
 class ActionKind(enum.StrEnum):
@@ -136,6 +151,17 @@ class ActionKind(enum.StrEnum):
     LINK_RESTORED = "LINK_RESTORED"
     PEER_REFUSED = "PEER_REFUSED"
     SCHEDULE_FIRED = "SCHEDULE_FIRED"
+    EXIT_STARTED = "EXIT_STARTED"
+    """An exit intent was claimed durably (before its order)."""
+    CLOSE_BLOCKED = "CLOSE_BLOCKED"
+    """An exit was refused (not open, frozen, one already working)."""
+    POSITION_OPENED = "POSITION_OPENED"
+    POSITION_CLOSED = "POSITION_CLOSED"
+    POSITION_CLOSED_EXTERNALLY = "POSITION_CLOSED_EXTERNALLY"
+    """The broker's positions show a position closed outside the bot; it is never closed again."""
+    POSITION_FROZEN = "POSITION_FROZEN"
+    POSITION_UNFROZEN = "POSITION_UNFROZEN"
+    MANUAL_CLOSE_REQUIRED = "MANUAL_CLOSE_REQUIRED"
     DAEMON_STARTED = "DAEMON_STARTED"
     DAEMON_STOPPED = "DAEMON_STOPPED"
 
@@ -177,6 +203,16 @@ class AlertKind(enum.StrEnum):
     """Filled at the broker, executions not (yet) received: journaled from the order's record."""
     UNKNOWN_OUTCOME = "unknown_outcome"
     """An entry's outcome is unknown; entries are blocked until it is resolved."""
+    POSITION_CLOSED = "position_closed"
+    """An exit filled: the position is closed, with its realised P&L."""
+    EXIT_FAILED = "exit_failed"
+    """An exit ended without closing the position (retried at the next evaluation)."""
+    POSITION_MISMATCH = "position_mismatch"
+    """The broker's per-leg positions disagree with the ledger: the positions touched are frozen."""
+    CLOSED_EXTERNALLY = "closed_externally"
+    """A position was closed outside the bot."""
+    MANUAL_CLOSE_REQUIRED = "manual_close_required"
+    """A position could not be closed before its deadline: a person must close it."""
     TEST = "test"
     """`bot alerts test`."""
 
@@ -187,6 +223,8 @@ BLOCK_ALERT: dict[BlockReason, AlertKind | None] = {
     BlockReason.RECONCILING: None,
     BlockReason.PAUSED: None,
     BlockReason.UNRESOLVED: None,
+    BlockReason.POSITION_CLOSED: None,
+    BlockReason.POSITION_FROZEN: None,
 }
 
 
@@ -196,12 +234,15 @@ BLOCK_ACTION: dict[BlockReason, ActionKind] = {
     BlockReason.RECONCILING: ActionKind.RECONCILING_BLOCKED,
     BlockReason.PAUSED: ActionKind.PAUSED_BLOCKED,
     BlockReason.UNRESOLVED: ActionKind.UNRESOLVED_BLOCKED,
+    BlockReason.POSITION_CLOSED: ActionKind.CLOSE_BLOCKED,
+    BlockReason.POSITION_FROZEN: ActionKind.CLOSE_BLOCKED,
 }
 
 
 @dataclass(frozen=True, slots=True)
 class TradeView:
-    """What a requester is told about an entry: enough to know whether and how it traded."""
+    """What a requester is told about an intent (an entry or an exit): enough to know whether and
+    how it traded."""
 
     id: int
     strategy: str
@@ -220,6 +261,9 @@ class TradeView:
     broker_filled: float = 0.0
     """The filled quantity the broker reported (order status or completed order): evidence of a
     fill even before its executions arrive (IB may send "Filled" first)."""
+    kind: IntentKind = IntentKind.ENTRY
+    position_id: int | None = None
+    """For an exit: the position (the entry's id) it closes."""
 
     @property
     def traded(self) -> bool:
@@ -255,6 +299,8 @@ class TradeView:
             "ended_at": self.ended_at.isoformat() if self.ended_at else None,
             "elapsed_s": round(self.elapsed_s(now), 3),
             "legs": self.legs,
+            "kind": self.kind.value,
+            "position_id": self.position_id,
         }
 
 

@@ -35,7 +35,7 @@ from bot.domain import (
 from bot.journal.store import Journal
 from bot.logs import get_logger
 
-__all__ = ["EntryGuard", "InProgress"]
+__all__ = ["InProgress", "IntentGuard"]
 
 log = get_logger(__name__)
 
@@ -55,7 +55,7 @@ class InProgress:
     trade: TradeView | None = None
 
 
-class EntryGuard:
+class IntentGuard:
     """Decides whether an entry may start; at most one at a time in this process."""
 
     def __init__(

@@ -30,9 +30,9 @@ from datetime import date
 
 from bot.broker.protocol import Broker
 from bot.domain import ActionKind, AlertKind, EntryStatus, TradeView
-from bot.entry import EntryRunner
 from bot.journal.store import Journal, parse_key
 from bot.logs import get_logger
+from bot.runner import IntentRunner
 from bot.settle import final_action, final_status
 
 __all__ = ["ReconcileReport", "fetch_missing_executions", "reconcile"]
@@ -68,7 +68,7 @@ class ReconcileReport:
 async def reconcile(
     journal: Journal,
     broker: Broker,
-    runner: EntryRunner,
+    runner: IntentRunner,
     strategy: str,
     today: date,
     *,
@@ -232,7 +232,7 @@ async def _fetch_missing(
 async def _adopt_unknown_orders(
     journal: Journal,
     broker: Broker,
-    runner: EntryRunner,
+    runner: IntentRunner,
     strategy: str,
     report: ReconcileReport,
     on_alert: Callable[[], None],

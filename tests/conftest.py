@@ -11,10 +11,10 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from bot.clock import ManualClock
-from bot.entry import EntryRunner
-from bot.guard import EntryGuard
+from bot.guard import IntentGuard
 from bot.journal.store import Journal
 from bot.progress import ProgressHub
+from bot.runner import IntentRunner
 from bot.trading_days import calendar_for
 from strategies.calendar_spread.strategy import CalendarParams, CalendarSpread
 from tests.fakes import FakeBroker
@@ -49,8 +49,8 @@ class Core:
 
     journal: Journal
     broker: FakeBroker
-    guard: EntryGuard
-    runner: EntryRunner
+    guard: IntentGuard
+    runner: IntentRunner
     clock: ManualClock
 
 
@@ -70,7 +70,7 @@ async def core_factory(journal: Journal, clock: ManualClock) -> AsyncIterator[Co
 
     def build(params: CalendarParams) -> Core:
         broker = FakeBroker(clock, TRADING_DAY, fill_delay_s=5.0)
-        guard = EntryGuard(
+        guard = IntentGuard(
             journal,
             clock,
             "calendar",
@@ -79,7 +79,7 @@ async def core_factory(journal: Journal, clock: ManualClock) -> AsyncIterator[Co
         )
         guard.reconciling = False
         strategy = CalendarSpread("calendar", params, calendar_for("XNYS"))
-        runner = EntryRunner(guard, journal, strategy, broker, clock, ProgressHub())
+        runner = IntentRunner(guard, journal, strategy, broker, clock, ProgressHub())
         built.append(Core(journal, broker, guard, runner, clock))
         return built[-1]
 

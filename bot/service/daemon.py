@@ -28,14 +28,14 @@ from bot.clock import Clock
 from bot.config import RuntimeEnv, Settings, StrategySettings
 from bot.control.server import ControlServer
 from bot.domain import ActionKind, AlertKind, Blocked, BlockReason, Skipped, Source, Started
-from bot.entry import EntryRunner
 from bot.errors import ExitCode, UserError
-from bot.guard import EntryGuard
+from bot.guard import IntentGuard
 from bot.history import history_from_journal
 from bot.journal.store import Journal, JournalError, JournalTooNew
 from bot.logs import get_logger
 from bot.progress import ProgressHub
 from bot.reconcile import fetch_missing_executions, reconcile
+from bot.runner import IntentRunner
 from bot.scheduler import HandledDays, Scheduler, scheduled_entry
 from bot.service.lock import AccountLock, InstanceLock, account_key
 from bot.service.sdnotify import SystemdNotifier
@@ -97,8 +97,8 @@ class Daemon:
         # Set in run():
         self.journal: Journal
         self.broker: Any
-        self.guard: EntryGuard
-        self.runner: EntryRunner
+        self.guard: IntentGuard
+        self.runner: IntentRunner
         self.scheduler: Scheduler
         self._days: HandledDays
         self.alerts: AlertSender
@@ -197,7 +197,7 @@ class Daemon:
             self.calendar,
             broker_check_delay_s=(s.broker.client_id % _CHECK_SLOTS) * _CHECK_SLOT_S,
         )
-        self.guard = EntryGuard(
+        self.guard = IntentGuard(
             self.journal,
             self.clock,
             s.strategy.name,
@@ -207,7 +207,7 @@ class Daemon:
             precheck=self._risk_check,
         )
         self.guard.paused = await self.journal.get_state(PAUSED_KEY) == "1"
-        self.runner = EntryRunner(
+        self.runner = IntentRunner(
             self.guard,
             self.journal,
             strategy,

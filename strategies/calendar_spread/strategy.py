@@ -22,6 +22,7 @@ from bot.domain import EntryStatus
 from bot.logs import get_logger
 from bot.strategy import EntryContext
 from bot.trading_days import TradingCalendar
+from bot.walk import WalkSettings, resume_order, work_order
 from strategies.calendar_spread.legs import (
     NoLegs,
     candidate_strikes,
@@ -32,7 +33,6 @@ from strategies.calendar_spread.legs import (
     strikes_near,
 )
 from strategies.calendar_spread.pricing import Unpriceable, combo_price, price_ladder
-from strategies.calendar_spread.walk import WalkSettings, resume_order, work_order
 
 __all__ = ["CalendarParams", "CalendarSpread"]
 

@@ -32,10 +32,10 @@ from bot.broker.protocol import (
 )
 from bot.clock import ManualClock
 from bot.domain import EntryStatus, Source, Started
-from bot.entry import EntryRunner
-from bot.guard import EntryGuard
+from bot.guard import IntentGuard
 from bot.journal.store import Journal
 from bot.progress import ProgressHub
+from bot.runner import IntentRunner
 from bot.sim import FillMode, FillModel, SimulatedGateway
 from bot.sim.market import BAG_CONID
 from bot.sim.market import OptionContract as SimOption
@@ -614,11 +614,11 @@ async def test_the_calendar_strategy_enters_through_the_adapter(
     at the broker under the entry's idempotency key, and the journal ends FILLED with its fill."""
     gateway.fill_model = FillModel(mode=FillMode.ALWAYS)
     params = CalendarParams()
-    guard = EntryGuard(
+    guard = IntentGuard(
         journal, clock, "calendar", params.quantity, trading_day=lambda: clock.now().astimezone(NY).date()
     )
     guard.reconciling = False
-    runner = EntryRunner(
+    runner = IntentRunner(
         guard, journal, CalendarSpread("calendar", params, calendar), broker, clock, ProgressHub()
     )
     outcome = await runner.request(Source.MANUAL)

@@ -17,14 +17,14 @@ from bot.broker.errors import BrokerError, DoNotRetry
 from bot.broker.protocol import Broker, BrokerOrder, OrderState
 from bot.clock import Clock
 from bot.domain import Blocked, EntryStatus, Skipped, Source, Started, TradeView
-from bot.guard import EntryGuard
+from bot.guard import IntentGuard
 from bot.journal.store import Journal, JournalError
 from bot.logs import get_logger
 from bot.progress import ProgressHub
-from bot.settle import final_status
-from bot.strategy import AdoptInstead, EntryContext, EntryRecorder, Strategy
+from bot.recorder import AdoptInstead, IntentRecorder, finish_from_broker
+from bot.strategy import EntryContext, Strategy
 
-__all__ = ["EntryRunner"]
+__all__ = ["IntentRunner"]
 
 log = get_logger(__name__)
 
@@ -35,12 +35,12 @@ def _default_spawn(coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[N
     return asyncio.create_task(coro, name=name)
 
 
-class EntryRunner:
+class IntentRunner:
     """Runs entries through the guard and the strategy; one at a time."""
 
     def __init__(
         self,
-        guard: EntryGuard,
+        guard: IntentGuard,
         journal: Journal,
         strategy: Strategy,
         broker: Broker,
@@ -72,7 +72,7 @@ class EntryRunner:
         """Ask for an entry now. Never waits for a running entry; returns the guard's outcome."""
         outcome = await self.guard.try_start(source, force=force)
         if isinstance(outcome, Started):
-            recorder = EntryRecorder(
+            recorder = IntentRecorder(
                 self._journal, self.hub, self._clock, outcome.trade, self.guard.update_current, self._on_alert
             )
             ctx = EntryContext(
@@ -102,7 +102,7 @@ class EntryRunner:
         return True
 
     def _context(self, trade: TradeView) -> EntryContext:
-        recorder = EntryRecorder(
+        recorder = IntentRecorder(
             self._journal, self.hub, self._clock, trade, self.guard.update_current, self._on_alert
         )
         return EntryContext(
@@ -230,34 +230,3 @@ class EntryRunner:
         """Return when no entry is running."""
         while self._tasks:
             await asyncio.wait(list(self._tasks.values()))
-
-
-async def finish_from_broker(
-    recorder: EntryRecorder, order: BrokerOrder, quantity: int, reason: str | None
-) -> TradeView:
-    """Journal the broker's executions (once each) and its filled quantity, then settle.
-
-    The status rests on the broker's filled quantity, not only on the executions that arrived
-    (IB may report "Filled" first): the executions and the quantity are written before the final
-    status, and executions still missing are alerted (reconciliation fetches them later).
-    """
-    for ex in order.executions:
-        await recorder.fill(ex.exec_id, ex.quantity, ex.price, ex.time)
-    await recorder.broker_status(
-        order.state.value,
-        perm_id=order.perm_id or None,
-        filled=order.filled,
-        avg_price=order.avg_price,
-        client_id=order.client_id,
-    )
-    if order.executed < order.filled:
-        await recorder.fills_missing(order)
-    status = final_status(order, quantity)
-    default = {
-        EntryStatus.PARTIAL: "partly filled; the rest cancelled",
-        EntryStatus.REJECTED: "rejected by the broker",
-        EntryStatus.CANCELLED: "cancelled with no fill",
-    }
-    return await recorder.finished(
-        status, None if status is EntryStatus.FILLED else reason or default[status]
-    )

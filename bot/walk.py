@@ -25,9 +25,8 @@ from bot.broker.protocol import Broker, BrokerOrder, ComboOrderRequest, LinkStat
 from bot.broker_guard import check_before_send, later_duplicate
 from bot.clock import Clock
 from bot.domain import EntryStatus
-from bot.entry import finish_from_broker
 from bot.logs import get_logger
-from bot.strategy import EntryRecorder
+from bot.recorder import IntentRecorder, finish_from_broker
 
 __all__ = ["WalkSettings", "resume_order", "work_order"]
 
@@ -67,7 +66,7 @@ class _Walk:
         self,
         broker: Broker,
         clock: Clock,
-        recorder: EntryRecorder,
+        recorder: IntentRecorder,
         stop: asyncio.Event,
         ref: str,
         quantity: int,
@@ -170,7 +169,7 @@ class _Walk:
 async def work_order(
     broker: Broker,
     clock: Clock,
-    recorder: EntryRecorder,
+    recorder: IntentRecorder,
     stop: asyncio.Event,
     request: ComboOrderRequest,
     ladder: Sequence[float],
@@ -239,7 +238,7 @@ async def work_order(
 
 
 async def _duplicate_after_place(
-    walk: _Walk, broker: Broker, recorder: EntryRecorder, placed: BrokerOrder
+    walk: _Walk, broker: Broker, recorder: IntentRecorder, placed: BrokerOrder
 ) -> bool:
     """True when another order of the day reached the broker before ours (ours must cancel).
     Asked again after a link loss; after repeated failures to ask, the order is worked as usual
@@ -258,7 +257,12 @@ async def _duplicate_after_place(
 
 
 async def _step(
-    walk: _Walk, broker: Broker, recorder: EntryRecorder, limit: float, rule: PriceRule | None, ceiling: float
+    walk: _Walk,
+    broker: Broker,
+    recorder: IntentRecorder,
+    limit: float,
+    rule: PriceRule | None,
+    ceiling: float,
 ) -> bool:
     """Change the limit to `limit` (journaled first). A refusal keeps the order at its previous
     limit; a price-increment refusal (110) tries once more at the next valid price at or below
@@ -320,7 +324,7 @@ def _valid_price(price: float, rule: PriceRule | None, ceiling: float) -> float 
 async def resume_order(
     broker: Broker,
     clock: Clock,
-    recorder: EntryRecorder,
+    recorder: IntentRecorder,
     stop: asyncio.Event,
     order: BrokerOrder,
     quantity: int,
@@ -351,7 +355,7 @@ async def resume_order(
 
 
 async def _finish(
-    walk: _Walk, broker: Broker, recorder: EntryRecorder, quantity: int, timing: WalkSettings
+    walk: _Walk, broker: Broker, recorder: IntentRecorder, quantity: int, timing: WalkSettings
 ) -> None:
     if not walk.done():
         reason = "shutting down" if walk.stop.is_set() else "fill timeout"
@@ -363,7 +367,7 @@ async def _finish(
     await _settle(walk, recorder, quantity, reason)
 
 
-async def _settle(walk: _Walk, recorder: EntryRecorder, quantity: int, reason: str | None) -> None:
+async def _settle(walk: _Walk, recorder: IntentRecorder, quantity: int, reason: str | None) -> None:
     order = walk.order
     assert order is not None  # noqa: S101 -- set by the placement
     if order.state is OrderState.UNKNOWN:
