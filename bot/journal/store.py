@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -34,11 +34,13 @@ from bot.domain import (
     Blocked,
     BlockReason,
     EntryStatus,
+    IntentKind,
     Source,
     Started,
     TradeView,
 )
 from bot.journal.schema import MIGRATIONS
+from bot.positions.ledger import PositionState, PositionView, exit_prefix, legs_of, parse_exit_key
 
 __all__ = [
     "ActionRow",
@@ -52,7 +54,7 @@ __all__ = [
 
 _ENTRY_COLUMNS = (
     "id, strategy, trading_day, attempt, idempotency_key, source, status, quantity, filled, "
-    "avg_price, limits, started_at, ended_at, legs_text, broker_filled"
+    "avg_price, limits, started_at, ended_at, legs_text, broker_filled, kind, position_id"
 )
 # An entry whose outcome is not settled: an order may be working, its outcome is unknown, or the
 # broker reported more filled than the executions journaled so far.
@@ -138,6 +140,8 @@ def _trade(row: sqlite3.Row | tuple[Any, ...]) -> TradeView:
         ended_at=datetime.fromisoformat(row[12]) if row[12] else None,
         legs=row[13],
         broker_filled=float(row[14] or 0),
+        kind=IntentKind(row[15]),
+        position_id=row[16],
     )
 
 
@@ -307,7 +311,8 @@ class Journal:
         try:
             async with self.transaction() as tx:
                 unknown = await tx.fetchall(
-                    f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE strategy = ? AND status = 'unknown' "
+                    f"SELECT {_ENTRY_COLUMNS} FROM intents WHERE kind = 'entry' AND strategy = ? "
+                    "AND status = 'unknown' "
                     "ORDER BY id LIMIT 1",
                     (strategy,),
                 )
@@ -318,8 +323,8 @@ class Journal:
                     )
                     return Blocked(BlockReason.UNRESOLVED, existing_unknown, action_id)
                 rows = await tx.fetchall(
-                    f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE strategy = ? AND trading_day = ? "
-                    "ORDER BY attempt",
+                    f"SELECT {_ENTRY_COLUMNS} FROM intents WHERE kind = 'entry' AND strategy = ? "
+                    "AND trading_day = ? ORDER BY attempt",
                     (strategy, day.isoformat()),
                 )
                 trades = [_trade(r) for r in rows]
@@ -340,7 +345,7 @@ class Journal:
                 key = idempotency_key(strategy, day, attempt)
                 stamp = now.isoformat()
                 cur = await tx.execute(
-                    "INSERT INTO entries (strategy, trading_day, attempt, idempotency_key, source, "
+                    "INSERT INTO intents (strategy, trading_day, attempt, idempotency_key, source, "
                     "forced, status, quantity, started_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
                     (
                         strategy,
@@ -367,14 +372,14 @@ class Journal:
                         source,
                         {"bypassed_trade": traded.id},
                     )
-                row = await tx.fetchone(f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE id = ?", (entry_id,))
+                row = await tx.fetchone(f"SELECT {_ENTRY_COLUMNS} FROM intents WHERE id = ?", (entry_id,))
                 assert row is not None  # noqa: S101 -- just inserted in this transaction
                 return Started(_trade(row), forced=force and traded is not None)
         except JournalConflict:
             # Another process claimed between our checks: the partial unique index said no.
             live_rows = await self._read(
-                f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE strategy = ? AND trading_day = ? "
-                "AND status IN ('claimed', 'working')",
+                f"SELECT {_ENTRY_COLUMNS} FROM intents WHERE kind = 'entry' AND strategy = ? "
+                "AND trading_day = ? AND status IN ('claimed', 'working')",
                 (strategy, day.isoformat()),
             )
             winner = _trade(live_rows[0]) if live_rows else None
@@ -432,7 +437,7 @@ class Journal:
         """Record the chosen legs."""
         async with self.transaction() as tx:
             await tx.execute(
-                "UPDATE entries SET legs = ?, legs_text = ?, back_expiry = ?, updated_at = ? WHERE id = ?",
+                "UPDATE intents SET legs = ?, legs_text = ?, back_expiry = ?, updated_at = ? WHERE id = ?",
                 (json.dumps(legs), text, back_expiry.isoformat(), tx.stamp, entry_id),
             )
             await tx.entry_action(entry_id, ActionKind.LEGS_CHOSEN, {"legs": text})
@@ -441,11 +446,11 @@ class Journal:
         """Append a limit price about to be sent to the broker (placed or stepped): written
         before the order or modification leaves (write-ahead)."""
         async with self.transaction() as tx:
-            row = await tx.fetchone("SELECT limits FROM entries WHERE id = ?", (entry_id,))
+            row = await tx.fetchone("SELECT limits FROM intents WHERE id = ?", (entry_id,))
             limits = json.loads(row[0]) if row and row[0] else []
             limits.append(round(limit, 4))
             await tx.execute(
-                "UPDATE entries SET limits = ?, updated_at = ? WHERE id = ?",
+                "UPDATE intents SET limits = ?, updated_at = ? WHERE id = ?",
                 (json.dumps(limits), tx.stamp, entry_id),
             )
             await tx.entry_action(entry_id, kind, {"limit": limit})
@@ -456,7 +461,7 @@ class Journal:
         """The broker acknowledged the order (its limit was journaled before it was sent)."""
         async with self.transaction() as tx:
             await tx.execute(
-                "UPDATE entries SET order_id = ?, perm_id = COALESCE(NULLIF(?, 0), perm_id), "
+                "UPDATE intents SET order_id = ?, perm_id = COALESCE(NULLIF(?, 0), perm_id), "
                 "client_id = COALESCE(?, client_id), broker_status = ?, status = ?, updated_at = ? "
                 "WHERE id = ? AND status IN ('claimed', 'working')",
                 (order_id, perm_id, client_id, broker_status, EntryStatus.WORKING.value, tx.stamp, entry_id),
@@ -469,7 +474,7 @@ class Journal:
         """An operator settles an `unknown` entry: `filled` units (None: all it ordered) found at
         the broker. Journaled with who said so; refused (ValueError) for any other status."""
         async with self.transaction() as tx:
-            row = await tx.fetchone(f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE id = ?", (entry_id,))
+            row = await tx.fetchone(f"SELECT {_ENTRY_COLUMNS} FROM intents WHERE id = ?", (entry_id,))
             if row is None:
                 raise ValueError(f"there is no entry #{entry_id}")
             trade = _trade(row)
@@ -486,7 +491,7 @@ class Journal:
                 else EntryStatus.CANCELLED
             )
             await tx.execute(
-                "UPDATE entries SET status = ?, broker_filled = MAX(broker_filled, ?), reason = ?, "
+                "UPDATE intents SET status = ?, broker_filled = MAX(broker_filled, ?), reason = ?, "
                 "ended_at = COALESCE(ended_at, ?), updated_at = ? WHERE id = ?",
                 (
                     status.value,
@@ -503,18 +508,19 @@ class Journal:
                 {"by": by, "filled": units, "status": status.value},
                 alert=(AlertKind.RECONCILE_UNEXPECTED, f"bot: #{entry_id} resolved by {by}: {units} filled"),
             )
-            out = await tx.fetchone(f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE id = ?", (entry_id,))
+            await _track_position(tx, entry_id)
+            out = await tx.fetchone(f"SELECT {_ENTRY_COLUMNS} FROM intents WHERE id = ?", (entry_id,))
         assert out is not None  # noqa: S101 -- updated just above
         return _trade(out)
 
     async def is_forced(self, entry_id: int) -> bool:
         """True when the entry was claimed with `--force` (the same-day rule bypassed)."""
-        rows = await self._read("SELECT forced FROM entries WHERE id = ?", (entry_id,))
+        rows = await self._read("SELECT forced FROM intents WHERE id = ?", (entry_id,))
         return bool(rows and rows[0][0])
 
     async def entry_by_key(self, key: str) -> TradeView | None:
         """The entry with this idempotency key, if the journal has one."""
-        rows = await self._read(f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE idempotency_key = ?", (key,))
+        rows = await self._read(f"SELECT {_ENTRY_COLUMNS} FROM intents WHERE idempotency_key = ?", (key,))
         return _trade(rows[0]) if rows else None
 
     async def adopt_from_broker(
@@ -526,33 +532,56 @@ class Journal:
         detail: dict[str, Any],
         alert: tuple[AlertKind, str],
         final: EntryStatus | None = None,
+        exit_day: date | None = None,
     ) -> TradeView:
         """Journal an order found at the broker under a key this journal does not know (a lost or
         restored journal, another copy of the bot): a new entry with source `broker`, live until
         reconciliation settles it from the broker's record. `replacing` (our own claim for the same
         day, if any) is finished `never_sent` in the same transaction, so the day never has two
-        live entries and the claim's requester learns why."""
+        live entries and the claim's requester learns why. An exit's key (`<entry key>:x<n>`) is
+        adopted as an exit of that entry's position, claimed on `exit_day`."""
         parsed = parse_key(key)
-        if parsed is None:
+        exit_of = parse_exit_key(key)
+        if parsed is None and exit_of is None:
             raise ValueError(f"{key!r} is not an idempotency key")
-        strategy, day, attempt = parsed
         async with self.transaction() as tx:
             if replacing is not None:
                 await tx.execute(
-                    "UPDATE entries SET status = 'never_sent', reason = ?, ended_at = ?, updated_at = ? "
+                    "UPDATE intents SET status = 'never_sent', reason = ?, ended_at = ?, updated_at = ? "
                     "WHERE id = ? AND status IN ('claimed', 'working')",
                     (
-                        f"the broker already holds {key} for this day; adopted, not doubled",
+                        f"the broker already holds {key}; adopted, not doubled",
                         tx.stamp,
                         tx.stamp,
                         replacing,
                     ),
                 )
                 await tx.entry_action(replacing, ActionKind.BROKER_GUARD, {"found": key, **detail})
+            position_id: int | None = None
+            legs: tuple[Any, ...] = (None, None, None)
+            if parsed is not None:
+                strategy, day, attempt = parsed
+            else:
+                assert exit_of is not None  # noqa: S101 -- one of the two parsed
+                entry_key, attempt = exit_of
+                entry = await tx.fetchone(
+                    "SELECT id, strategy, legs, legs_text, back_expiry FROM intents "
+                    "WHERE idempotency_key = ? AND kind = 'entry'",
+                    (entry_key,),
+                )
+                if entry is None:
+                    raise ValueError(f"{key!r} closes {entry_key}, which this journal does not know")
+                position_id, strategy = int(entry[0]), str(entry[1])
+                legs = (entry[2], entry[3], entry[4])
+                day = exit_day or tx.now.date()
             cur = await tx.execute(
-                "INSERT INTO entries (strategy, trading_day, attempt, idempotency_key, source, status, "
-                "quantity, started_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO intents (kind, position_id, action, strategy, trading_day, attempt, "
+                "idempotency_key, source, status, quantity, legs, legs_text, back_expiry, started_at, "
+                "updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
+                    IntentKind.ENTRY.value if position_id is None else IntentKind.EXIT.value,
+                    position_id,
+                    "BUY" if position_id is None else "SELL",
                     strategy,
                     day.isoformat(),
                     attempt,
@@ -560,6 +589,7 @@ class Journal:
                     Source.BROKER.value,
                     (final or EntryStatus.WORKING).value,
                     quantity,
+                    *legs,
                     tx.stamp,
                     tx.stamp,
                 ),
@@ -574,7 +604,7 @@ class Journal:
                 {"key": key, **detail},
                 alert=alert,
             )
-            row = await tx.fetchone(f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE id = ?", (entry_id,))
+            row = await tx.fetchone(f"SELECT {_ENTRY_COLUMNS} FROM intents WHERE id = ?", (entry_id,))
         assert row is not None  # noqa: S101 -- inserted just above
         return _trade(row)
 
@@ -582,7 +612,7 @@ class Journal:
         """Correct an adopted entry's quantity to the broker's order."""
         async with self.transaction() as tx:
             await tx.execute(
-                "UPDATE entries SET quantity = ?, updated_at = ? WHERE id = ? AND source = 'broker'",
+                "UPDATE intents SET quantity = ?, updated_at = ? WHERE id = ? AND source = 'broker'",
                 (max(1, quantity), tx.stamp, entry_id),
             )
 
@@ -597,12 +627,14 @@ class Journal:
         broker_filled: float = 0.0,
         broker_avg_price: float | None = None,
         client_id: int | None = None,
+        commission: float | None = None,
     ) -> None:
         """Record what the broker reported for the order: its status, its filled quantity (kept at
-        the highest seen: a fill never un-happens) and ids; and our status, when it changes."""
+        the highest seen: a fill never un-happens), its commissions (dollars, from the leg
+        executions) and ids; and our status, when it changes."""
         async with self.transaction() as tx:
             await tx.execute(
-                "UPDATE entries SET broker_status = ?, status = COALESCE(?, status), "
+                "UPDATE intents SET broker_status = ?, status = COALESCE(?, status), "
                 "order_id = COALESCE(?, order_id), perm_id = COALESCE(NULLIF(?, 0), perm_id), "
                 "client_id = COALESCE(?, client_id), "
                 "broker_avg_price = CASE WHEN ? > broker_filled THEN ? ELSE broker_avg_price END, "
@@ -620,11 +652,16 @@ class Journal:
                     entry_id,
                 ),
             )
+            if commission:
+                await tx.execute(
+                    "UPDATE intents SET commission = MAX(commission, ?) WHERE id = ?", (commission, entry_id)
+                )
             await tx.entry_action(
                 entry_id,
                 ActionKind.ORDER_STATUS,
                 {"broker_status": broker_status, "broker_filled": broker_filled},
             )
+            await _track_position(tx, entry_id)
 
     async def record_fill(
         self, entry_id: int, exec_id: str, quantity: float, price: float, at: datetime
@@ -639,7 +676,7 @@ class Journal:
             if cur.rowcount != 1:
                 return False
             await tx.execute(
-                "UPDATE entries SET filled = (SELECT COALESCE(SUM(quantity), 0) FROM fills "
+                "UPDATE intents SET filled = (SELECT COALESCE(SUM(quantity), 0) FROM fills "
                 "WHERE entry_id = ?), avg_price = (SELECT SUM(quantity * price) / SUM(quantity) "
                 "FROM fills WHERE entry_id = ?), updated_at = ? WHERE id = ?",
                 (entry_id, entry_id, tx.stamp, entry_id),
@@ -648,19 +685,20 @@ class Journal:
                 entry_id, ActionKind.FILL, {"exec_id": exec_id, "quantity": quantity, "price": price}
             )
             await self._correct_unfilled_final(tx, entry_id)
+            await _track_position(tx, entry_id)
             return True
 
     @staticmethod
     async def _correct_unfilled_final(tx: _Tx, entry_id: int) -> None:
         """An entry ended as never filled that now has a fill is corrected to what it is, with
         an alert: a fill is the broker's evidence, the earlier conclusion was not."""
-        row = await tx.fetchone("SELECT status, filled, quantity FROM entries WHERE id = ?", (entry_id,))
+        row = await tx.fetchone("SELECT status, filled, quantity FROM intents WHERE id = ?", (entry_id,))
         if row is None or str(row[0]) not in _UNFILLED_FINAL:
             return
         was, filled, quantity = str(row[0]), float(row[1]), int(row[2])
         now = EntryStatus.FILLED if filled >= quantity else EntryStatus.PARTIAL
         await tx.execute(
-            "UPDATE entries SET status = ?, updated_at = ? WHERE id = ?", (now.value, tx.stamp, entry_id)
+            "UPDATE intents SET status = ?, updated_at = ? WHERE id = ?", (now.value, tx.stamp, entry_id)
         )
         alert = (
             AlertKind.RECONCILE_UNEXPECTED,
@@ -684,11 +722,12 @@ class Journal:
             raise ValueError(f"{status} is not a final status")
         async with self.transaction() as tx:
             await tx.execute(
-                "UPDATE entries SET status = ?, reason = ?, ended_at = ?, updated_at = ? WHERE id = ?",
+                "UPDATE intents SET status = ?, reason = ?, ended_at = ?, updated_at = ? WHERE id = ?",
                 (status.value, reason, tx.stamp, tx.stamp, entry_id),
             )
             await tx.entry_action(entry_id, kind, {"reason": reason, **(detail or {})}, alert=alert)
-            row = await tx.fetchone(f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE id = ?", (entry_id,))
+            await _track_position(tx, entry_id)
+            row = await tx.fetchone(f"SELECT {_ENTRY_COLUMNS} FROM intents WHERE id = ?", (entry_id,))
         assert row is not None  # noqa: S101 -- updated just above
         return _trade(row)
 
@@ -706,6 +745,170 @@ class Journal:
         """Append one action (and its alert) in a transaction of its own."""
         async with self.transaction() as tx:
             return await tx.action(kind, strategy, day, entry_id, source, detail or {}, alert=alert)
+
+    # -- positions and exits ------------------------------------------------------------------
+
+    async def claim_exit(self, position_id: int, day: date, source: Source, reason: str) -> Started | Blocked:
+        """Durably claim an exit of `position_id` for everything the ledger holds open, or say what
+        stands in the way (journaled): the position not open, frozen, or an exit already working
+        or of unknown outcome. The key is `<entry key>:x<n>`, also the exit order's orderRef; the
+        database itself allows one live exit per position."""
+        try:
+            async with self.transaction() as tx:
+                views = await _load_positions(tx.fetchall, "p.id = ?", (position_id,))
+                entry_row = await tx.fetchone(
+                    f"SELECT {_ENTRY_COLUMNS} FROM intents WHERE id = ? AND kind = 'entry'", (position_id,)
+                )
+                entry = _trade(entry_row) if entry_row else None
+                strategy = entry.strategy if entry else ""
+                blocked: tuple[BlockReason, TradeView | None] | None = None
+                view = views[0] if views else None
+                if view is None or entry is None:
+                    blocked = (BlockReason.POSITION_CLOSED, entry)
+                elif view.live_exit is not None:
+                    live_row = await tx.fetchone(
+                        f"SELECT {_ENTRY_COLUMNS} FROM intents WHERE id = ?", (view.live_exit,)
+                    )
+                    live = _trade(live_row) if live_row else None
+                    unknown = live is not None and live.status is EntryStatus.UNKNOWN
+                    blocked = (BlockReason.UNRESOLVED if unknown else BlockReason.IN_PROGRESS, live)
+                elif view.open_quantity <= 0:
+                    blocked = (BlockReason.POSITION_CLOSED, entry)
+                elif view.frozen:
+                    blocked = (BlockReason.POSITION_FROZEN, entry)
+                if blocked is not None:
+                    action_id = await tx.blocked_action(blocked[0], strategy, day, source, blocked[1], None)
+                    return Blocked(blocked[0], blocked[1], action_id)
+                assert view is not None  # noqa: S101 -- checked above
+                assert entry is not None  # noqa: S101 -- checked above
+                row = await tx.fetchone(
+                    "SELECT COALESCE(MAX(attempt), 0), (SELECT legs FROM intents WHERE id = ?), "
+                    "(SELECT back_expiry FROM intents WHERE id = ?) FROM intents "
+                    "WHERE kind = 'exit' AND position_id = ?",
+                    (position_id, position_id, position_id),
+                )
+                attempt = int(row[0]) + 1 if row else 1
+                key = f"{exit_prefix(entry.idempotency_key)}{attempt}"
+                quantity = max(1, round(view.open_quantity))
+                cur = await tx.execute(
+                    "INSERT INTO intents (kind, position_id, action, strategy, trading_day, attempt, "
+                    "idempotency_key, source, status, quantity, legs, legs_text, back_expiry, started_at, "
+                    "updated_at) VALUES ('exit',?,'SELL',?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        position_id,
+                        strategy,
+                        day.isoformat(),
+                        attempt,
+                        key,
+                        source.value,
+                        EntryStatus.CLAIMED.value,
+                        quantity,
+                        row[1] if row else None,
+                        entry.legs,
+                        row[2] if row else None,
+                        tx.stamp,
+                        tx.stamp,
+                    ),
+                )
+                exit_id = int(cur.lastrowid or 0)
+                detail = {
+                    "idempotency_key": key,
+                    "position": position_id,
+                    "quantity": quantity,
+                    "why": reason,
+                }
+                await tx.action(ActionKind.EXIT_STARTED, strategy, day, exit_id, source, detail)
+                out = await tx.fetchone(f"SELECT {_ENTRY_COLUMNS} FROM intents WHERE id = ?", (exit_id,))
+                assert out is not None  # noqa: S101 -- just inserted in this transaction
+                return Started(_trade(out), forced=False)
+        except JournalConflict:
+            # Another writer claimed an exit of this position between our checks.
+            rows = await self._read(
+                f"SELECT {_ENTRY_COLUMNS} FROM intents WHERE kind = 'exit' AND position_id = ? "
+                "AND status IN ('claimed', 'working')",
+                (position_id,),
+            )
+            live = _trade(rows[0]) if rows else None
+            action_id = await self.record_blocked(BlockReason.IN_PROGRESS, "", day, source, live, None)
+            return Blocked(BlockReason.IN_PROGRESS, live, action_id)
+        except sqlite3.Error as exc:
+            raise JournalError(f"cannot claim the exit in the journal: {exc}") from exc
+
+    async def positions(self, *, only_open: bool = False) -> list[PositionView]:
+        """Every position in the ledger (or the open ones), oldest first."""
+        where = "p.state = 'open'" if only_open else "1"
+        return await _load_positions(self._read, where, ())
+
+    async def position(self, position_id: int) -> PositionView:
+        """One position by id (the entry's id)."""
+        found = await _load_positions(self._read, "p.id = ?", (position_id,))
+        if not found:
+            raise KeyError(position_id)
+        return found[0]
+
+    async def exits_of(self, position_id: int) -> list[TradeView]:
+        """The exit intents of one position, oldest first."""
+        rows = await self._read(
+            f"SELECT {_ENTRY_COLUMNS} FROM intents WHERE kind = 'exit' AND position_id = ? ORDER BY id",
+            (position_id,),
+        )
+        return [_trade(r) for r in rows]
+
+    async def set_frozen(
+        self, position_id: int, reason: str | None, alert: tuple[AlertKind, str] | None = None
+    ) -> bool:
+        """Freeze (a reason) or release (None) a position's exits; True when that changed it."""
+        async with self.transaction() as tx:
+            cur = await tx.execute(
+                "UPDATE positions SET frozen = ?, updated_at = ? WHERE id = ? AND state = 'open' "
+                "AND frozen IS NOT ?",
+                (reason, tx.stamp, position_id, reason),
+            )
+            if cur.rowcount != 1:
+                return False
+            kind = ActionKind.POSITION_FROZEN if reason else ActionKind.POSITION_UNFROZEN
+            await tx.entry_action(position_id, kind, {"reason": reason}, alert=alert)
+            return True
+
+    async def close_externally(self, position_id: int, detail: dict[str, Any]) -> bool:
+        """The broker's positions show `position_id` closed outside the bot: marked so, alerted,
+        and never closed again. True when it was open."""
+        async with self.transaction() as tx:
+            cur = await tx.execute(
+                "UPDATE positions SET state = ?, closed_at = ?, frozen = NULL, updated_at = ? "
+                "WHERE id = ? AND state = 'open'",
+                (PositionState.CLOSED_EXTERNALLY.value, tx.stamp, tx.stamp, position_id),
+            )
+            if cur.rowcount != 1:
+                return False
+            await tx.entry_action(
+                position_id,
+                ActionKind.POSITION_CLOSED_EXTERNALLY,
+                detail,
+                alert=(
+                    AlertKind.CLOSED_EXTERNALLY,
+                    f"bot: position #{position_id} is no longer held at IB (closed outside the bot?); "
+                    "marked closed externally, the bot will not close it",
+                ),
+            )
+            return True
+
+    async def manual_close_required(self, position_id: int, text: str) -> bool:
+        """Queue the "MANUAL CLOSE REQUIRED" alert for a position, once; True the first time."""
+        async with self.transaction() as tx:
+            cur = await tx.execute(
+                "UPDATE positions SET manual_alerted = 1, updated_at = ? WHERE id = ? AND manual_alerted = 0",
+                (tx.stamp, position_id),
+            )
+            if cur.rowcount != 1:
+                return False
+            await tx.entry_action(
+                position_id,
+                ActionKind.MANUAL_CLOSE_REQUIRED,
+                {"text": text},
+                alert=(AlertKind.MANUAL_CLOSE_REQUIRED, text[:300]),
+            )
+            return True
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -734,7 +937,7 @@ class Journal:
 
     async def entry(self, entry_id: int) -> TradeView:
         """One entry by id."""
-        rows = await self._read(f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE id = ?", (entry_id,))
+        rows = await self._read(f"SELECT {_ENTRY_COLUMNS} FROM intents WHERE id = ?", (entry_id,))
         if not rows:
             raise KeyError(entry_id)
         return _trade(rows[0])
@@ -742,7 +945,7 @@ class Journal:
     async def entry_detail(self, entry_id: int) -> dict[str, Any]:
         """Broker-side details of one entry: ids, legs, limits."""
         rows = await self._read(
-            "SELECT order_id, perm_id, legs, limits, broker_status, reason, back_expiry FROM entries "
+            "SELECT order_id, perm_id, legs, limits, broker_status, reason, back_expiry FROM intents "
             "WHERE id = ?",
             (entry_id,),
         )
@@ -762,7 +965,8 @@ class Journal:
     async def entries_on(self, strategy: str, day: date) -> list[TradeView]:
         """Every attempt of `strategy` on `day`, oldest first."""
         rows = await self._read(
-            f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE strategy = ? AND trading_day = ? ORDER BY attempt",
+            f"SELECT {_ENTRY_COLUMNS} FROM intents WHERE kind = 'entry' AND strategy = ? AND trading_day = ? "
+            "ORDER BY attempt",
             (strategy, day.isoformat()),
         )
         return [_trade(r) for r in rows]
@@ -770,35 +974,41 @@ class Journal:
     async def entries_since(self, since: date) -> list[TradeView]:
         """Entries on or after `since`, newest first."""
         rows = await self._read(
-            f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE trading_day >= ? ORDER BY id DESC",
+            f"SELECT {_ENTRY_COLUMNS} FROM intents WHERE kind = 'entry' AND trading_day >= ? "
+            "ORDER BY id DESC",
             (since.isoformat(),),
         )
         return [_trade(r) for r in rows]
 
     async def open_calendars(self, strategy: str, today: date) -> int:
-        """Entries with any evidence of a fill (as for the same-day rule) whose back leg has not
-        expired yet; an entry with that evidence but no legs recorded counts too."""
+        """Open positions of `strategy` in the ledger whose back leg has not expired yet, plus
+        entries whose outcome is unknown (they may have filled)."""
         rows = await self._read(
-            f"SELECT COUNT(*) FROM entries WHERE strategy = ? AND {_TRADED} "
-            "AND (back_expiry IS NULL OR back_expiry >= ?)",
+            "SELECT COUNT(*) FROM positions p JOIN intents e ON e.id = p.id WHERE p.state = 'open' "
+            "AND e.strategy = ? AND (e.back_expiry IS NULL OR e.back_expiry >= ?)",
             (strategy, today.isoformat()),
         )
-        return int(rows[0][0])
+        unknown = await self._read(
+            "SELECT COUNT(*) FROM intents WHERE kind = 'entry' AND strategy = ? AND status = 'unknown' "
+            "AND id NOT IN (SELECT id FROM positions)",
+            (strategy,),
+        )
+        return int(rows[0][0]) + int(unknown[0][0])
 
     async def max_order_id(self) -> int:
         """The highest broker order id this journal has recorded (0 if none): a floor for the
         next order id, since a restarted gateway can hand out ids already used (error 103)."""
-        rows = await self._read("SELECT COALESCE(MAX(order_id), 0) FROM entries")
+        rows = await self._read("SELECT COALESCE(MAX(order_id), 0) FROM intents")
         return int(rows[0][0])
 
     async def unsettled_entries(self) -> list[TradeView]:
         """Entries whose outcome is not settled: live, unknown, or with fills still missing."""
-        rows = await self._read(f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE {_UNSETTLED} ORDER BY id")
+        rows = await self._read(f"SELECT {_ENTRY_COLUMNS} FROM intents WHERE {_UNSETTLED} ORDER BY id")
         return [_trade(r) for r in rows]
 
     async def entry_legs(self, entry_id: int) -> list[dict[str, Any]]:
         """The legs recorded for an entry (empty before they were chosen)."""
-        rows = await self._read("SELECT legs FROM entries WHERE id = ?", (entry_id,))
+        rows = await self._read("SELECT legs FROM intents WHERE id = ?", (entry_id,))
         if not rows:
             raise KeyError(entry_id)
         return list(json.loads(rows[0][0])) if rows[0][0] else []
@@ -806,7 +1016,8 @@ class Journal:
     async def traded_entries(self, strategy: str) -> list[TradeView]:
         """Every entry of `strategy` with evidence of a fill, oldest first."""
         rows = await self._read(
-            f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE strategy = ? AND {_TRADED} ORDER BY id",
+            f"SELECT {_ENTRY_COLUMNS} FROM intents WHERE kind = 'entry' AND strategy = ? AND {_TRADED} "
+            "ORDER BY id",
             (strategy,),
         )
         return [_trade(r) for r in rows]
@@ -925,7 +1136,7 @@ class _Tx:
         alert: tuple[AlertKind, str] | None = None,
     ) -> int:
         row = await self.fetchone(
-            "SELECT strategy, trading_day, source FROM entries WHERE id = ?", (entry_id,)
+            "SELECT strategy, trading_day, source FROM intents WHERE id = ?", (entry_id,)
         )
         if row is None:
             raise KeyError(entry_id)
@@ -962,6 +1173,107 @@ class _Tx:
             (kind.value, body, entry_id, self.stamp, self.stamp),
         )
         return int(cur.lastrowid or 0)
+
+
+_POSITION_SQL = (
+    "SELECT p.id, p.state, p.frozen, p.opened_at, p.closed_at, e.idempotency_key, e.strategy, e.legs, "
+    "e.legs_text, MAX(e.filled, e.broker_filled), COALESCE(e.avg_price, e.broker_avg_price), "
+    "e.commission FROM positions p JOIN intents e ON e.id = p.id WHERE {where} ORDER BY p.id"
+)
+
+
+async def _load_positions(
+    fetch: Callable[[str, Sequence[Any]], Awaitable[list[tuple[Any, ...]]]],
+    where: str,
+    params: Sequence[Any],
+) -> list[PositionView]:
+    rows = await fetch(_POSITION_SQL.format(where=where), params)
+    if not rows:
+        return []
+    ids = [int(r[0]) for r in rows]
+    exits = await fetch(
+        "SELECT id, position_id, status, MAX(filled, broker_filled), COALESCE(avg_price, broker_avg_price), "
+        f"commission FROM intents WHERE kind = 'exit' AND position_id IN ({','.join('?' * len(ids))}) "
+        "ORDER BY id",
+        ids,
+    )
+    by_position: dict[int, list[tuple[Any, ...]]] = {}
+    for ex in exits:
+        by_position.setdefault(int(ex[1]), []).append(ex)
+    out: list[PositionView] = []
+    for r in rows:
+        mine = by_position.get(int(r[0]), [])
+        closed = sum(float(ex[3]) for ex in mine)
+        priced = [(float(ex[3]), float(ex[4])) for ex in mine if ex[4] is not None and float(ex[3]) > 0]
+        credit = sum(q * px for q, px in priced) / sum(q for q, _ in priced) if priced else None
+        live = next((int(ex[0]) for ex in mine if ex[2] in ("claimed", "working", "unknown")), None)
+        out.append(
+            PositionView(
+                id=int(r[0]),
+                entry_key=str(r[5]),
+                strategy=str(r[6]),
+                legs=legs_of(json.loads(r[7]) if r[7] else []),
+                legs_text=r[8],
+                entry_quantity=float(r[9]),
+                closed_quantity=closed,
+                debit=r[10],
+                exit_credit=credit,
+                entry_commission=float(r[11] or 0.0),
+                exit_commission=sum(float(ex[5] or 0.0) for ex in mine),
+                state=PositionState(r[1]),
+                frozen=r[2],
+                opened_at=datetime.fromisoformat(r[3]),
+                closed_at=datetime.fromisoformat(r[4]) if r[4] else None,
+                live_exit=live,
+                exits=tuple(int(ex[0]) for ex in mine),
+            )
+        )
+    return out
+
+
+async def _track_position(tx: _Tx, intent_id: int) -> None:
+    """Keep the ledger in step with an intent's fills, in the caller's transaction: an entry with
+    any evidence of a fill is a position; a position whose exits filled all of it is closed."""
+    row = await tx.fetchone(
+        "SELECT kind, position_id, filled, broker_filled, status, COALESCE(ended_at, started_at) "
+        "FROM intents WHERE id = ?",
+        (intent_id,),
+    )
+    if row is None:
+        return
+    if row[0] == IntentKind.ENTRY.value:
+        if float(row[2]) <= 0 and float(row[3]) <= 0 and row[4] not in ("filled", "partial"):
+            return
+        cur = await tx.execute(
+            "INSERT INTO positions (id, state, opened_at, updated_at) VALUES (?, 'open', ?, ?) "
+            "ON CONFLICT (id) DO NOTHING",
+            (intent_id, tx.stamp, tx.stamp),
+        )
+        if cur.rowcount == 1:
+            await tx.entry_action(intent_id, ActionKind.POSITION_OPENED, {"position": intent_id})
+        return
+    position_id = int(row[1])
+    views = await _load_positions(tx.fetchall, "p.id = ?", (position_id,))
+    if not views or views[0].state is not PositionState.OPEN:
+        return
+    view = views[0]
+    if view.entry_quantity <= 0 or view.closed_quantity < view.entry_quantity - 1e-9:
+        return
+    await tx.execute(
+        "UPDATE positions SET state = 'closed', closed_at = ?, frozen = NULL, updated_at = ? WHERE id = ?",
+        (tx.stamp, tx.stamp, position_id),
+    )
+    realized = view.realized
+    pnl_text = f"; realised {realized:+.2f} USD" if realized is not None else ""
+    await tx.entry_action(
+        position_id,
+        ActionKind.POSITION_CLOSED,
+        {"realized": realized, "exit": intent_id},
+        alert=(
+            AlertKind.POSITION_CLOSED,
+            f"bot: CLOSED position #{position_id} ({view.legs_text or view.entry_key}){pnl_text}",
+        ),
+    )
 
 
 def _split_sql(script: str) -> list[str]:

@@ -44,7 +44,7 @@ async def test_database_refuses_a_second_live_entry_for_the_day(journal: Journal
     conn = sqlite3.connect(journal.path)
     with pytest.raises(sqlite3.IntegrityError):
         conn.execute(
-            "INSERT INTO entries (strategy, trading_day, attempt, idempotency_key, source, status, "
+            "INSERT INTO intents (strategy, trading_day, attempt, idempotency_key, source, status, "
             "quantity, started_at, updated_at) "
             "VALUES ('calendar', ?, 9, 'x', 'manual', 'claimed', 1, '', '')",
             (DAY.isoformat(),),
