@@ -1,4 +1,8 @@
-"""The fourth guard: the broker itself is asked before an entry's order leaves, and after.
+"""The fourth guard: the broker itself is asked before an intent's order leaves, and after.
+
+For an entry the question is "does the broker hold an order of this strategy and day?"; for an
+exit it is "does the broker hold an exit of this position, and does it hold what the ledger says
+is open?" (`EntryChecks`, `ExitChecks`; the walk asks whichever it is given).
 
 The first three guards (lock, flag, the journal's claim) hold within one journal. A lost journal,
 a journal restored from a copy taken before the entry, or a second copy of the bot with its own
@@ -18,13 +22,16 @@ state directory (another host) would each pass them and send the day's order a s
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from bot.broker.protocol import Broker, BrokerOrder
 from bot.domain import ActionKind, AlertKind
-from bot.journal.store import day_prefix
+from bot.journal.store import day_prefix, parse_key
 from bot.logs import get_logger
+from bot.positions.ledger import PositionView, close_quantity_problem, exit_prefix, expected_by_con_id
 from bot.recorder import AdoptInstead, IntentRecorder
 
-__all__ = ["check_before_send", "later_duplicate"]
+__all__ = ["EntryChecks", "ExitChecks", "SendChecks", "check_before_send", "later_duplicate"]
 
 log = get_logger(__name__)
 
@@ -45,7 +52,7 @@ async def check_before_send(broker: Broker, recorder: IntentRecorder) -> None:
     concluded, and nothing is sent.
     """
     trade = recorder.trade
-    orders = await broker.find_day(day_prefix(trade.strategy, trade.trading_day))
+    orders = await _entries_of_day(broker, recorder)
     own = [o for o in orders if o.order_ref == trade.idempotency_key]
     journal = recorder.journal
     if own:
@@ -101,21 +108,31 @@ async def check_before_send(broker: Broker, recorder: IntentRecorder) -> None:
     raise AdoptInstead(adopted, order)
 
 
+async def _entries_of_day(broker: Broker, recorder: IntentRecorder) -> list[BrokerOrder]:
+    """The broker's entry orders of this strategy and day (exits of positions opened that day
+    share the key's prefix and are not entries)."""
+    trade = recorder.trade
+    orders = await broker.find_day(day_prefix(trade.strategy, trade.trading_day))
+    return [o for o in orders if parse_key(o.order_ref) is not None]
+
+
 async def later_duplicate(
-    broker: Broker, recorder: IntentRecorder, placed: BrokerOrder
+    broker: Broker, recorder: IntentRecorder, placed: BrokerOrder, orders: list[BrokerOrder] | None = None
 ) -> BrokerOrder | None:
-    """After our order was acknowledged: another order of the day with an earlier permId (another
-    client placed it meanwhile), or None. The caller cancels ours when one is returned."""
+    """After our order was acknowledged: another order for the same thing (the day's entry, the
+    position's exit) with an earlier permId (another client placed it meanwhile), or None. The
+    caller cancels ours when one is returned."""
     trade = recorder.trade
     if not placed.perm_id:
         return None
-    orders = await broker.find_day(day_prefix(trade.strategy, trade.trading_day))
+    if orders is None:
+        orders = await _entries_of_day(broker, recorder)
     earlier = [o for o in orders if o.perm_id and o.perm_id < placed.perm_id and _blocks(o)]
     if not earlier:
         return None
     other = _pick(earlier)
     log.error(
-        "another order for this day reached the broker first; cancelling ours",
+        "another order for this reached the broker first; cancelling ours",
         ours=placed.perm_id,
         theirs=other.perm_id,
         ref=other.order_ref,
@@ -128,8 +145,121 @@ async def later_duplicate(
         detail={"ours": placed.perm_id, "theirs": other.perm_id, "their_ref": other.order_ref},
         alert=(
             AlertKind.DUPLICATE_AT_BROKER,
-            f"bot: two orders for {trade.trading_day} at IB ({other.order_ref} first); "
-            f"#{trade.id} cancels itself - check for a second bot",
+            f"bot: two orders for {trade.idempotency_key.rpartition(':')[0]} at IB ({other.order_ref} "
+            f"first); #{trade.id} cancels itself - check for a second bot",
         ),
     )
     return other
+
+
+class SendChecks(Protocol):
+    """What the walk asks the broker immediately before an order leaves, and right after."""
+
+    async def before_send(self, broker: Broker, recorder: IntentRecorder) -> str | None:
+        """None when the order may leave; a reason when it must not (nothing is sent, the intent
+        ends `skipped` with it). Raises `AdoptInstead` when the broker holds the order already."""
+        ...
+
+    async def after_place(
+        self, broker: Broker, recorder: IntentRecorder, placed: BrokerOrder
+    ) -> BrokerOrder | None:
+        """An earlier order for the same thing that reached the broker first (ours cancels)."""
+        ...
+
+
+class EntryChecks:
+    """The fourth guard for an entry: the strategy's orders of the trading day."""
+
+    async def before_send(self, broker: Broker, recorder: IntentRecorder) -> str | None:
+        """See `check_before_send`."""
+        await check_before_send(broker, recorder)
+        return None
+
+    async def after_place(
+        self, broker: Broker, recorder: IntentRecorder, placed: BrokerOrder
+    ) -> BrokerOrder | None:
+        """See `later_duplicate`."""
+        return await later_duplicate(broker, recorder, placed)
+
+
+class ExitChecks:
+    """The fourth guard for an exit of `position`: the broker's exits of that position (by the
+    orderRef prefix `<entry key>:x`), then its per-leg positions against the ledger's sum.
+
+    An exit of the position at the broker that is working or has a fill is never doubled: our own
+    key is adopted; another key is adopted into the journal (or, known, left to reconciliation)
+    and our claim yields. Then the quantity: it may not exceed what the ledger holds open, the
+    broker's position in every leg must equal the ledger's sum over the open positions (IB nets
+    per conId), and no leg may go through zero. A difference freezes the position: no exit is
+    sent on a guess.
+    """
+
+    def __init__(self, position: PositionView) -> None:
+        self.position = position
+
+    async def _orders(self, broker: Broker) -> list[BrokerOrder]:
+        return await broker.find_day(exit_prefix(self.position.entry_key))
+
+    async def before_send(self, broker: Broker, recorder: IntentRecorder) -> str | None:
+        """None when the exit may leave; the reason (and the position frozen) when it may not."""
+        trade = recorder.trade
+        journal = recorder.journal
+        orders = await self._orders(broker)
+        own = [o for o in orders if o.order_ref == trade.idempotency_key]
+        if own:
+            order = _pick(own)
+            log.error("the broker already holds this exit's key; adopting it", ref=order.order_ref)
+            raise AdoptInstead(trade, order)
+        in_way = [o for o in orders if _blocks(o)]
+        if in_way:
+            order = _pick(in_way)
+            log.error("the broker holds another exit of this position; not sending", ref=order.order_ref)
+            detail = {"perm_id": order.perm_id, "state": order.state.value, "filled": order.filled}
+            alert = (
+                AlertKind.DUPLICATE_AT_BROKER,
+                f"bot: IB already had exit {order.order_ref} ({order.state.value}, filled "
+                f"{order.filled:g}) of position #{self.position.id}; #{trade.id} not sent, that one adopted",
+            )
+            known = await journal.entry_by_key(order.order_ref)
+            if known is None:
+                adopted = await journal.adopt_from_broker(
+                    order.order_ref,
+                    max(1, round(order.quantity)),
+                    replacing=trade.id,
+                    detail=detail,
+                    alert=alert,
+                    exit_day=trade.trading_day,
+                )
+            else:
+                await recorder.finished_quietly(
+                    f"the broker already holds {order.order_ref}; not doubled", detail, alert
+                )
+                adopted = known
+            await recorder.superseded()
+            raise AdoptInstead(adopted, order)
+        held = await broker.positions()
+        ledger = await journal.positions(only_open=True)
+        fresh = next((p for p in ledger if p.id == self.position.id), None)
+        if fresh is None:
+            return f"position #{self.position.id} is no longer open in the ledger"
+        problem = close_quantity_problem(fresh, trade.quantity, held, expected_by_con_id(ledger))
+        if problem is None:
+            return None
+        reason = f"exit not sent: {problem}"
+        if await journal.set_frozen(
+            fresh.id,
+            reason,
+            alert=(
+                AlertKind.POSITION_MISMATCH,
+                f"bot: position #{fresh.id} frozen, no exit sent: {problem}"[:300],
+            ),
+        ):
+            recorder.alerted()
+        log.error("exit refused by the broker's positions", position=fresh.id, problem=problem)
+        return reason
+
+    async def after_place(
+        self, broker: Broker, recorder: IntentRecorder, placed: BrokerOrder
+    ) -> BrokerOrder | None:
+        """An earlier exit of this position at the broker (another client placed it meanwhile)."""
+        return await later_duplicate(broker, recorder, placed, await self._orders(broker))

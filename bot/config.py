@@ -32,6 +32,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from bot.errors import ExitCode, UserError
+from bot.positions.settings import ExitSettings
 
 __all__ = [
     "AlertSettings",
@@ -256,6 +257,7 @@ class Settings(BaseSettings):
     control: ControlSettings = ControlSettings()
     alerts: AlertSettings = AlertSettings()
     service: ServiceSettings = ServiceSettings()
+    exits: ExitSettings = ExitSettings()
 
     @model_validator(mode="after")
     def _live_needs_consent(self) -> Settings:

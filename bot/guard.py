@@ -1,4 +1,7 @@
-"""The entry guard: the three locks in front of every entry, and the typed outcome they produce.
+"""The intent guard: the three locks in front of every intent (entry or exit), and the typed
+outcome they produce. Entries take one lane (one entry at a time in this process); each position
+has a lane of its own for its exits, so an exit never waits behind an entry, and two closes of
+one position (a scheduled exit and `bot close`, two racing `bot close`) are answered at once.
 
 1. An `asyncio.Lock`, taken without waiting: a second trigger in this process never queues up
    behind the first, it is answered at once.
@@ -7,9 +10,11 @@
 3. The durable same-day claim in the journal (`Journal.claim`), inside `BEGIN IMMEDIATE`, with
    a partial unique index behind it: this one holds across processes and restarts.
 
-Before those, two switches: `paused` (persisted; operator or fatal-error halt) and `reconciling`
-(the journal is not yet reconciled with the broker). Every refusal is journaled, and the two that
-matter to the trader (`in_progress`, `already_traded_today`) queue an SMS in the same transaction.
+Before those, two switches: `paused` (persisted; operator or fatal-error halt; entries only) and
+`reconciling` (the journal is not yet reconciled with the broker; entries and exits). An exit's
+durable claim is `Journal.claim_exit` (one live exit per position, by a partial unique index).
+Every refusal is journaled, and the two that matter to the trader (`in_progress`,
+`already_traded_today`) queue an SMS in the same transaction.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from bot.domain import (
     AlertKind,
     Blocked,
     BlockReason,
+    IntentKind,
     Skipped,
     Source,
     Started,
@@ -56,7 +62,8 @@ class InProgress:
 
 
 class IntentGuard:
-    """Decides whether an entry may start; at most one at a time in this process."""
+    """Decides whether an intent may start: at most one entry at a time in this process, and at
+    most one exit per position."""
 
     def __init__(
         self,
@@ -77,6 +84,8 @@ class IntentGuard:
         self._precheck = precheck
         self._lock = asyncio.Lock()
         self._current: InProgress | None = None
+        self._exits: dict[int, InProgress] = {}
+        """The exit lanes: position id → the exit running for it."""
         self.paused = False
         self.reconciling = True
 
@@ -87,6 +96,11 @@ class IntentGuard:
 
     def update_current(self, trade: TradeView) -> None:
         """Keep the in-progress snapshot fresh (status, limit, fills) for refused requesters."""
+        if trade.kind is IntentKind.EXIT and trade.position_id is not None:
+            flag = self._exits.get(trade.position_id)
+            if flag is not None and flag.trade is not None and flag.trade.id == trade.id:
+                flag.trade = trade
+            return
         if (
             self._current is not None
             and self._current.trade is not None
@@ -95,7 +109,12 @@ class IntentGuard:
             self._current.trade = trade
 
     def replace_current(self, trade: TradeView) -> None:
-        """The running entry now works `trade` (an order the broker-side guard adopted)."""
+        """The running intent now works `trade` (an order the broker-side guard adopted)."""
+        if trade.kind is IntentKind.EXIT and trade.position_id is not None:
+            flag = self._exits.get(trade.position_id)
+            if flag is not None:
+                flag.trade = trade
+            return
         if self._current is not None:
             self._current.trade = trade
 
@@ -142,7 +161,16 @@ class IntentGuard:
         return outcome
 
     async def try_adopt(self, trade: TradeView) -> bool:
-        """Take the guard for an entry found live at reconciliation; False if one is running."""
+        """Take the guard for an intent found live at reconciliation; False if one of its kind and
+        scope (the day's entry, the position's exit) is running."""
+        if trade.kind is IntentKind.EXIT:
+            assert trade.position_id is not None  # noqa: S101 -- every exit has its position
+            if trade.position_id in self._exits:
+                return False
+            flag = InProgress(source=trade.source, started_mono=self._clock.monotonic(), trade=trade)
+            flag.claimed.set_result(None)
+            self._exits[trade.position_id] = flag
+            return True
         if self._lock.locked() or self._current is not None:
             return False
         await self._lock.acquire()  # free, so this returns without yielding
@@ -151,10 +179,57 @@ class IntentGuard:
         self._current = flag
         return True
 
-    def finish(self) -> None:
-        """Release the guard after the entry reached a final state (or could not start)."""
+    def finish(self, trade: TradeView | None = None) -> None:
+        """Release the guard after the intent `trade` (the entry when None) reached a final state
+        (or could not start)."""
+        if trade is not None and trade.kind is IntentKind.EXIT:
+            assert trade.position_id is not None  # noqa: S101 -- every exit has its position
+            self._exits.pop(trade.position_id, None)
+            return
         if self._current is not None:
             self._release(self._current)
+
+    def running_ids(self) -> set[int]:
+        """Ids of the intents this process is working now (reconciliation leaves them alone)."""
+        flags = [self._current, *self._exits.values()]
+        return {f.trade.id for f in flags if f is not None and f.trade is not None}
+
+    def current_exit(self, position_id: int) -> InProgress | None:
+        """The exit of `position_id` running in this process, if any."""
+        return self._exits.get(position_id)
+
+    async def try_exit(self, position_id: int, source: Source, reason: str) -> Started | Blocked:
+        """Start an exit of `position_id` or say why not. On `Started` the caller must call
+        `finish(trade)` at its end. Never waits: a running exit of the position is the answer."""
+        day = self._trading_day()
+        if self.reconciling:
+            action_id = await self._journal.record_blocked(
+                BlockReason.RECONCILING, self._strategy, day, source, None, None
+            )
+            return Blocked(BlockReason.RECONCILING, None, action_id)
+        flag = self._exits.get(position_id)
+        if flag is not None:
+            # No await between this check and taking the lane below.
+            action_id = await self._journal.record_blocked(
+                BlockReason.IN_PROGRESS, self._strategy, day, source, flag.trade, None
+            )
+            return Blocked(BlockReason.IN_PROGRESS, flag.trade, action_id)
+        flag = InProgress(source=source, started_mono=self._clock.monotonic())
+        self._exits[position_id] = flag
+        try:
+            outcome = await self._journal.claim_exit(position_id, day, source, reason)
+        except BaseException:
+            self._exits.pop(position_id, None)
+            flag.claimed.set_result(None)
+            raise
+        flag.claimed.set_result(outcome)
+        if isinstance(outcome, Blocked):
+            self._exits.pop(position_id, None)
+            log.info("exit refused", position=position_id, reason=outcome.reason.value)
+            return outcome
+        flag.trade = outcome.trade
+        log.info("exit started", position=position_id, key=outcome.trade.idempotency_key, why=reason)
+        return outcome
 
     def _release(self, flag: InProgress) -> None:
         if not flag.claimed.done():

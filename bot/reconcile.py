@@ -28,14 +28,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import date
 
-from bot.broker.protocol import Broker
-from bot.domain import ActionKind, AlertKind, EntryStatus, TradeView
+from bot.broker.protocol import Broker, BrokerOrder
+from bot.domain import ActionKind, AlertKind, EntryStatus, IntentKind, TradeView
 from bot.journal.store import Journal, parse_key
 from bot.logs import get_logger
+from bot.positions.ledger import LedgerCheck, PositionView, explain, parse_exit_key
 from bot.runner import IntentRunner
 from bot.settle import final_action, final_status
 
-__all__ = ["ReconcileReport", "fetch_missing_executions", "reconcile"]
+__all__ = ["ReconcileReport", "fetch_missing_executions", "reconcile", "reconcile_positions"]
 
 log = get_logger(__name__)
 
@@ -81,13 +82,12 @@ async def reconcile(
     With `sleep` (the clock's), executions the broker's filled quantity says exist but that did
     not come with the look-up are asked for again, a few times, before the pass ends."""
     report = ReconcileReport()
-    running = runner.guard.current
-    running_id = running.trade.id if running is not None and running.trade is not None else None
+    running_ids = runner.guard.running_ids()
     entries: dict[int, TradeView] = {t.id: t for t in await journal.unsettled_entries()}
     for trade in await journal.entries_on(strategy, today):
         entries.setdefault(trade.id, trade)
-    # The entry this process is working right now is the runner's, not ours to touch.
-    if running_id is not None:
+    # The intents this process is working right now are the runner's, not ours to touch.
+    for running_id in running_ids:
         entries.pop(running_id, None)
     found = await broker.lookup([t.idempotency_key for t in entries.values()]) if entries else {}
     report.looked_up = len(entries)
@@ -105,6 +105,7 @@ async def reconcile(
             broker_filled=order.filled,
             broker_avg_price=order.avg_price,
             perm_id=order.perm_id or None,
+            commission=order.commission,
         )
         fresh = await journal.entry(trade.id)
         if not order.state.is_final and order.filled < trade.quantity:
@@ -173,10 +174,14 @@ async def reconcile(
             on_alert()
         if order.executed < order.filled:
             report.unexpected.append(f"#{trade.id}: {order.filled:g} filled, {order.executed:g} executions")
-    await _adopt_unknown_orders(journal, broker, runner, strategy, report, on_alert)
+    await _adopt_unknown_orders(journal, broker, runner, strategy, today, report, on_alert)
     if sleep is not None:
-        missing = [t for t in await journal.unsettled_entries() if t.fills_missing > 0 and t.id != running_id]
+        missing = [
+            t for t in await journal.unsettled_entries() if t.fills_missing > 0 and t.id not in running_ids
+        ]
         await _fetch_missing(journal, broker, missing, report, sleep)
+    if not runner.running and not await journal.unsettled_entries():
+        await reconcile_positions(journal, broker, report, on_alert)
     if report.unexpected or report.adopted or report.finished or report.never_sent:
         log.warning("reconciliation changed the journal", **report.to_json())
     return report
@@ -234,6 +239,7 @@ async def _adopt_unknown_orders(
     broker: Broker,
     runner: IntentRunner,
     strategy: str,
+    today: date,
     report: ReconcileReport,
     on_alert: Callable[[], None],
 ) -> None:
@@ -241,12 +247,16 @@ async def _adopt_unknown_orders(
     midnight makes yesterday's order today's question) under keys this journal does not know:
     adopted, never doubled."""
     for order in await broker.find_day(f"{strategy}:"):
+        if await journal.entry_by_key(order.order_ref) is not None:
+            continue
+        exit_of = parse_exit_key(order.order_ref)
+        if exit_of is not None:
+            await _adopt_unknown_exit(journal, runner, order, exit_of[0], today, report, on_alert)
+            continue
         parsed = parse_key(order.order_ref)
         if parsed is None or parsed[0] != strategy:
             continue
         day = parsed[1]
-        if await journal.entry_by_key(order.order_ref) is not None:
-            continue
         detail = {"perm_id": order.perm_id, "state": order.state.value, "filled": order.filled}
         alert = (
             AlertKind.DUPLICATE_AT_BROKER,
@@ -286,6 +296,108 @@ async def _adopt_unknown_orders(
             report.unexpected.append(f"#{adopted.id} adopted while another entry runs")
 
 
+async def _adopt_unknown_exit(
+    journal: Journal,
+    runner: IntentRunner,
+    order: BrokerOrder,
+    entry_key: str,
+    today: date,
+    report: ReconcileReport,
+    on_alert: Callable[[], None],
+) -> None:
+    """An exit at the broker under a key this journal does not know (a journal restored from
+    before the exit, a second bot): adopted as an exit of its position, never sent again; its
+    fills close the position in the ledger."""
+    entry = await journal.entry_by_key(entry_key)
+    if entry is None:
+        report.unexpected.append(f"{order.order_ref} closes {entry_key}, unknown to this journal")
+        return
+    live_here = [t for t in await journal.exits_of(entry.id) if t.status.is_live]
+    if live_here and not order.state.is_final:
+        report.unexpected.append(f"{order.order_ref} working at IB beside a live exit here")
+        await journal.log_action(
+            ActionKind.RECONCILED,
+            entry_id=entry.id,
+            detail={"unexpected": "second live exit", "ref": order.order_ref},
+            alert=(
+                AlertKind.RECONCILE_UNEXPECTED,
+                f"bot: two live exits of position #{entry.id} at IB - check",
+            ),
+        )
+        on_alert()
+        return
+    detail = {"perm_id": order.perm_id, "state": order.state.value, "filled": order.filled}
+    adopted = await journal.adopt_from_broker(
+        order.order_ref,
+        max(1, round(order.quantity)),
+        replacing=None,
+        detail=detail,
+        alert=(
+            AlertKind.DUPLICATE_AT_BROKER,
+            f"bot: IB has exit {order.order_ref} ({order.state.value}, filled {order.filled:g}) "
+            "unknown to this journal; adopted",
+        ),
+        exit_day=today,
+    )
+    on_alert()
+    report.adopted.append(adopted.id)
+    for ex in order.executions:
+        if await journal.record_fill(adopted.id, ex.exec_id, ex.quantity, ex.price, ex.time):
+            report.fills_applied += 1
+    await journal.record_broker_status(
+        adopted.id,
+        order.state.value,
+        broker_filled=order.filled,
+        broker_avg_price=order.avg_price,
+        commission=order.commission,
+    )
+    if order.state.is_final:
+        target = final_status(order, adopted.quantity)
+        kind, final_alert = _found_alert(adopted, target)
+        await journal.finish(adopted.id, target, "adopted from the broker", kind, alert=final_alert)
+    elif not await runner.adopt(await journal.entry(adopted.id), order):
+        report.unexpected.append(f"#{adopted.id} adopted while another exit of it runs")
+
+
+async def reconcile_positions(
+    journal: Journal,
+    broker: Broker,
+    report: ReconcileReport | None = None,
+    on_alert: Callable[[], None] = lambda: None,
+) -> LedgerCheck:
+    """The broker's per-leg positions against the ledger's sum (at start, after a reconnect and
+    periodically; only while no intent is live, so an order's fills are not half counted): a
+    position the broker no longer holds at all is marked closed externally (alerted, never closed
+    again); any other difference freezes the positions it touches (alerted; no exit on a guess);
+    a frozen position whose legs agree again is released."""
+    report = report if report is not None else ReconcileReport()
+    positions = await journal.positions(only_open=True)
+    if not positions:
+        return LedgerCheck((), {}, ())
+    held = await broker.positions()
+    check = explain(positions, held)
+    for position_id in check.closed:
+        if await journal.close_externally(
+            position_id, {"broker": {str(c): held.get(c, 0.0) for c in _con_ids(positions, position_id)}}
+        ):
+            report.unexpected.append(f"position #{position_id} closed outside the bot")
+            on_alert()
+    for position_id, why in check.frozen.items():
+        alert = (AlertKind.POSITION_MISMATCH, f"bot: position #{position_id} frozen: {why}"[:300])
+        if await journal.set_frozen(position_id, f"IB and the ledger differ: {why}", alert=alert):
+            report.unexpected.append(f"position #{position_id} frozen: {why}")
+            on_alert()
+    frozen_now = {p.id for p in positions if p.frozen and p.frozen.startswith("IB and the ledger differ")}
+    for position_id in check.agree:
+        if position_id in frozen_now:
+            await journal.set_frozen(position_id, None)
+    return check
+
+
+def _con_ids(positions: list[PositionView], position_id: int) -> list[int]:
+    return [leg.con_id for p in positions if p.id == position_id for leg in p.legs]
+
+
 def _found_alert(trade: TradeView, status: EntryStatus) -> tuple[ActionKind, tuple[AlertKind, str]]:
     kind, _ = final_action(trade, status, None)
     if status is EntryStatus.FILLED:
@@ -321,7 +433,11 @@ async def _absent(
         )
         report.never_sent.append(trade.id)
         return
-    filled = await _filled_by_positions(journal, broker, trade, detail["legs"] or [])
+    filled = (
+        None
+        if trade.kind is IntentKind.EXIT
+        else await _filled_by_positions(journal, broker, trade, detail["legs"] or [])
+    )
     if filled == 0:
         await journal.finish(
             trade.id,

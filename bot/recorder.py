@@ -31,7 +31,7 @@ class AdoptInstead(Exception):
 
 
 class IntentRecorder:
-    """Journals each step of one entry and publishes it as a progress event."""
+    """Journals each step of one intent (entry or exit) and publishes it as a progress event."""
 
     def __init__(
         self,
@@ -64,16 +64,24 @@ class IntentRecorder:
         now = self._clock.now()
         self._hub.publish(self.trade.id, {"event": event, "trade": self.trade.to_json(now), **extra})
 
+    def alerted(self) -> None:
+        """An alert was queued on this intent's behalf: wake the sender."""
+        self._on_alert()
+
     async def claimed(self) -> None:
         """Announce the claim (already journaled by the guard)."""
         await self._refresh("claimed")
 
-    async def legs_chosen(self, legs: list[OptionContract], text: str) -> None:
-        """The strategy picked its legs."""
-        data = [
+    async def legs_chosen(
+        self, legs: list[OptionContract], text: str, actions: list[str] | None = None
+    ) -> None:
+        """The strategy picked its legs (with each leg's action in the BAG, when given)."""
+        data: list[dict[str, Any]] = [
             {"expiry": c.expiry.isoformat(), "strike": c.strike, "right": c.right.value, "con_id": c.con_id}
             for c in legs
         ]
+        for leg, action in zip(data, actions or [], strict=False):
+            leg["action"] = action
         back: date = max(c.expiry for c in legs)
         await self._journal.set_legs(self.trade.id, data, text, back)
         await self._refresh("legs", legs=text)
@@ -114,8 +122,9 @@ class IntentRecorder:
         filled: float = 0.0,
         avg_price: float | None = None,
         client_id: int | None = None,
+        commission: float | None = None,
     ) -> None:
-        """A status (and filled quantity) the broker reported for the order."""
+        """A status (and filled quantity, commissions) the broker reported for the order."""
         await self._journal.record_broker_status(
             self.trade.id,
             status,
@@ -123,6 +132,7 @@ class IntentRecorder:
             broker_filled=filled,
             broker_avg_price=avg_price,
             client_id=client_id or None,
+            commission=commission,
         )
         if filled > self.trade.broker_filled:
             await self._refresh("broker_filled", broker_filled=filled)
@@ -212,6 +222,7 @@ async def finish_from_broker(
         filled=order.filled,
         avg_price=order.avg_price,
         client_id=order.client_id,
+        commission=order.commission,
     )
     if order.executed < order.filled:
         await recorder.fills_missing(order)

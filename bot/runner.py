@@ -1,7 +1,11 @@
-"""The entry runner: every trigger (scheduler, socket, retry) asks here, and only here.
+"""The intent runner: every trigger of an entry or an exit (scheduler, exit rules, socket, retry)
+asks here, and only here.
 
-`request()` runs the guard and, when the entry may start, runs the strategy as a task of its own
-and returns at once with the outcome, so the requester can report or follow the progress. The
+`request()` (an entry) and `request_exit()` (an exit of one position) run the guard and, when the
+intent may start, run the strategy as a task of its own and return at once with the outcome, so
+the requester can report or follow the progress. Both go through the same stages: guard, durable
+claim, the strategy's pricing, the execution layer's walk (broker-side check, write-ahead limits,
+fills), the final state; reconciliation adopts either kind through `adopt()`. The
 runner is the backstop for a strategy that fails: with no order sent the entry is marked failed;
 with an order possibly at the broker it is cancelled and confirmed, or left live for the
 reconciler (never guessed final).
@@ -16,13 +20,13 @@ from typing import Any
 from bot.broker.errors import BrokerError, DoNotRetry
 from bot.broker.protocol import Broker, BrokerOrder, OrderState
 from bot.clock import Clock
-from bot.domain import Blocked, EntryStatus, Skipped, Source, Started, TradeView
+from bot.domain import Blocked, BlockReason, EntryStatus, IntentKind, Skipped, Source, Started, TradeView
 from bot.guard import IntentGuard
 from bot.journal.store import Journal, JournalError
 from bot.logs import get_logger
 from bot.progress import ProgressHub
 from bot.recorder import AdoptInstead, IntentRecorder, finish_from_broker
-from bot.strategy import EntryContext, Strategy
+from bot.strategy import IntentContext, Strategy
 
 __all__ = ["IntentRunner"]
 
@@ -36,7 +40,8 @@ def _default_spawn(coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[N
 
 
 class IntentRunner:
-    """Runs entries through the guard and the strategy; one at a time."""
+    """Runs intents through the guard and the strategy: one entry at a time, one exit per
+    position."""
 
     def __init__(
         self,
@@ -72,22 +77,26 @@ class IntentRunner:
         """Ask for an entry now. Never waits for a running entry; returns the guard's outcome."""
         outcome = await self.guard.try_start(source, force=force)
         if isinstance(outcome, Started):
-            recorder = IntentRecorder(
-                self._journal, self.hub, self._clock, outcome.trade, self.guard.update_current, self._on_alert
-            )
-            ctx = EntryContext(
-                trade=outcome.trade,
-                broker=self._broker,
-                clock=self._clock,
-                recorder=recorder,
-                stop=self._stop,
-                any_day=self._any_day,
-            )
-            task = self._spawn(self._run(ctx), f"entry-{outcome.trade.id}")
-            self._tasks[outcome.trade.id] = task
-            entry_id = outcome.trade.id
-            task.add_done_callback(lambda _task: self._tasks.pop(entry_id, None))
+            self._start(self._context(outcome.trade), f"entry-{outcome.trade.id}")
         return outcome
+
+    async def request_exit(self, position_id: int, source: Source, reason: str) -> Started | Blocked:
+        """Ask for an exit of `position_id` now. Never waits for a running exit (or an entry)."""
+        if self.closed:
+            return Blocked(BlockReason.PAUSED, None, None)
+        outcome = await self.guard.try_exit(position_id, source, reason)
+        if isinstance(outcome, Started):
+            ctx = self._context(outcome.trade)
+            try:
+                ctx.position = await self._journal.position(position_id)
+            except BaseException:
+                self.guard.finish(outcome.trade)
+                raise
+            self._start(ctx, f"exit-{outcome.trade.id}")
+        return outcome
+
+    def _start(self, ctx: IntentContext, name: str) -> None:
+        self._track(ctx.trade.id, self._spawn(self._run(ctx), name))
 
     async def adopt(self, trade: TradeView, order: BrokerOrder) -> bool:
         """Work an order found live at the broker during reconciliation (never re-sent).
@@ -97,15 +106,17 @@ class IntentRunner:
         if not await self.guard.try_adopt(trade):
             return False
         ctx = self._context(trade)
-        task = self._spawn(self._run(ctx, adopted=order), f"entry-{trade.id}-adopted")
+        if trade.position_id is not None:
+            ctx.position = await self._journal.position(trade.position_id)
+        task = self._spawn(self._run(ctx, adopted=order), f"{trade.kind.value}-{trade.id}-adopted")
         self._track(trade.id, task)
         return True
 
-    def _context(self, trade: TradeView) -> EntryContext:
+    def _context(self, trade: TradeView) -> IntentContext:
         recorder = IntentRecorder(
             self._journal, self.hub, self._clock, trade, self.guard.update_current, self._on_alert
         )
-        return EntryContext(
+        return IntentContext(
             trade=trade,
             broker=self._broker,
             clock=self._clock,
@@ -123,8 +134,9 @@ class IntentRunner:
         """True while an entry task runs."""
         return bool(self._tasks)
 
-    async def _run(self, ctx: EntryContext, adopted: BrokerOrder | None = None) -> None:
+    async def _run(self, ctx: IntentContext, adopted: BrokerOrder | None = None) -> None:
         recorder = ctx.recorder
+        claim = ctx.trade
         try:
             await recorder.claimed()
             if adopted is not None:
@@ -134,10 +146,15 @@ class IntentRunner:
                 return
             else:
                 try:
-                    await self._strategy.enter(ctx)
+                    if claim.kind is IntentKind.EXIT:
+                        await self._strategy.exit(ctx)
+                    else:
+                        await self._strategy.enter(ctx)
                 except AdoptInstead as held:
                     # The broker already holds the day's order: work that one, never a second.
+                    position = ctx.position
                     ctx = self._context(held.trade)
+                    ctx.position = position
                     recorder = ctx.recorder
                     self.guard.replace_current(held.trade)
                     await self._strategy.resume(ctx, held.order)
@@ -173,9 +190,9 @@ class IntentRunner:
             self._on_fatal(f"{type(exc).__name__}: {exc}")
             await self._fail(ctx, f"{type(exc).__name__}: {exc}")
         finally:
-            self.guard.finish()
+            self.guard.finish(claim)
 
-    async def _fail(self, ctx: EntryContext, reason: str) -> None:
+    async def _fail(self, ctx: IntentContext, reason: str) -> None:
         recorder = ctx.recorder
         if recorder.final is not None:
             return
@@ -189,7 +206,7 @@ class IntentRunner:
             return
         await finish_from_broker(recorder, final, ctx.trade.quantity, reason)
 
-    async def _cancel_quietly(self, ctx: EntryContext) -> BrokerOrder | None:
+    async def _cancel_quietly(self, ctx: IntentContext) -> BrokerOrder | None:
         try:
             return await self._broker.cancel(ctx.trade.idempotency_key)
         except (BrokerError, TimeoutError, OSError) as exc:

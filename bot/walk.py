@@ -1,4 +1,7 @@
-"""Working the BAG order: place at mid, step toward natural, cancel on timeout, confirm the end.
+"""The execution layer: working one BAG order for any intent (an entry's debit, an exit's credit).
+
+Place at mid, step toward natural (up for a BUY, down for a SELL) as far as the ladder goes (its
+last limit is the ceiling of a debit or the floor of a credit), cancel on timeout, confirm the end.
 
 Every limit is journaled *before* it is sent (write-ahead: a journal that cannot be written sends
 nothing); every status, filled quantity and fill goes to the journal as it arrives. Immediately
@@ -22,7 +25,7 @@ from typing import Any
 
 from bot.broker.errors import BrokerError, DoNotRetry, LinkDown, OrderRejected, RetryLater
 from bot.broker.protocol import Broker, BrokerOrder, ComboOrderRequest, LinkState, OrderState, PriceRule
-from bot.broker_guard import check_before_send, later_duplicate
+from bot.broker_guard import SendChecks
 from bot.clock import Clock
 from bot.domain import EntryStatus
 from bot.logs import get_logger
@@ -78,14 +81,14 @@ class _Walk:
         self.ref = ref
         self.quantity = quantity
         self.order: BrokerOrder | None = None
-        self._seen_status: tuple[str, float] | None = None
+        self._seen_status: tuple[str, float, float] | None = None
 
     async def absorb(self, order: BrokerOrder) -> None:
         """Journal what is new in `order`: its executions and its status."""
         self.order = order
         for ex in order.executions:
             await self.recorder.fill(ex.exec_id, ex.quantity, ex.price, ex.time)
-        seen = (order.state.value, order.filled)
+        seen = (order.state.value, order.filled, order.commission)
         if seen != self._seen_status:
             self._seen_status = seen
             await self.recorder.broker_status(
@@ -94,6 +97,7 @@ class _Walk:
                 filled=order.filled,
                 avg_price=order.avg_price,
                 client_id=order.client_id,
+                commission=order.commission,
             )
 
     def done(self) -> bool:
@@ -175,19 +179,23 @@ async def work_order(
     ladder: Sequence[float],
     timing: WalkSettings,
     rule: PriceRule | None = None,
+    *,
+    checks: SendChecks,
 ) -> None:
     """Place `request` at `ladder[0]`, step through the ladder, and reach a final, journaled state.
 
-    Raises `AdoptInstead` when the broker already holds the day's order (nothing is sent).
+    `checks` is the fourth guard for the intent's kind. Raises `AdoptInstead` when the broker
+    already holds the order (nothing is sent).
     """
     if stop.is_set():
         await recorder.finished(EntryStatus.CANCELLED, "stop requested before the order was sent")
         return
     if timing.broker_check_delay_s > 0:
         await _first(clock.sleep(timing.broker_check_delay_s), stop.wait())
+    refusal: str | None = None
     for attempt in range(3):
         try:
-            await check_before_send(broker, recorder)
+            refusal = await checks.before_send(broker, recorder)
             break
         except LinkDown:
             # Nothing was sent; wait for the link (or the stop) and ask again.
@@ -195,20 +203,24 @@ async def work_order(
                 await _first(broker.wait_link_change(), stop.wait())
             if stop.is_set() or attempt == 2:
                 raise
+    if refusal is not None:
+        await recorder.finished(EntryStatus.SKIPPED, refusal)
+        return
     # The check took round trips: a stop requested meanwhile still wins, checked immediately
     # before the order is written.
     if stop.is_set():
         await recorder.finished(EntryStatus.CANCELLED, "stop requested before the order was sent")
         return
     walk = _Walk(broker, clock, recorder, stop, request.order_ref, request.quantity)
-    ceiling = max(ladder)
+    up = request.action == "BUY"
+    bound = max(ladder) if up else min(ladder)
     await recorder.sending(request.limit)
     try:
         placed = await broker.place(request)
     except OrderRejected as exc:
         # Refused for its price increment (110), the order was not accepted at all: send it once
         # more at the nearest valid price, journaled first like every limit.
-        valid = _valid_price(request.limit, rule, ceiling) if exc.code == PRICE_INCREMENT_REFUSED else None
+        valid = _valid_price(request.limit, rule, bound, up) if exc.code == PRICE_INCREMENT_REFUSED else None
         if valid is None:
             raise
         await recorder.step_refused(request.limit, exc.code, exc.message)
@@ -219,18 +231,18 @@ async def work_order(
     await walk.absorb(placed)
     # Asked even when ours filled at once: then it cannot be undone, but it is journaled and
     # alerted as a duplicate for a person to close.
-    if await _duplicate_after_place(walk, broker, recorder, placed):
+    if await _duplicate_after_place(walk, broker, recorder, placed, checks):
         if not walk.done():
             await walk.absorb(await _cancel_confirmed(walk, broker))
         await _settle(walk, recorder, request.quantity, "another order for the day reached IB first")
         return
     for limit in ladder[1:]:
-        if limit <= request.limit:
+        if (limit <= request.limit) if up else (limit >= request.limit):
             continue
         await walk.wait(timing.step_interval_s)
         if walk.done() or stop.is_set():
             break
-        if not await _step(walk, broker, recorder, limit, rule, ceiling):
+        if not await _step(walk, broker, recorder, limit, rule, bound, up):
             continue
     else:
         await walk.wait(timing.fill_timeout_s)
@@ -238,14 +250,14 @@ async def work_order(
 
 
 async def _duplicate_after_place(
-    walk: _Walk, broker: Broker, recorder: IntentRecorder, placed: BrokerOrder
+    walk: _Walk, broker: Broker, recorder: IntentRecorder, placed: BrokerOrder, checks: SendChecks
 ) -> bool:
     """True when another order of the day reached the broker before ours (ours must cancel).
     Asked again after a link loss; after repeated failures to ask, the order is worked as usual
     (reconciliation and the next guard still see both orders) and the failure is logged."""
     for _ in range(3):
         try:
-            return await later_duplicate(broker, recorder, placed) is not None
+            return await checks.after_place(broker, recorder, placed) is not None
         except LinkDown:
             await walk.ride_out_link_loss()
         except RetryLater as exc:
@@ -262,11 +274,13 @@ async def _step(
     recorder: IntentRecorder,
     limit: float,
     rule: PriceRule | None,
-    ceiling: float,
+    bound: float,
+    up: bool,
 ) -> bool:
     """Change the limit to `limit` (journaled first). A refusal keeps the order at its previous
-    limit; a price-increment refusal (110) tries once more at the next valid price at or below
-    `ceiling`. Returns True when the change was acknowledged."""
+    limit; a price-increment refusal (110) tries once more at the next valid price toward natural
+    within `bound` (a debit's ceiling, a credit's floor). Returns True when the change was
+    acknowledged."""
     attempts = [limit]
     while attempts:
         price = attempts.pop(0)
@@ -280,7 +294,7 @@ async def _step(
             await recorder.step_refused(price, exc.code, exc.message)
             log.warning("modification refused; the order keeps its limit", ref=walk.ref, code=exc.code)
             if exc.code == PRICE_INCREMENT_REFUSED and not attempts:
-                valid = _valid_price(price, rule, ceiling)
+                valid = _valid_price(price, rule, bound, up)
                 if valid is not None:
                     attempts.append(valid)
                     continue
@@ -306,16 +320,18 @@ PRICE_INCREMENT_REFUSED = 110
 _COARSE = PriceRule(((0.0, 0.10),))
 
 
-def _valid_price(price: float, rule: PriceRule | None, ceiling: float) -> float | None:
-    """A price near `price` that conforms where `price` did not: the rule's next valid price up
-    (toward natural), else on the coarser 0.10 grid; never above `ceiling`."""
+def _valid_price(price: float, rule: PriceRule | None, bound: float, up: bool = True) -> float | None:
+    """A price near `price` that conforms where `price` did not: the rule's next valid price
+    toward natural (up for a debit, down for a credit), else on the coarser 0.10 grid; never past
+    `bound` (the ceiling of a debit, the floor of a credit) and never zero or below."""
     for grid in (rule, _COARSE):
         if grid is None:
             continue
-        candidate = grid.round(price, up=True)
-        if abs(candidate - price) > 1e-9 and candidate <= ceiling + 1e-9:
+        candidate = grid.round(price, up=up)
+        within = candidate <= bound + 1e-9 if up else candidate >= bound - 1e-9
+        if abs(candidate - price) > 1e-9 and within and candidate > 0:
             return candidate
-        candidate = grid.round(price, up=False)
+        candidate = grid.round(price, up=not up)
         if abs(candidate - price) > 1e-9 and candidate > 0:
             return candidate
     return None

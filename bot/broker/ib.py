@@ -165,6 +165,17 @@ def _smart_rule_id(details: ContractDetails) -> int | None:
     return int(ids[0]) if ids and ids[0].strip().isdigit() else None
 
 
+def _commission(fills: Iterable[Fill]) -> float:
+    """Dollars of commission over distinct executions (IB reports it on the leg executions)."""
+    seen: dict[str, float] = {}
+    for f in fills:
+        report = f.commissionReport
+        value = float(report.commission or 0.0) if report is not None else 0.0
+        if f.execution.execId and 0 < value < 1e9:  # IB sends 1.8e308 for "not yet known"
+            seen[f.execution.execId] = value
+    return round(sum(seen.values()), 4)
+
+
 def _is_bag_fill(fill: Fill) -> bool:
     return fill.contract.secType == "BAG"
 
@@ -878,7 +889,8 @@ class IBBroker:
     # -- orders --------------------------------------------------------------------------------
 
     async def place(self, request: ComboOrderRequest) -> BrokerOrder:
-        """Send a BAG limit order (action BUY, positive limit = debit, `orderRef` = the key) and
+        """Send a BAG limit order (BUY at a debit or SELL at a credit, both positive limits,
+        `orderRef` = the key) and
         return once the gateway acknowledged it; a refusal raises `OrderRejected`."""
         ref = request.order_ref
         if not ref:
@@ -910,8 +922,10 @@ class IBBroker:
                 for leg in request.legs
             ],
         )
+        if request.action not in ("BUY", "SELL") or request.limit <= 0:
+            raise DoNotRetry(f"order {ref}: a BUY or SELL at a positive limit (IB's combo sign rule)")
         order = LimitOrder(
-            "BUY",
+            request.action,
             request.quantity,
             request.limit,
             orderRef=ref,
@@ -1156,6 +1170,7 @@ class IBBroker:
             version=version,
             client_id=trade.order.clientId,
             ours=self._is_ours(trade),
+            commission=_commission([*trade.fills, *more_fills]),
         )
 
     # -- lookup --------------------------------------------------------------------------------

@@ -173,13 +173,21 @@ class ComboLegSpec:
 
 @dataclass(frozen=True, slots=True)
 class ComboOrderRequest:
-    """A BAG limit order: action BUY, positive limit = debit, DAY, `order_ref` = idempotency key."""
+    """A BAG limit order, DAY, `order_ref` = idempotency key.
+
+    IB's sign rule for combination orders (IBKR TWS guide, "Notes on combination orders", quoted
+    in wboayue/rust-ibapi PR #338): buying a spread you pay for is a positive limit (a debit),
+    and selling a spread you are paid for is a positive limit too (a credit). So an entry BUYs
+    the calendar's BAG (SELL front, BUY back) at the debit, and its exit SELLs the same BAG, same
+    legs and quantity, at the credit: both limits positive."""
 
     legs: tuple[ComboLegSpec, ...]
     quantity: int
     limit: float
     order_ref: str
     tif: str = "DAY"
+    action: str = "BUY"
+    """BUY opens (an entry); SELL closes the same BAG (an exit)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +221,9 @@ class BrokerOrder:
     """The API client id that placed the order (0 when the broker's record does not say)."""
     ours: bool = True
     """False when another API client placed it: only that client (or TWS) may change it."""
+    commission: float = 0.0
+    """Dollars of commission the broker reported for its executions (IB reports it on the leg
+    executions; the BAG-level one carries none)."""
 
     @property
     def executed(self) -> float:

@@ -66,6 +66,24 @@ class ExitSettings(_Frozen):
     max_leg_width_frac: float = Field(default=0.25, gt=0)
     """... and a wider one passes only when it is at most this fraction of the leg's mid."""
 
+    enabled: bool = True
+    """Evaluate the open positions against these rules (off: only `bot close` closes)."""
+    evaluate_every_s: float = Field(default=60.0, gt=0)
+    """How often the open positions are quoted (snapshots of their legs) and evaluated."""
+    ledger_check_every_s: float = Field(default=300.0, gt=0)
+    """How often the broker's per-leg positions are checked against the ledger (also at every
+    start and reconnect)."""
+    price_step: float = Field(default=0.05, gt=0)
+    """The exit walk's step from mid toward natural (down: a close is a credit)."""
+    step_interval_s: float = Field(default=10.0, gt=0)
+    max_steps: int = Field(default=6, ge=0)
+    fill_timeout_s: float = Field(default=30.0, gt=0)
+    """After the last step: then the exit is cancelled, confirmed, and retried at the next
+    evaluation."""
+    max_concession: float = Field(default=0.60, ge=0)
+    """The floor: the exit never asks less than mid minus this (points per unit), nor less than
+    natural."""
+
     @model_validator(mode="after")
     def _times_inside_the_session(self) -> ExitSettings:
         for name in ("time_exit_at", "short_expiry_exit_at"):

@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 from bot.alerts.outbox import AlertSender
 from bot.broker.errors import BrokerError
 from bot.broker.ib import IBBroker
-from bot.broker.protocol import Broker, LinkState
+from bot.broker.protocol import Broker, LinkState, OptionContract, Right
 from bot.clock import Clock
 from bot.config import RuntimeEnv, Settings, StrategySettings
 from bot.control.server import ControlServer
@@ -33,8 +33,10 @@ from bot.guard import IntentGuard
 from bot.history import history_from_journal
 from bot.journal.store import Journal, JournalError, JournalTooNew
 from bot.logs import get_logger
+from bot.positions.exit_rules import evaluate_exit
+from bot.positions.marks import LegQuote, MarkGuard, spread_mark
 from bot.progress import ProgressHub
-from bot.reconcile import fetch_missing_executions, reconcile
+from bot.reconcile import fetch_missing_executions, reconcile, reconcile_positions
 from bot.runner import IntentRunner
 from bot.scheduler import HandledDays, Scheduler, scheduled_entry
 from bot.service.lock import AccountLock, InstanceLock, account_key
@@ -196,6 +198,7 @@ class Daemon:
             params,
             self.calendar,
             broker_check_delay_s=(s.broker.client_id % _CHECK_SLOTS) * _CHECK_SLOT_S,
+            exits=s.exits,
         )
         self.guard = IntentGuard(
             self.journal,
@@ -303,6 +306,7 @@ class Daemon:
                     tg.create_task(self.alerts.run(), name="alert-sender"),
                     tg.create_task(self._status_loop(), name="status"),
                     tg.create_task(self._ready_when_reconciled(), name="ready"),
+                    tg.create_task(self._exit_loop(), name="exits"),
                 ]
                 interval = self.notifier.watchdog_interval_s
                 if interval is not None:
@@ -405,9 +409,83 @@ class Daemon:
             log.warning("executions still missing at stop; the next start looks again", error=str(exc))
 
     async def _has_unsettled(self) -> bool:
-        running = self.guard.current
-        running_id = running.trade.id if running is not None and running.trade is not None else None
-        return any(t.id != running_id for t in await self.journal.unsettled_entries())
+        running = self.guard.running_ids()
+        return any(t.id not in running for t in await self.journal.unsettled_entries())
+
+    # -- exits -----------------------------------------------------------------------------------
+
+    async def _exit_loop(self) -> None:
+        """Evaluate the open positions every `exits.evaluate_every_s` (while the link is up and the
+        journal reconciled) and check the ledger against the broker's per-leg positions every
+        `exits.ledger_check_every_s`. A failed pass is logged and the next one tries again."""
+        x = self.settings.exits
+        last_check = self.clock.monotonic()
+        while True:
+            await self.clock.sleep(x.evaluate_every_s)
+            if self.broker.link is not LinkState.UP or self.reconciliation != "done":
+                continue
+            try:
+                if self.clock.monotonic() - last_check >= x.ledger_check_every_s:
+                    last_check = self.clock.monotonic()
+                    if not self.runner.running and not await self.journal.unsettled_entries():
+                        await reconcile_positions(self.journal, self.broker, on_alert=self._wake_alerts)
+                if x.enabled:
+                    await self.evaluate_exits()
+            except (BrokerError, TimeoutError, JournalError) as exc:
+                log.warning("exit evaluation incomplete; next pass tries again", error=str(exc))
+
+    async def evaluate_exits(self) -> list[int]:
+        """One pass over the open positions: mark each from snapshot quotes of its legs (a snapshot
+        holds a market-data line only until answered, so a pass stays far inside IB's 100 lines
+        and nothing is left subscribed for a closed position), ask the exit rules, and request an
+        exit for each that fires. A position past its manual-close deadline is alerted "MANUAL
+        CLOSE REQUIRED", once. Returns the positions an exit was started for."""
+        x = self.settings.exits
+        started: list[int] = []
+        guard = MarkGuard(x.max_quote_age_s, x.max_leg_width_abs, x.max_leg_width_frac)
+        for position in await self.journal.positions(only_open=True):
+            if position.frozen or position.live_exit is not None or not position.legs or not position.debit:
+                continue
+            if self.guard.current_exit(position.id) is not None or self.stop_requested.is_set():
+                continue
+            contracts = [
+                OptionContract(leg.expiry, leg.strike, Right(leg.right), leg.con_id, leg.trading_class)
+                for leg in position.legs
+            ]
+            quotes = await self.broker.quotes(contracts, skip_missing=True)
+            leg_quotes = {
+                q.contract.con_id: LegQuote(q.bid, q.ask, q.time)
+                for q in quotes
+                if q.contract.con_id is not None
+            }
+            now = self.clock.now()
+            mark = spread_mark(position.legs, leg_quotes, now=now, guard=guard)
+            decision = evaluate_exit(
+                opened_at=position.opened_at,
+                debit=position.debit,
+                legs=position.legs,
+                mark=mark,
+                now=now,
+                settings=x,
+                calendar=self.calendar,
+            )
+            if decision.fire is not None:
+                outcome = await self.runner.request_exit(
+                    position.id, Source.SCHEDULER, f"{decision.fire.value}: {decision.reason}"
+                )
+                if isinstance(outcome, Started):
+                    started.append(position.id)
+            if decision.manual_close_due:
+                name = position.legs_text or position.entry_key
+                deadline = decision.times.manual_close_deadline
+                text = (
+                    f"bot: MANUAL CLOSE REQUIRED: position #{position.id} ({name}) still open past "
+                    f"its deadline {deadline:%Y-%m-%d %H:%M %Z}"
+                )
+                if await self.journal.manual_close_required(position.id, text):
+                    log.error("manual close required", position=position.id)
+                    self._wake_alerts()
+        return started
 
     def _mark_unreconciled(self, why: str) -> None:
         if self.reconciliation != "pending":
@@ -539,6 +617,38 @@ class Daemon:
             self.notifier.status("journal not writable; entries fail closed")
             raise
 
+    async def close(self, position_id: int) -> Started | Blocked:
+        """A manual exit of one position through the guard (the same path as the exit rules)."""
+        if self.stop_requested.is_set():
+            return Blocked(BlockReason.PAUSED, None, None)
+        return await self.runner.request_exit(position_id, Source.MANUAL, "closed by an operator")
+
+    async def positions(self) -> dict[str, Any]:
+        """The ledger's positions: the open ones with their next exit rule, and the closed ones
+        with their realised P&L."""
+        now = self.clock.now()
+        x = self.settings.exits
+        out: list[dict[str, Any]] = []
+        for p in await self.journal.positions():
+            row: dict[str, Any] = p.to_json()
+            if p.open_quantity > 0 and p.debit:
+                decision = evaluate_exit(
+                    opened_at=p.opened_at,
+                    debit=p.debit,
+                    legs=p.legs,
+                    mark=None,
+                    now=now,
+                    settings=x,
+                    calendar=self.calendar,
+                )
+                nxt = decision.next_time_rule
+                row["next_exit"] = nxt.describe() if nxt else None
+            out.append(row)
+        return {
+            "positions": out,
+            "realized": round(sum(p.realized or 0.0 for p in await self.journal.positions()), 2),
+        }
+
     def follow(self, entry_id: int) -> asyncio.Queue[dict[str, Any]]:
         """Progress events of an entry."""
         return self.hub.subscribe(entry_id)
@@ -574,6 +684,7 @@ class Daemon:
                 "local": plan.entry_at.astimezone().isoformat() if plan and plan.entry_at else None,
             },
             "today": [t.to_json(now) for t in today],
+            "open_positions": [p.to_json() for p in await self.journal.positions(only_open=True)],
             "alerts": alert_status,
             "last_error": self.last_error,
             "healthy": healthy,

@@ -13,7 +13,15 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from bot.broker.protocol import OptionQuote, PriceRule
 
-__all__ = ["ComboPrice", "Unpriceable", "combo_price", "price_ladder", "round_to_tick"]
+__all__ = [
+    "ComboPrice",
+    "Unpriceable",
+    "combo_price",
+    "exit_ladder",
+    "exit_price",
+    "price_ladder",
+    "round_to_tick",
+]
 
 TICK = 0.05
 
@@ -85,6 +93,53 @@ def price_ladder(
     for i in range(1, max_steps + 1):
         nxt = min(snap(start + i * step, up=True) if rule else round_to_tick(start + i * step), ceiling)
         if nxt <= ladder[-1]:
+            break
+        ladder.append(nxt)
+    return ladder
+
+
+def exit_price(shorts: Sequence[OptionQuote], longs: Sequence[OptionQuote]) -> ComboPrice:
+    """Net credit of closing a long calendar (selling its BAG: buy back `shorts`, sell `longs`):
+    mid = long mids - short mids; natural = long bids - short asks (crossing both spreads)."""
+    mid = 0.0
+    natural = 0.0
+    for quote in longs:
+        if quote.mid is None or quote.bid is None:
+            raise Unpriceable(f"no two-sided quote for {quote.contract.describe()}")
+        mid += quote.mid
+        natural += quote.bid
+    for quote in shorts:
+        if quote.mid is None or quote.ask is None:
+            raise Unpriceable(f"no two-sided quote for {quote.contract.describe()}")
+        mid -= quote.mid
+        natural -= quote.ask
+    if not (math.isfinite(mid) and math.isfinite(natural)):
+        raise Unpriceable("quotes are not finite")
+    return ComboPrice(mid=mid, natural=natural)
+
+
+def exit_ladder(
+    price: ComboPrice, step: float, max_steps: int, max_concession: float, rule: PriceRule | None = None
+) -> list[float]:
+    """Credits to ask when closing: mid, then `step` lower each time toward natural, never below
+    the floor (natural, mid less `max_concession`, and one increment: a close is never sent at
+    zero or less); at most `max_steps` steps after the first; on the rule's grid."""
+
+    def down(value: float) -> float:
+        return rule.round(value, up=False) if rule else math.floor(value / TICK + 1e-6) * TICK
+
+    def up(value: float) -> float:
+        return rule.round(value, up=True) if rule else math.ceil(value / TICK - 1e-6) * TICK
+
+    start = round(up(price.mid - 1e-9) if rule else round_to_tick(price.mid), 4)
+    lowest = rule.increment(0.0) if rule else TICK
+    if start < lowest:
+        raise Unpriceable(f"the calendar's mid credit {price.mid:.2f} is not positive")
+    floor = round(max(up(price.natural), up(start - max_concession), lowest), 4)
+    ladder = [start]
+    for i in range(1, max_steps + 1):
+        nxt = round(max(down(start - i * step), floor), 4)
+        if nxt >= ladder[-1]:
             break
         ladder.append(nxt)
     return ladder

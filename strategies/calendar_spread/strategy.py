@@ -18,9 +18,12 @@ from bot.broker.protocol import (
     OptionQuote,
     Right,
 )
+from bot.broker_guard import EntryChecks, ExitChecks
 from bot.domain import EntryStatus
 from bot.logs import get_logger
-from bot.strategy import EntryContext
+from bot.positions.marks import LegSide
+from bot.positions.settings import ExitSettings
+from bot.strategy import IntentContext
 from bot.trading_days import TradingCalendar
 from bot.walk import WalkSettings, resume_order, work_order
 from strategies.calendar_spread.legs import (
@@ -32,7 +35,7 @@ from strategies.calendar_spread.legs import (
     strike_by_delta,
     strikes_near,
 )
-from strategies.calendar_spread.pricing import Unpriceable, combo_price, price_ladder
+from strategies.calendar_spread.pricing import Unpriceable, combo_price, exit_ladder, exit_price, price_ladder
 
 __all__ = ["CalendarParams", "CalendarSpread"]
 
@@ -71,13 +74,15 @@ class CalendarSpread:
         calendar: TradingCalendar,
         *,
         broker_check_delay_s: float = 0.0,
+        exits: ExitSettings | None = None,
     ) -> None:
         self.name = name
+        self.exits = exits or ExitSettings()
         self._broker_check_delay_s = broker_check_delay_s
         self.params = params
         self._calendar = calendar
 
-    async def enter(self, ctx: EntryContext) -> None:
+    async def enter(self, ctx: IntentContext) -> None:
         """Choose legs, price, work the order, and record a final state."""
         p = self.params
         recorder = ctx.recorder
@@ -91,7 +96,7 @@ class CalendarSpread:
             await recorder.finished(EntryStatus.SKIPPED, str(exc))
             return
         legs = [q.contract for q in sells] + [q.contract for q in buys]
-        await recorder.legs_chosen(legs, _describe(sells, buys))
+        await recorder.legs_chosen(legs, _describe(sells, buys), ["SELL"] * len(sells) + ["BUY"] * len(buys))
         rule = await ctx.broker.price_rule(legs)
         try:
             ladder = price_ladder(combo_price(sells, buys), p.price_step, p.max_steps, p.max_debit, rule)
@@ -121,9 +126,56 @@ class CalendarSpread:
                 broker_check_delay_s=self._broker_check_delay_s,
             ),
             rule,
+            checks=EntryChecks(),
         )
 
-    async def resume(self, ctx: EntryContext, order: BrokerOrder) -> None:
+    async def exit(self, ctx: IntentContext) -> None:
+        """Close `ctx.position`: its own BAG (same legs, same ratios) SOLD for the quantity the
+        exit claimed, priced from the legs' quotes, walked from mid down toward natural to the
+        floor (`ExitSettings.max_concession`); the fourth guard is `ExitChecks`."""
+        x = self.exits
+        recorder = ctx.recorder
+        position = ctx.position
+        if position is None or not position.legs:
+            await recorder.finished(EntryStatus.SKIPPED, "the position's legs are not recorded")
+            return
+        contracts = [
+            OptionContract(leg.expiry, leg.strike, Right(leg.right), leg.con_id, leg.trading_class)
+            for leg in position.legs
+        ]
+        try:
+            quotes = await ctx.broker.quotes(contracts)
+            shorts = [q for q, leg in zip(quotes, position.legs, strict=True) if leg.side is LegSide.SHORT]
+            longs = [q for q, leg in zip(quotes, position.legs, strict=True) if leg.side is LegSide.LONG]
+            rule = await ctx.broker.price_rule(contracts)
+            ladder = exit_ladder(exit_price(shorts, longs), x.price_step, x.max_steps, x.max_concession, rule)
+        except (NoSuchContract, Unpriceable) as exc:
+            await recorder.finished(EntryStatus.SKIPPED, f"exit not priced: {exc}")
+            return
+        request = ComboOrderRequest(
+            legs=tuple(
+                ComboLegSpec(c, "SELL" if leg.side is LegSide.SHORT else "BUY", leg.ratio)
+                for c, leg in zip(contracts, position.legs, strict=True)
+            ),
+            quantity=ctx.trade.quantity,
+            limit=ladder[0],
+            order_ref=ctx.trade.idempotency_key,
+            action="SELL",
+        )
+        log.info("closing calendar", position=position.id, exit=ctx.trade.id, ladder=ladder)
+        await work_order(
+            ctx.broker,
+            ctx.clock,
+            recorder,
+            ctx.stop,
+            request,
+            ladder,
+            WalkSettings(step_interval_s=x.step_interval_s, fill_timeout_s=x.fill_timeout_s),
+            rule,
+            checks=ExitChecks(position),
+        )
+
+    async def resume(self, ctx: IntentContext, order: BrokerOrder) -> None:
         """Finish an order adopted at reconciliation (found working at the broker)."""
         p = self.params
         await resume_order(
@@ -140,7 +192,7 @@ class CalendarSpread:
             ),
         )
 
-    async def _choose(self, ctx: EntryContext) -> tuple[list[OptionQuote], list[OptionQuote]]:
+    async def _choose(self, ctx: IntentContext) -> tuple[list[OptionQuote], list[OptionQuote]]:
         p = self.params
         chain = await ctx.broker.chain()
         expiries = choose_expiries(
@@ -176,7 +228,7 @@ class CalendarSpread:
         return sells, buys
 
     async def _pair(
-        self, ctx: EntryContext, front: date, back: date, right: Right, strikes: list[float]
+        self, ctx: IntentContext, front: date, back: date, right: Right, strikes: list[float]
     ) -> tuple[OptionQuote, OptionQuote]:
         """Quotes for the first of `strikes` listed in both expiries (tried one at a time, so
         the usual case costs one pair of quotes and few requests: IB paces a client's messages)."""
