@@ -922,8 +922,8 @@ class IBBroker:
                 for leg in request.legs
             ],
         )
-        if request.action not in ("BUY", "SELL") or request.limit <= 0:
-            raise DoNotRetry(f"order {ref}: a BUY or SELL at a positive limit (IB's combo sign rule)")
+        if request.action not in ("BUY", "SELL"):
+            raise DoNotRetry(f"order {ref}: the order's action must be BUY or SELL")
         order = LimitOrder(
             request.action,
             request.quantity,

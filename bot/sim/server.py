@@ -1040,6 +1040,13 @@ class SimulatedGateway:
 
     # -- account -------------------------------------------------------------------------------
 
+    def book_position(self, contract: ContractRef, signed_qty: float, price: float) -> None:
+        """A trade made outside the API (a person in TWS): the position changes, clients that
+        subscribed hear of it, and no order or execution is reported to any API client."""
+        self._book_position(contract, signed_qty, price)
+        self._push_positions([contract.con_id])
+        self.notify()
+
     def _book_position(self, contract: ContractRef, signed_qty: float, price: float) -> None:
         position = self._positions.setdefault(contract.con_id, Position(contract))
         position.apply(signed_qty, price, OPTION_MULTIPLIER)

@@ -11,17 +11,29 @@ position (no leg of the account ever goes through zero).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from bot.broker.protocol import LinkState
 from bot.clock import SystemClock
-from bot.config import BrokerSettings, ControlSettings, ServiceSettings, Settings, StrategySettings
-from bot.domain import Blocked, BlockReason, Source, Started
+from bot.config import (
+    BrokerSettings,
+    ControlSettings,
+    RuntimeEnv,
+    ServiceSettings,
+    Settings,
+    StrategySettings,
+)
+from bot.domain import AlertKind, Blocked, BlockReason, Source, Started
 from bot.positions.ledger import PositionState
 from bot.positions.settings import ExitSettings
+from bot.reconcile import reconcile_positions
 from bot.service.daemon import Daemon
+from bot.service.sdnotify import SystemdNotifier
 from bot.sim import FillModel, SimConfig, SimulatedGateway
 from tests.support.inproc import entry_final, running_daemon, until
 
@@ -140,3 +152,179 @@ async def test_two_racing_closes_send_one_exit(gw: SimulatedGateway, tmp_path: P
         assert await _exit_final(d, started[0].trade.id) == "filled"
     assert _exit_orders(gw) == [started[0].trade.idempotency_key]
     assert _flat(gw)
+
+
+async def test_a_close_during_a_reconnect_is_refused_then_sent_once(
+    gw: SimulatedGateway, tmp_path: Path
+) -> None:
+    """The gateway drops: a `close` while the link is down or the journal not yet reconciled is
+    refused (nothing sent); once reconciled, one close goes out; one exit order in all."""
+    async with running_daemon(_settings(gw, tmp_path)) as d:
+        position_id = await _open_position(d)
+        await gw.drop_connections()
+        await until(lambda: d.reconciliation != "done")
+        during = await d.close(position_id)
+        assert isinstance(during, Blocked) and during.reason is BlockReason.RECONCILING
+        await until(lambda: d.broker.link is LinkState.UP and d.reconciliation == "done")
+        after = await d.close(position_id)
+        assert isinstance(after, Started), after
+        assert await _exit_final(d, after.trade.id) == "filled"
+    assert _exit_orders(gw) == [after.trade.idempotency_key]
+    assert _flat(gw)
+
+
+async def test_a_link_lost_mid_exit_leaves_one_order_modified_in_place(
+    gw: SimulatedGateway, tmp_path: Path
+) -> None:
+    """The exit works unfilled; IB loses its link (1100) and regains it (1102): the walk leaves the
+    order alone while down and afterwards changes its price in place (same order, same id), so
+    the broker never holds two live orders for the close (NautilusTrader #4564's shape)."""
+    async with running_daemon(_settings(gw, tmp_path, step_interval_s=0.3, max_steps=4)) as d:
+        position_id = await _open_position(d)
+        gw.fill_model = FillModel.never()
+        outcome = await d.close(position_id)
+        assert isinstance(outcome, Started)
+        await until(lambda: len(_exit_orders(gw)) == 1 and gw.ledger.orders[-1].acked)
+        await gw.connectivity(lost=True)
+        await until(lambda: d.broker.link is not LinkState.UP)
+        sent_before = len(gw.ledger.orders[-1].limit_prices)
+        await gw.connectivity(restored=True)
+        await until(lambda: len(gw.ledger.orders[-1].limit_prices) > sent_before)
+        assert sum(1 for o in gw.ledger.working() if ":x" in o.order_ref) == 1
+        gw.fill_model = FillModel.always()
+        assert await _exit_final(d, outcome.trade.id) == "filled"
+    assert _exit_orders(gw) == [outcome.trade.idempotency_key]
+    assert [o.order_id for o in gw.ledger.orders if ":x" in o.order_ref] == [gw.ledger.orders[-1].order_id]
+    assert _flat(gw)
+
+
+async def test_a_restart_mid_exit_adopts_the_working_exit(gw: SimulatedGateway, tmp_path: Path) -> None:
+    """The daemon is stopped dead (its tasks cancelled, no drain) while its exit works unfilled:
+    the next start finds the exit at the broker, adopts it (never re-sent) and works it to its
+    end; a `close` meanwhile is told the exit is in the way."""
+    settings = _settings(gw, tmp_path)
+    gw.fill_model = FillModel.always()
+    async with running_daemon(settings) as d:
+        position_id = await _open_position(d)
+    gw.fill_model = FillModel.never()
+    d = Daemon(
+        settings, RuntimeEnv.from_environ({}), SystemClock(), SystemdNotifier(None), handle_signals=False
+    )
+    task = asyncio.create_task(d.run())
+    await until(lambda: getattr(d, "reconciliation", "") == "done")
+    outcome = await d.close(position_id)
+    assert isinstance(outcome, Started)
+    await until(lambda: len(_exit_orders(gw)) == 1 and gw.ledger.orders[-1].acked)
+    task.cancel()  # stopped dead: no drain, the exit stays live in the journal and at IB
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert gw.ledger.orders[-1].is_working
+    async with running_daemon(settings) as d:
+        refused = await d.close(position_id)
+        assert isinstance(refused, Blocked) and refused.reason is BlockReason.IN_PROGRESS
+        gw.fill_model = FillModel.always()
+        assert await _exit_final(d, outcome.trade.id) == "filled"
+        assert (await d.journal.position(position_id)).state is PositionState.CLOSED
+    assert _exit_orders(gw) == [outcome.trade.idempotency_key]
+    assert _flat(gw)
+
+
+async def test_a_journal_restored_from_before_the_exit_never_closes_twice(
+    gw: SimulatedGateway, tmp_path: Path
+) -> None:
+    """A copy of the journal taken with the position open replaces it after the exit filled:
+    the restored journal does not know the exit, the broker does: it is adopted (the position
+    closed in the ledger), and a `close` is refused; one exit order, the account flat."""
+    settings = _settings(gw, tmp_path)
+    copy = tmp_path / "before-exit.sqlite3"
+    async with running_daemon(settings) as d:
+        position_id = await _open_position(d)
+        src, dst = sqlite3.connect(settings.journal_path), sqlite3.connect(copy)
+        src.backup(dst)
+        src.close()
+        dst.close()
+        outcome = await d.close(position_id)
+        assert isinstance(outcome, Started)
+        assert await _exit_final(d, outcome.trade.id) == "filled"
+    for suffix in ("-wal", "-shm"):
+        settings.journal_path.with_name(settings.journal_path.name + suffix).unlink(missing_ok=True)
+    copy.replace(settings.journal_path)
+    async with running_daemon(settings) as d:
+        refused = await d.close(position_id)
+        assert isinstance(refused, Blocked) and refused.reason is BlockReason.POSITION_CLOSED
+        adopted = await d.journal.entry_by_key(outcome.trade.idempotency_key)
+        assert adopted is not None and adopted.status.value == "filled"
+        assert AlertKind.DUPLICATE_AT_BROKER.value in await _alert_kinds(d)
+    assert _exit_orders(gw) == [outcome.trade.idempotency_key]
+    assert _flat(gw)
+
+
+async def test_a_restored_journal_that_claims_the_exit_again_adopts_instead(
+    gw: SimulatedGateway, tmp_path: Path
+) -> None:
+    """Even when the restored journal claims the same exit key again before anything reconciled
+    it (reconciliation skipped here on purpose), the broker-side guard finds that key at IB and
+    adopts it: nothing is sent."""
+    settings = _settings(gw, tmp_path)
+    async with running_daemon(settings) as d:
+        position_id = await _open_position(d)
+        outcome = await d.close(position_id)
+        assert isinstance(outcome, Started)
+        assert await _exit_final(d, outcome.trade.id) == "filled"
+        # Forget the exit in the journal, as a restore would, behind reconciliation's back.
+        await d.journal.connection.execute("DELETE FROM fills WHERE entry_id = ?", (outcome.trade.id,))
+        await d.journal.connection.execute("DELETE FROM intents WHERE id = ?", (outcome.trade.id,))
+        await d.journal.connection.execute("UPDATE positions SET state = 'open' WHERE id = ?", (position_id,))
+        again = await d.close(position_id)
+        assert isinstance(again, Started), again
+        assert again.trade.idempotency_key == outcome.trade.idempotency_key
+        await until(lambda: not d.runner.running)
+        assert (await d.journal.position(position_id)).state is PositionState.CLOSED
+    assert _exit_orders(gw) == [outcome.trade.idempotency_key]
+    assert _flat(gw)
+
+
+async def test_a_position_closed_in_tws_is_marked_and_never_closed(
+    gw: SimulatedGateway, tmp_path: Path
+) -> None:
+    """The calendar is closed outside the bot (its legs go to zero at the broker): the ledger
+    check marks it closed externally with an alert, and a `close` is refused; no exit is sent."""
+    async with running_daemon(_settings(gw, tmp_path)) as d:
+        position_id = await _open_position(d)
+        _close_at_broker(gw)
+        await reconcile_positions(d.journal, d.broker)
+        position = await d.journal.position(position_id)
+        assert position.state is PositionState.CLOSED_EXTERNALLY
+        assert AlertKind.CLOSED_EXTERNALLY.value in await _alert_kinds(d)
+        refused = await d.close(position_id)
+        assert isinstance(refused, Blocked) and refused.reason is BlockReason.POSITION_CLOSED
+    assert _exit_orders(gw) == []
+
+
+async def test_a_leg_that_differs_at_the_broker_freezes_and_nothing_flips(
+    gw: SimulatedGateway, tmp_path: Path
+) -> None:
+    """One leg of the position changes at the broker behind the bot's back (half of it closed
+    in TWS) just before a `close`: the broker-side check sees the ledger and IB disagree, sends
+    nothing and freezes the position (alerted); later closes are refused as frozen. The account
+    keeps what it had: no leg goes through zero."""
+    async with running_daemon(_settings(gw, tmp_path)) as d:
+        position_id = await _open_position(d)
+        _close_at_broker(gw, legs=1)
+        held = {p.contract.con_id: p.qty for p in gw.positions()}
+        outcome = await d.close(position_id)
+        assert isinstance(outcome, Started)
+        assert await _exit_final(d, outcome.trade.id) == "skipped"
+        position = await d.journal.position(position_id)
+        assert position.frozen is not None and position.state is PositionState.OPEN
+        assert AlertKind.POSITION_MISMATCH.value in await _alert_kinds(d)
+        again = await d.close(position_id)
+        assert isinstance(again, Blocked) and again.reason is BlockReason.POSITION_FROZEN
+    assert _exit_orders(gw) == []
+    assert {p.contract.con_id: p.qty for p in gw.positions()} == held
+
+
+def _close_at_broker(gw: SimulatedGateway, legs: int | None = None) -> None:
+    """Flatten the account's legs (all, or the first `legs`) as a close in TWS would."""
+    for position in gw.positions()[: legs if legs is not None else None]:
+        gw.book_position(position.contract, -position.qty, gw.mark_price(position.contract))
