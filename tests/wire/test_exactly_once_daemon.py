@@ -2,7 +2,10 @@
 ib_async) against the simulated gateway with the hostile behaviour that broke it. The
 simulator's ledger is the judge; each test failed on the code before the fix.
 
-* "Filled" before its executions (execDetails delayed): a plain second `trade` must not enter.
+* "Filled" before its executions (execDetails delayed), or a stale status after it: a plain
+  second `trade` must not enter.
+* An earlier day's order the gateway forgot: settled from the account's positions, never
+  concluded from its absence.
 * The fourth guard, three ways, against a gateway that already holds today's order: the journal
   deleted mid-day, the journal replaced by a copy taken before the entry, and a second daemon
   with its own state directory and client id. Zero new orders, the existing one adopted, an alert.
@@ -11,16 +14,26 @@ simulator's ledger is the judge; each test failed on the code before the fix.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from bot.clock import SystemClock
-from bot.config import BrokerSettings, ControlSettings, ServiceSettings, Settings, StrategySettings
+from bot.clock import ScaledClock, SystemClock
+from bot.config import (
+    BrokerSettings,
+    ControlSettings,
+    RuntimeEnv,
+    ServiceSettings,
+    Settings,
+    StrategySettings,
+)
 from bot.domain import AlertKind, Blocked, BlockReason, EntryStatus, Source, Started
 from bot.service.daemon import Daemon
+from bot.service.sdnotify import SystemdNotifier
 from bot.sim import FillModel, SimConfig, SimulatedGateway
 from bot.sim.chain import ChainMode, ChainShape
 from bot.sim.exec_filter import ExecFilterQuirk
@@ -354,4 +367,34 @@ async def test_a_stale_status_after_filled_never_unfills_the_entry(
         assert second.reason is BlockReason.ALREADY_TRADED_TODAY
         view = await d.journal.entry(first.trade.id)
         assert view.broker_filled == 1.0
+    assert [o.order_ref for o in gw.ledger.orders] == [first.trade.idempotency_key]
+
+
+async def test_yesterdays_order_the_gateway_forgot_is_settled_from_positions(
+    gw: SimulatedGateway, tmp_path: Path
+) -> None:
+    """Yesterday the daemon died with its order working; the order filled while no daemon was
+    connected; the gateway restarted on a new day and no longer lists yesterday's orders or
+    executions. Today's start must not conclude "expired" from that absence: the account's
+    positions in the entry's legs show the fill, so the entry is filled, with an alert. Before the
+    fix: finished `cancelled` (a DAY order from an earlier day) and the fill never recorded."""
+    settings = _settings(gw, tmp_path)
+    yesterday = ScaledClock(1.0, start=datetime.now(UTC) - timedelta(days=1))
+    gw.fill_model = FillModel.always(delay_s=1.0)
+    d = Daemon(settings, RuntimeEnv.from_environ({}), yesterday, SystemdNotifier(None), handle_signals=False)
+    task = asyncio.create_task(d.run(), name="daemon-yesterday")
+    await until(lambda: getattr(d, "reconciliation", "") == "done")
+    first = await _trade(d)
+    await until(lambda: bool(gw.ledger.orders) and gw.ledger.orders[0].acked)
+    task.cancel()  # dead: no drain, no cancel sent
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await d.journal.close()
+    await gw.wait_for(lambda: _filled_orders(gw) == [first.trade.idempotency_key])
+    await gw.restart(new_day=True)
+    async with running_daemon(settings) as today:
+        view = await today.journal.entry(first.trade.id)
+        assert view.status is EntryStatus.FILLED, view
+        assert view.broker_filled == 1.0
+        assert AlertKind.FILLS_MISSING.value in await _alert_kinds(today)
     assert [o.order_ref for o in gw.ledger.orders] == [first.trade.idempotency_key]
