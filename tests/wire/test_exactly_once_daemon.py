@@ -398,3 +398,22 @@ async def test_yesterdays_order_the_gateway_forgot_is_settled_from_positions(
         assert view.broker_filled == 1.0
         assert AlertKind.FILLS_MISSING.value in await _alert_kinds(today)
     assert [o.order_ref for o in gw.ledger.orders] == [first.trade.idempotency_key]
+
+
+async def test_a_timeout_cancel_that_loses_to_the_fill_settles_filled(
+    gw: SimulatedGateway, tmp_path: Path
+) -> None:
+    """No fill through the walk; its fill-timeout cancel reaches the broker after the order filled
+    and is answered 10148 (ib_async then marks the trade Cancelled). The entry is filled, its
+    executions journaled, and a plain second `trade` is refused: one order at the broker."""
+    gw.fill_model = FillModel.never()
+    gw.faults.fill_before_cancel(count=1)
+    async with running_daemon(_settings(gw, tmp_path)) as d:
+        first = await _trade(d)
+        assert await entry_final(d, first.trade.id) == "filled"
+        view = await d.journal.entry(first.trade.id)
+        assert (view.filled, view.broker_filled) == (1, 1.0)
+        second = await d.trade(force=False)
+        assert isinstance(second, Blocked) and second.reason is BlockReason.ALREADY_TRADED_TODAY
+    assert _filled_orders(gw) == [first.trade.idempotency_key]
+    assert len(gw.ledger.orders) == 1
