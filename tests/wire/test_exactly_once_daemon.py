@@ -17,12 +17,12 @@ import asyncio
 import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from bot.clock import ScaledClock, SystemClock
+from bot.clock import SystemClock
 from bot.config import (
     BrokerSettings,
     ControlSettings,
@@ -344,6 +344,13 @@ async def test_two_copies_fired_at_the_same_instant_send_one_order(
     assert len(_filled_orders(gw)) == 1
 
 
+class _DayBehind(SystemClock):
+    """The system clock a day behind: the daemon lives yesterday while the gateway keeps today."""
+
+    def now(self) -> datetime:
+        return super().now() - timedelta(days=1)
+
+
 def _stale_status_delivered(gw: SimulatedGateway) -> bool:
     sent = [e.fields[2] for e in gw.transcript if e.direction == "out" and e.msg_id == ORDER_STATUS]
     return "Filled" in sent and sent[-1] != "Filled"
@@ -379,7 +386,7 @@ async def test_yesterdays_order_the_gateway_forgot_is_settled_from_positions(
     positions in the entry's legs show the fill, so the entry is filled, with an alert. Before the
     fix: finished `cancelled` (a DAY order from an earlier day) and the fill never recorded."""
     settings = _settings(gw, tmp_path)
-    yesterday = ScaledClock(1.0, start=datetime.now(UTC) - timedelta(days=1))
+    yesterday = _DayBehind()
     gw.fill_model = FillModel.always(delay_s=1.0)
     d = Daemon(settings, RuntimeEnv.from_environ({}), yesterday, SystemdNotifier(None), handle_signals=False)
     task = asyncio.create_task(d.run(), name="daemon-yesterday")
