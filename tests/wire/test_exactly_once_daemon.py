@@ -54,6 +54,8 @@ async def gw() -> AsyncIterator[SimulatedGateway]:
     yield gateway
     await gateway.stop()
     assert gateway.protocol_errors == []
+    # The bot stays inside IB's limits (50 messages a second, 100 market-data lines) throughout.
+    assert gateway.limits.violations == 0, gateway.limits.to_dict()
 
 
 def _settings(gw: SimulatedGateway, state: Path, client_id: int = 17) -> Settings:
