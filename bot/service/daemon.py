@@ -5,8 +5,10 @@ simulator when `broker.mode = "simulated"`) → control socket → first reconci
 Entries are refused (`reconciling`) until the journal has been reconciled with the broker, and
 again after every link loss until the next reconciliation completes.
 
-Stop (SIGTERM/SIGINT): no new entries; a working order is driven to a safe end (filled, or
-cancelled and confirmed) within `service.drain_timeout_s`; the journal is final; exit 0. A second
+Stop (SIGTERM/SIGINT): no new entries; a working order is cancelled at once (not walked on: an
+operator stopping the bot, or systemd stopping it, wants nothing left working unwatched), and the
+stop waits up to `service.drain_timeout_s` for the broker to confirm the cancel or a fill racing
+it; the entry's final alert is sent (bounded) before exit; the journal is final; exit 0. A second
 signal, or the drain timeout, ends the process promptly; the next start reconciles.
 """
 
@@ -32,6 +34,7 @@ from bot.entry import EntryRunner
 from bot.errors import ExitCode, UserError
 from bot.guard import EntryGuard
 from bot.history import history_from_journal
+from bot.journal.identity import JournalIdentity, bind_journal
 from bot.journal.store import Journal, JournalError, JournalTooNew
 from bot.logs import get_logger
 from bot.progress import ProgressHub
@@ -92,6 +95,10 @@ class Daemon:
         self._fatal_today: tuple[date, int] = (date.min, 0)
         self._link_down_since: float | None = None
         self._link_alerted = False
+        self._halted = False
+        """Paused by the fatal-error limit (a fault), not by an operator (deliberate)."""
+        self._stop_now = asyncio.Event()
+        """A second stop signal: wait for nothing more."""
         self._signals = 0
         self._background: set[asyncio.Task[Any]] = set()
         # Set in run():
@@ -128,6 +135,7 @@ class Daemon:
             task.add_done_callback(self._background.discard)
 
     async def _halt(self, count: int) -> None:
+        self._halted = True
         await self._set_paused(
             True,
             by="halt",
@@ -161,6 +169,15 @@ class Daemon:
                     f"cannot open the journal: {exc} (check that {s.state_dir} is writable)", ExitCode.IOERR
                 ) from exc
             try:
+                account = s.broker.account.get_secret_value() if s.broker.account else None
+                await bind_journal(self.journal, JournalIdentity(s.broker.mode, account))
+            except JournalError as exc:
+                await self.journal.close()
+                raise self._unwritable(exc) from exc
+            except BaseException:
+                await self.journal.close()
+                raise
+            try:
                 await self._run_with_journal()
             finally:
                 await self.journal.close()
@@ -169,21 +186,33 @@ class Daemon:
                 account_lock.release()
             lock.release()
 
+    def _unwritable(self, exc: JournalError) -> UserError:
+        s = self.settings
+        return UserError(
+            f"the journal {s.journal_path} cannot be written ({exc}); nothing was sent: give the "
+            f"service user the file and {s.state_dir} (chown bot:bot), or free the disk",
+            ExitCode.IOERR,
+        )
+
     async def _run_with_journal(self) -> None:
         s = self.settings
         crashed = await self.journal.get_state(RUNNING_KEY) == "1"
-        await self.journal.set_state(
-            RUNNING_KEY,
-            "1",
-            ActionKind.DAEMON_STARTED,
-            {"mode": s.broker.mode, "after_crash": crashed},
-            alert=(
-                AlertKind.CRASH_RESTART,
-                "bot: daemon restarted after an unclean stop; reconciling with IB",
+        try:
+            await self.journal.set_state(
+                RUNNING_KEY,
+                "1",
+                ActionKind.DAEMON_STARTED,
+                {"mode": s.broker.mode, "after_crash": crashed},
+                alert=(
+                    AlertKind.CRASH_RESTART,
+                    "bot: daemon restarted after an unclean stop; reconciling with IB",
+                )
+                if crashed
+                else None,
             )
-            if crashed
-            else None,
-        )
+        except JournalError as exc:
+            # The first write of a start (a read-only file, a full disk): one line, exit 74.
+            raise self._unwritable(exc) from exc
         self.broker = await self._make_broker()
         # A restarted gateway can roll nextValidId back below ids this bot used (error 103).
         self.broker.order_id_floor = await self.journal.max_order_id()
@@ -313,13 +342,14 @@ class Daemon:
                     )
                 scheduler_task = tg.create_task(self._run_scheduler(), name="scheduler")
                 await self.stop_requested.wait()
-                log.info("stopping: no new entries; draining the entry in flight")
-                self.notifier.stopping("draining the entry in flight")
+                log.info("stopping: no new entries; a working order is cancelled and confirmed")
+                self.notifier.stopping("cancelling the working order, if any")
                 scheduler_task.cancel()
                 drained = await self.runner.drain(self.settings.service.drain_timeout_s)
                 if not drained:
-                    log.error("drain timed out; the next start will reconcile the open entry")
+                    log.error("the cancel was not confirmed in time; the next start reconciles the entry")
                 await self._last_fetch()
+                await self._send_alerts_before_exit()
                 for task in tasks:
                     task.cancel()
         finally:
@@ -340,6 +370,7 @@ class Daemon:
             # on the next start.
             log.warning("second stop signal: exiting without waiting for the drain")
             self.runner.abort()
+            self._stop_now.set()
 
     async def _run_scheduler(self) -> None:
         if not self.settings.schedule.enabled and self.demo_delay_s is None:
@@ -403,6 +434,23 @@ class Daemon:
                 await fetch_missing_executions(self.journal, self.broker, self.clock.sleep)
         except (BrokerError, TimeoutError, JournalError) as exc:
             log.warning("executions still missing at stop; the next start looks again", error=str(exc))
+
+    async def _send_alerts_before_exit(self) -> None:
+        """Before a clean stop: the alerts the stop caused (an entry cancelled) are sent now, not
+        at the next start; bounded by one send's timeout, and by a second signal."""
+        settled = asyncio.ensure_future(self.alerts.settle())
+        hurry = asyncio.ensure_future(self._stop_now.wait())
+        try:
+            await asyncio.wait(
+                {settled, hurry},
+                timeout=self.settings.alerts.send_timeout_s + 2.0,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            hurry.cancel()
+            if not settled.done():
+                settled.cancel()
+                log.warning("alerts still unsent at stop; the next start sends them")
 
     async def _has_unsettled(self) -> bool:
         running = self.guard.current
@@ -496,6 +544,11 @@ class Daemon:
 
     async def _scheduled_fire(self, day: date) -> None:
         window_end = datetime.combine(day, self.settings.schedule.entry_window_end, tzinfo=self.tz)
+        plan = self.scheduler.next_plan
+        if self.demo_delay_s is not None and plan is not None and plan.window_end is not None:
+            # A demo's window is its own, not the daily schedule's: a demo fired after 10:30
+            # while the first reconciliation runs waits for it instead of skipping the day.
+            window_end = plan.window_end
         try:
             await scheduled_entry(
                 day,
@@ -554,10 +607,11 @@ class Daemon:
         today = await self.journal.entries_on(self.settings.strategy.name, self.trading_day())
         alert_status = await self.alerts.status()
         link = self.broker.link.value
+        # Paused by an operator is deliberate, not degraded; paused by the fatal-error halt is.
         healthy = (
             link == LinkState.UP.value
             and self.reconciliation == "done"
-            and not self.guard.paused
+            and not (self.guard.paused and self._halted)
             and not alert_status.get("failed")
         )
         current = self.guard.current
@@ -600,6 +654,7 @@ class Daemon:
     async def resume(self, by: str) -> dict[str, Any]:
         """Resume entries."""
         self._fatal_today = (date.min, 0)
+        self._halted = False
         return await self._set_paused(
             False, by=by, kind=ActionKind.RESUMED, alert=(AlertKind.RESUMED, f"bot: entries resumed by {by}")
         )

@@ -34,7 +34,7 @@ def _host(tmp_path: Path, name: str, sim: SimProcess, client_id: int) -> DaemonP
 
 
 def _entries(d: DaemonProcess) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(f"file:{d.state_dir / 'journal.sqlite3'}?mode=ro", uri=True)
+    conn = sqlite3.connect(f"file:{d.journal}?mode=ro", uri=True)
     try:
         sql = "SELECT idempotency_key, status, source, filled FROM entries ORDER BY id"
         return conn.execute(sql).fetchall()

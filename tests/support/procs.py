@@ -131,6 +131,10 @@ class DaemonProcess:
     ) -> None:
         self.dir = directory
         self.state_dir = directory / "state"
+        # Simulated mode keeps a journal file of its own (`Settings.journal_path`).
+        self.journal = self.state_dir / (
+            "journal.sqlite3" if sim_port is not None else "journal-simulated.sqlite3"
+        )
         self.socket = directory / "run" / "bot.sock"
         self.config = directory / "bot.toml"
         self.log_path = directory / "daemon.log"
@@ -176,7 +180,7 @@ class DaemonProcess:
         if done.returncode not in (0, 1):
             self.last_cli_error = f"status exit {done.returncode}: {done.stdout}{done.stderr}"
             return None
-        data: dict[str, Any] = json.loads(done.stdout)
+        data: dict[str, Any] = json.loads(done.stdout)["result"]
         return data
 
     async def wait_ready(self, timeout_s: float = 60) -> dict[str, Any]:
