@@ -116,6 +116,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     rs.add_argument("--json", action="store_true", help="JSON output")
 
+    bk = sub.add_parser("backup", help="a consistent copy of the journal, safe while the daemon runs")
+    bk.add_argument("file", type=Path, help="the new file to write (never overwritten)")
+    bk.add_argument(
+        "--journal", type=Path, help="the journal to copy (default: the one in the configured state_dir)"
+    )
+
     al = sub.add_parser("alerts", help="SMS alerts")
     al_sub = al.add_subparsers(dest="alerts_command", required=True, metavar="ACTION")
     at = al_sub.add_parser("test", help="send one test SMS through the running daemon (exit 4 failed)")
@@ -218,6 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "simulator":
             return _simulator(args, runtime)
+        if args.command == "backup":
+            return _backup(args)
         settings = load_settings(args.config, client=args.command in CLIENT_COMMANDS)
         return _dispatch(args, settings, runtime)
     except UserError as exc:
@@ -471,6 +479,16 @@ def _readable_journal(journal: Path, state_dir: Path) -> None:
             "service's user: run `sudo -u bot bot history`, or start the daemon",
             ExitCode.NOPERM,
         )
+
+
+def _backup(args: argparse.Namespace) -> int:
+    from bot.journal.backup import backup_journal
+
+    # With --journal nothing else is needed, so the configuration is not even read.
+    source: Path = args.journal or load_settings(args.config).journal_path
+    done = backup_journal(source, args.file)
+    print(f"{done.path}: {done.entries} entries, {done.actions} actions, {done.size_bytes} bytes")
+    return int(ExitCode.OK)
 
 
 def _simulator(args: argparse.Namespace, runtime: RuntimeEnv) -> int:

@@ -1,9 +1,12 @@
 """The composition root: `bot run` builds every part here and runs them in one TaskGroup.
 
 Start-up order (fail closed at each step): single-instance lock → journal → broker (the built-in
-simulator when `broker.mode = "simulated"`) → control socket → first reconciliation → `READY=1`.
-Entries are refused (`reconciling`) until the journal has been reconciled with the broker, and
-again after every link loss until the next reconciliation completes.
+simulator when `broker.mode = "simulated"`) → control socket → scheduler → `READY=1`. READY means
+the daemon's own parts are up, not that IB Gateway is: a gateway in its nightly restart or at a
+login prompt must not make systemd kill the daemon for a slow start. The link and reconciliation
+state is in systemd's `STATUS=` line and in `bot status`. Entries are refused (`reconciling`)
+until the journal has been reconciled with the broker, and again after every link loss until the
+next reconciliation completes.
 
 Stop (SIGTERM/SIGINT): no new entries; a working order is cancelled at once (not walked on: an
 operator stopping the bot, or systemd stopping it, wants nothing left working unwatched), and the
@@ -89,7 +92,6 @@ class Daemon:
         self.hub = ProgressHub()
         self.last_error: str | None = None
         self.reconciliation = "pending"
-        self._reconciled = asyncio.Event()
         self._reconcile_soon = asyncio.Event()
         """Set when an entry was left live for reconciliation: reconcile once it has ended."""
         self._fatal_today: tuple[date, int] = (date.min, 0)
@@ -331,7 +333,7 @@ class Daemon:
                     tg.create_task(self.control.serve_forever(), name="control-socket"),
                     tg.create_task(self.alerts.run(), name="alert-sender"),
                     tg.create_task(self._status_loop(), name="status"),
-                    tg.create_task(self._ready_when_reconciled(), name="ready"),
+                    tg.create_task(self._ready(), name="ready"),
                 ]
                 interval = self.notifier.watchdog_interval_s
                 if interval is not None:
@@ -378,8 +380,10 @@ class Daemon:
             return
         await self.scheduler.run()
 
-    async def _ready_when_reconciled(self) -> None:
-        await self._reconciled.wait()
+    async def _ready(self) -> None:
+        # This task runs once every task above it, the scheduler's included, has been created:
+        # the journal is open and the socket listens. The gateway may still be down; entries
+        # wait for reconciliation through the guard, whatever systemd is told.
         self.notifier.ready(self._status_line())
         log.info("ready", mode=self.settings.broker.mode, socket=str(self.control.path))
 
@@ -462,10 +466,12 @@ class Daemon:
             log.warning("entries blocked until reconciliation", why=why)
         self.guard.reconciling = True
         self.reconciliation = "pending"
+        self.notifier.status(self._status_line())
 
     async def _reconcile_until_done(self) -> None:
         self.guard.reconciling = True
         self.reconciliation = "running"
+        self.notifier.status(self._status_line())
         delay_s = 1.0
         while self.broker.link is LinkState.UP:
             try:
@@ -487,7 +493,7 @@ class Daemon:
             await self.journal.log_action(ActionKind.RECONCILED, detail=report.to_json())
             self.reconciliation = "done"
             self.guard.reconciling = False
-            self._reconciled.set()
+            self.notifier.status(self._status_line())
             return
 
     async def _watch_link(self, state: LinkState) -> None:
@@ -525,14 +531,24 @@ class Daemon:
             await self.clock.sleep(5.0)
 
     def _status_line(self) -> str:
+        """systemd's one-line status: the broker link and reconciliation, then what the bot does."""
+        return f"{self._link_summary()}; {self._activity()}"
+
+    def _link_summary(self) -> str:
+        link = self.broker.link
+        if link is not LinkState.UP:
+            return f"IB link {link.value}, entries wait for reconciliation"
+        if self.reconciliation != "done":
+            return "IB link up, reconciling; entries wait"
+        return "IB link up, reconciled"
+
+    def _activity(self) -> str:
         current = self.guard.current if hasattr(self, "guard") else None
         if current is not None and current.trade is not None:
             t = current.trade
             if t.last_limit is not None:
                 return f"working order #{t.id} at {t.last_limit:.2f}"
             return f"entry #{t.id} {t.status.value}"
-        if self._link_down_since is not None:
-            return "gateway link down; entries blocked"
         if self.guard.paused:
             return "paused"
         plan = self.scheduler.next_plan if hasattr(self, "scheduler") else None

@@ -20,8 +20,6 @@ from bot.sim.control import ControlServer
 from bot.sim.faults import apply_fault_spec
 from bot.sim.market import OptionContract
 from bot.sim.standalone import run_simulator
-T = TypeVar("T")
-
 from tests.wire.conftest import (
     FAR,
     NEAR,
@@ -36,6 +34,8 @@ from tests.wire.conftest import (
 )
 
 pytestmark = pytest.mark.wire
+
+T = TypeVar("T")
 
 FAR_DAY = date(2027, 1, 15)
 SPARSE = ChainShape(ChainMode.FAR_SPARSE, dense_days=14, band_points=50.0, sparse_step=25.0)
