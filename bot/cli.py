@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,42 @@ __all__ = ["main"]
 #: have no RUNTIME_DIRECTORY, so the CLI looks here before falling back to the state directory.
 SYSTEM_SOCKET = Path("/run/bot/bot.sock")
 
+#: Commands that talk to a running daemon or read its journal: they validate only what they use
+#: (no SMS credentials needed), and `--json` wraps their errors in the envelope too.
+CLIENT_COMMANDS = frozenset(
+    {"schedule", "trade", "status", "history", "pause", "resume", "resolve", "alerts"}
+)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= 3660:
+        raise argparse.ArgumentTypeError(f"{value} is not between 1 and 3660")
+    return value
+
+
+def _demo_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or not 0 <= value <= 86_400:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 86400 seconds")
+    return value
+
+
+def _config_option(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
+    # Accepted before and after the subcommand; the subcommand's (given later) wins.
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None if top else argparse.SUPPRESS,
+        help="TOML configuration file (default: $BOT_CONFIG)",
+    )
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -32,14 +69,14 @@ def _parser() -> argparse.ArgumentParser:
         description="An exactly-once SPX calendar-spread trader for Interactive Brokers.",
     )
     p.add_argument("--version", action="version", version=f"bot {__version__}")
-    p.add_argument("--config", type=Path, help="TOML configuration file (default: $BOT_CONFIG)")
+    _config_option(p, top=True)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the daemon (simulated gateway unless configured)")
     run.add_argument(
         "--demo",
         nargs="?",
-        type=float,
+        type=_demo_seconds,
         const=5.0,
         metavar="SECONDS",
         help="instead of the daily schedule, one entry SECONDS (default 5) after start, on any day",
@@ -50,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
 
     sch = sub.add_parser("schedule", help="print the coming entry times and skipped days")
     sch.add_argument("--from", dest="start", type=date.fromisoformat, help="first day (YYYY-MM-DD)")
-    sch.add_argument("--days", type=int, default=14, help="how many calendar days (default 14)")
+    sch.add_argument("--days", type=_positive_int, default=14, help="how many calendar days (default 14)")
     sch.add_argument("--json", action="store_true", help="JSON output")
 
     tr = sub.add_parser("trade", help="ask the running daemon for a manual entry now")
@@ -59,24 +96,37 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--no-wait", action="store_true", help="return once the entry started")
     tr.add_argument("--json", action="store_true", help="one JSON event per line")
 
-    st = sub.add_parser("status", help="the daemon's state (exit 0 healthy, 1 degraded, 69 down)")
+    st = sub.add_parser("status", help="the daemon's state (exit 0 healthy or paused, 1 degraded, 69 down)")
     st.add_argument("--json", action="store_true", help="JSON output")
 
     hi = sub.add_parser("history", help="entries and blocked attempts by day")
-    hi.add_argument("--days", type=int, default=7, help="how many days back (default 7)")
+    hi.add_argument("--days", type=_positive_int, default=7, help="how many days back (default 7)")
     hi.add_argument("--json", action="store_true", help="JSON output")
 
-    sub.add_parser("pause", help="stop scheduled and manual entries until resumed")
-    sub.add_parser("resume", help="allow entries again")
+    pa = sub.add_parser("pause", help="stop scheduled and manual entries until resumed")
+    pa.add_argument("--json", action="store_true", help="JSON output")
+    rsm = sub.add_parser("resume", help="allow entries again")
+    rsm.add_argument("--json", action="store_true", help="JSON output")
 
     rs = sub.add_parser("resolve", help="record what happened to an entry whose outcome is unknown")
     rs.add_argument("entry_id", type=int, help="the entry's id (#N in alerts and `bot history`)")
     rs.add_argument("outcome", choices=["filled", "unfilled"], help="what the account shows")
-    rs.add_argument("--quantity", type=int, default=None, help="units filled (default: all ordered)")
+    rs.add_argument(
+        "--quantity", type=_positive_int, default=None, help="units filled (default: all ordered)"
+    )
+    rs.add_argument("--json", action="store_true", help="JSON output")
+
+    bk = sub.add_parser("backup", help="a consistent copy of the journal, safe while the daemon runs")
+    bk.add_argument("file", type=Path, help="the new file to write (never overwritten)")
+    bk.add_argument(
+        "--journal", type=Path, help="the journal to copy (default: the one in the configured state_dir)"
+    )
 
     al = sub.add_parser("alerts", help="SMS alerts")
     al_sub = al.add_subparsers(dest="alerts_command", required=True, metavar="ACTION")
-    al_sub.add_parser("test", help="send one test SMS through the running daemon")
+    at = al_sub.add_parser("test", help="send one test SMS through the running daemon (exit 4 failed)")
+    at.add_argument("--json", action="store_true", help="JSON output")
+    _config_option(at)
 
     sim = sub.add_parser("simulator", help="run the simulated IB Gateway in the foreground")
     sim.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
@@ -153,12 +203,16 @@ def _parser() -> argparse.ArgumentParser:
     hostile.add_argument(
         "--no-line-limit", action="store_true", help="count market-data lines but never refuse (101)"
     )
+    for command in sub.choices.values():
+        _config_option(command)
     return p
 
 
-def _socket_path(settings: Settings, runtime: RuntimeEnv) -> Path:
-    if settings.control.socket_path is None and runtime.runtime_directory is None and SYSTEM_SOCKET.exists():
-        return SYSTEM_SOCKET
+def _socket_path(settings: Settings, runtime: RuntimeEnv, system_socket: Path = SYSTEM_SOCKET) -> Path:
+    """The socket a client command talks to: configured, else the system service's when it
+    exists (operators copy nothing by hand), else the per-user default."""
+    if settings.control.socket_path is None and runtime.runtime_directory is None and system_socket.exists():
+        return system_socket
     return settings.socket_path(runtime)
 
 
@@ -170,13 +224,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "simulator":
             return _simulator(args, runtime)
-        settings = load_settings(args.config)
+        if args.command == "backup":
+            return _backup(args)
+        settings = load_settings(args.config, client=args.command in CLIENT_COMMANDS)
         return _dispatch(args, settings, runtime)
     except UserError as exc:
-        print(exc.message, file=sys.stderr)
+        _print_error(exc.message, runtime)
+        if getattr(args, "json", False) and args.command != "run":
+            from bot.control.commands import write_envelope
+
+            write_envelope(sys.stdout, _command_name(args), exc.code, error=exc.message)
         return int(exc.code)
     except KeyboardInterrupt:
         return 130
+
+
+def _command_name(args: argparse.Namespace) -> str:
+    command: str = args.command
+    return f"alerts {args.alerts_command}" if command == "alerts" else command
+
+
+def _print_error(message: str, runtime: RuntimeEnv, priority: int = 3) -> None:
+    """One line per problem on stderr; under journald (stderr is its stream), each line carries
+    the syslog priority (`<3>`: error) so `journalctl -p warning` shows it."""
+    from bot.logs import stdout_is_journal
+
+    prefix = f"<{priority}>" if stdout_is_journal(runtime.journal_stream, sys.stderr) else ""
+    for line in message.splitlines() or [message]:
+        print(f"{prefix}{line}", file=sys.stderr)
 
 
 def _dispatch(args: argparse.Namespace, settings: Settings, runtime: RuntimeEnv) -> int:
@@ -192,7 +267,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings, runtime: RuntimeEnv)
         return _run(settings, runtime, args.demo)
     configure_logging("WARNING", stream=sys.stderr, accounts=accounts)
     if command == "check-config":
-        return _check_config(settings, runtime, as_json=args.json)
+        return _check_config(settings, runtime, as_json=args.json, env=environ())
     if command == "schedule":
         return _schedule(settings, args.start, args.days, as_json=args.json)
     from bot.control import commands
@@ -210,6 +285,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings, runtime: RuntimeEnv)
                 out=out,
                 err=sys.stderr,
                 stdin_isatty=sys.stdin.isatty(),
+                buys=_what_force_buys(settings),
             )
         )
     if command == "status":
@@ -217,23 +293,50 @@ def _dispatch(args: argparse.Namespace, settings: Settings, runtime: RuntimeEnv)
     if command == "history":
         return asyncio.run(_history(settings, path, args.days, as_json=args.json))
     if command == "pause":
-        return asyncio.run(commands.pause(path, out))
+        return asyncio.run(commands.pause(path, out, as_json=args.json))
     if command == "resume":
-        return asyncio.run(commands.resume(path, out))
+        return asyncio.run(commands.resume(path, out, as_json=args.json))
     if command == "alerts":
-        return asyncio.run(commands.alerts_test(path, out))
+        return asyncio.run(commands.alerts_test(path, out, as_json=args.json))
     if command == "resolve":
-        return asyncio.run(commands.resolve(path, args.entry_id, args.outcome, args.quantity, out))
+        return asyncio.run(
+            commands.resolve(path, args.entry_id, args.outcome, args.quantity, out, as_json=args.json)
+        )
     raise AssertionError(command)  # argparse only accepts the commands above
+
+
+def _what_force_buys(settings: Settings) -> str:
+    """What one more entry of the configured strategy buys, for the --force question."""
+    s = settings.strategy
+    shape = {"call": "call calendar", "put": "put calendar", "double": "double calendar (call and put)"}[
+        s.shape
+    ]
+    strike = "at the money" if s.strike_mode == "atm" else f"at {s.target_delta:g} delta"
+    spreads = "spread" if s.quantity == 1 else "spreads"
+    # SPX options carry a $100 multiplier: a debit of 60.00 is $6,000 per spread.
+    per_spread = s.max_debit * 100
+    return (
+        f"{settings.broker.mode} account, buy {s.quantity} SPX {shape} {spreads} {strike} "
+        f"(front ~{s.front_dte} DTE, back ~{s.back_dte} DTE) for a debit of at most {s.max_debit:.2f} "
+        f"(${per_spread:,.0f} per spread, ${per_spread * s.quantity:,.0f} in all)"
+    )
 
 
 def _run(settings: Settings, runtime: RuntimeEnv, demo_s: float | None) -> int:
     from bot.clock import SystemClock
+    from bot.config import unknown_env_vars
+    from bot.logs import get_logger
+    from bot.service import preflight
     from bot.service.daemon import Daemon
     from bot.service.sdnotify import SystemdNotifier
 
+    problems = preflight.check(settings, settings.socket_path(runtime))
+    if problems:
+        raise UserError("\n".join(p.message for p in problems), problems[0].code)
+    for line in unknown_env_vars(environ()):
+        get_logger(__name__).warning(line.removeprefix("warning: "))
     if settings.broker.mode == "live":
-        print("bot: LIVE trading enabled (broker.mode = live, allow_live = true)", file=sys.stderr)
+        _print_error("bot: LIVE trading enabled (broker.mode = live, allow_live = true)", runtime, priority=5)
     daemon = Daemon(
         settings, runtime, SystemClock(), SystemdNotifier.from_environ(environ()), demo_delay_s=demo_s
     )
@@ -241,7 +344,17 @@ def _run(settings: Settings, runtime: RuntimeEnv, demo_s: float | None) -> int:
     return int(ExitCode.OK)
 
 
-def _check_config(settings: Settings, runtime: RuntimeEnv, *, as_json: bool) -> int:
+def _check_config(settings: Settings, runtime: RuntimeEnv, *, as_json: bool, env: Mapping[str, str]) -> int:
+    from bot.config import unknown_env_vars
+    from bot.service import preflight
+
+    warnings = unknown_env_vars(env)
+    for line in warnings:
+        _print_error(line, runtime, priority=4)
+    # What `bot run` would refuse, checked as this user (run it as the service's user).
+    problems = preflight.check(settings, settings.socket_path(runtime))
+    if problems:
+        raise UserError("\n".join(p.message for p in problems), ExitCode.CONFIG)
     data = dump_effective(settings)
     data["_derived"] = {
         "journal": str(settings.journal_path),
@@ -251,9 +364,11 @@ def _check_config(settings: Settings, runtime: RuntimeEnv, *, as_json: bool) -> 
         "sms": "on" if settings.alerts.sms_enabled else "off (alerts are journaled and logged only)",
     }
     if as_json:
-        print(json.dumps(data, indent=2))
-    else:
-        _print_tree(data)
+        from bot.control.commands import write_envelope
+
+        data["_warnings"] = warnings
+        return write_envelope(sys.stdout, "check-config", ExitCode.OK, result=data)
+    _print_tree(data)
     return int(ExitCode.OK)
 
 
@@ -285,13 +400,25 @@ def _schedule(settings: Settings, start: date | None, days: int, *, as_json: boo
 
     sch = settings.schedule
     tz = ZoneInfo(sch.timezone)
-    first = start or SystemClock().now().astimezone(tz).date()
+    now = SystemClock().now()
+    first = start or now.astimezone(tz).date()
     plans = plan_days(
-        calendar_for(sch.exchange_calendar), first, days, sch.entry_time, sch.entry_window_end, tz
+        calendar_for(sch.exchange_calendar),
+        first,
+        days,
+        sch.entry_time,
+        sch.entry_window_end,
+        tz,
+        # From today on, a window that has ended lists no entry; `--from` an earlier day shows
+        # the plan as it was.
+        now=now if start is None else None,
     )
     if as_json:
-        print(json.dumps([p.to_json() for p in plans], indent=2))
-        return int(ExitCode.OK)
+        from bot.control.commands import write_envelope
+
+        return write_envelope(
+            sys.stdout, "schedule", ExitCode.OK, result={"days": [p.to_json() for p in plans]}
+        )
     for plan in plans:
         if plan.entry_at is None:
             print(f"{plan.day:%a %Y-%m-%d}  skipped: {plan.skipped}")
@@ -311,13 +438,56 @@ async def _history(settings: Settings, path: Path, days: int, *, as_json: bool) 
             raise
     # The daemon is down: read the journal directly, read-only (never blocks a daemon starting).
     from bot.history import read_history
+    from bot.journal.store import JournalError
 
-    data = await read_history(settings.journal_path, settings.schedule.timezone, days)
+    journal = settings.journal_path
+    _readable_journal(journal, settings.state_dir)
+    try:
+        data = await read_history(journal, settings.schedule.timezone, days)
+    except JournalError as exc:
+        raise UserError(f"the daemon is not running, and {exc}", ExitCode.IOERR) from None
     if as_json:
-        print(json.dumps(data, indent=2))
-    else:
-        print("(daemon not running; read from the journal)", file=sys.stderr)
-        commands.render_history(data, sys.stdout)
+        return commands.write_envelope(sys.stdout, "history", ExitCode.OK, result=data)
+    print("(daemon not running; read from the journal)", file=sys.stderr)
+    commands.render_history(data, sys.stdout)
+    return int(ExitCode.OK)
+
+
+def _readable_journal(journal: Path, state_dir: Path) -> None:
+    """Raise the one line for a journal `bot history` cannot read with the daemon down."""
+    import os
+
+    try:
+        journal.stat()
+    except FileNotFoundError:
+        raise UserError(
+            f"bot daemon is not running and has never run with state_dir {state_dir} (no journal "
+            f"at {journal}); start it with `bot run` or `systemctl start bot`",
+            ExitCode.UNAVAILABLE,
+        ) from None
+    except NotADirectoryError:
+        raise UserError(
+            f"state_dir {state_dir} is not a directory (a file is in the way): move the file, "
+            "or set state_dir to a directory",
+            ExitCode.IOERR,
+        ) from None
+    except PermissionError:
+        pass  # said below
+    if not os.access(journal, os.R_OK):
+        raise UserError(
+            f"the daemon is not running, and its journal {journal} is readable only by the "
+            "service's user: run `sudo -u bot bot history`, or start the daemon",
+            ExitCode.NOPERM,
+        )
+
+
+def _backup(args: argparse.Namespace) -> int:
+    from bot.journal.backup import backup_journal
+
+    # With --journal nothing else is needed, so the configuration is not even read.
+    source: Path = args.journal or load_settings(args.config).journal_path
+    done = backup_journal(source, args.file)
+    print(f"{done.path}: {done.entries} entries, {done.actions} actions, {done.size_bytes} bytes")
     return int(ExitCode.OK)
 
 

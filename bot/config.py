@@ -9,6 +9,7 @@ and never appear in a validation message.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
@@ -49,6 +50,7 @@ __all__ = [
     "environ",
     "format_errors",
     "load_settings",
+    "unknown_env_vars",
 ]
 
 BrokerMode = Literal["simulated", "paper", "live"]
@@ -58,6 +60,10 @@ CREDENTIAL_FILES: dict[str, tuple[str, str]] = {
     "twilio_auth_token": ("alerts", "auth_token"),
     "ib_account": ("broker", "account"),
 }
+
+#: Set while building the settings of a client command (`bot status`, `trade`, ...): the checks
+#: that only the daemon needs (an SMS setup's auth token, which operators cannot read) are skipped.
+_CLIENT_ONLY: ContextVar[bool] = ContextVar("_CLIENT_ONLY", default=False)
 
 #: Key fragments whose values are never echoed back in an error line.
 _SECRET_HINTS = ("token", "account", "secret", "password", "sid", "credential")
@@ -188,7 +194,8 @@ class AlertSettings(_Section):
 
     @model_validator(mode="after")
     def _complete(self) -> AlertSettings:
-        if self.account_sid is None:
+        if self.account_sid is None or _CLIENT_ONLY.get():
+            # A client command never sends SMS; the daemon (and check-config) check the rest.
             return self
         if self.auth_token is None:
             raise ValueError("account_sid is set but auth_token is missing (credential twilio_auth_token)")
@@ -208,6 +215,8 @@ class ServiceSettings(_Section):
     """The daemon's lifecycle."""
 
     drain_timeout_s: float = Field(default=60.0, gt=0)
+    """On SIGTERM/Ctrl-C a working order is cancelled at once (nothing is left working unwatched);
+    this bounds the wait for IB's confirmation of the cancel, or of a fill racing it."""
     max_fatal_errors_per_day: int = Field(default=10, ge=1)
     lock_dir: Path = Path("/run/lock")
     """Where the one-daemon-per-IB-account lock lives. Every bot on the host must use the same
@@ -269,7 +278,11 @@ class Settings(BaseSettings):
 
     @property
     def journal_path(self) -> Path:
-        """The SQLite journal."""
+        """The SQLite journal: `journal.sqlite3`, or `journal-simulated.sqlite3` in simulated mode,
+        so a demo's fills never land in the journal a paper or live run uses (the journal also
+        records its mode and refuses another, see `bot.service.daemon`)."""
+        if self.broker.mode == "simulated":
+            return self.state_dir / "journal-simulated.sqlite3"
         return self.state_dir / "journal.sqlite3"
 
     @property
@@ -346,10 +359,19 @@ def default_state_dir(env: Mapping[str, str]) -> Path:
     return Path(data_home) / "bot"
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def _read_toml(path: Path, *, client: bool = False) -> dict[str, Any]:
     try:
         with path.open("rb") as fh:
             return tomllib.load(fh)
+    except PermissionError as exc:
+        if client:
+            # An operator outside the service's group: a permission problem, not a bad config.
+            raise UserError(
+                f"cannot read the configuration {path}: permission denied; add your user to the "
+                "daemon's group (usermod -aG bot $USER) and log in again",
+                ExitCode.NOPERM,
+            ) from exc
+        raise UserError(f"config error: cannot read {path}: {exc.strerror}", ExitCode.CONFIG) from exc
     except FileNotFoundError as exc:
         raise UserError(
             f"config error: file {path} does not exist (fix the path given by --config or BOT_CONFIG)",
@@ -400,20 +422,45 @@ def format_errors(exc: ValidationError) -> list[str]:
     return lines
 
 
-def load_settings(config_file: Path | None = None) -> Settings:
-    """Build and validate the settings; raise `UserError` (exit 78) listing every problem."""
+def load_settings(config_file: Path | None = None, *, client: bool = False) -> Settings:
+    """Build and validate the settings; raise `UserError` (exit 78) listing every problem.
+
+    `client`: for the commands that talk to a running daemon or read its journal; what only the
+    daemon uses (the SMS credentials) is not required, so operators need none of its secrets.
+    """
     env = environ()
     runtime = RuntimeEnv.from_environ(env)
     path = config_file or (Path(env["BOT_CONFIG"]) if env.get("BOT_CONFIG") else None)
-    data: dict[str, Any] = _read_toml(path) if path is not None else {}
+    data: dict[str, Any] = _read_toml(path, client=client) if path is not None else {}
     credentials = _read_credentials(runtime.credentials_directory) if runtime.credentials_directory else {}
     token = _TOML_DATA.set(data)
+    client_token = _CLIENT_ONLY.set(client)
     try:
         return Settings(**credentials)  # type: ignore[arg-type]  # nested dicts, validated by pydantic
     except ValidationError as exc:
         raise UserError("\n".join(format_errors(exc)), ExitCode.CONFIG) from None
     finally:
+        _CLIENT_ONLY.reset(client_token)
         _TOML_DATA.reset(token)
+
+
+def unknown_env_vars(env: Mapping[str, str]) -> list[str]:
+    """The `BOT_*` variables that name no setting (pydantic-settings ignores them silently), each
+    as a line with the nearest known name when there is one (`BOT_BROKR__PORT`)."""
+    known = {"BOT_CONFIG"}
+    for name, field in Settings.model_fields.items():
+        known.add(f"BOT_{name}".upper())
+        section = field.annotation
+        if isinstance(section, type) and issubclass(section, BaseModel):
+            known.update(f"BOT_{name}__{key}".upper() for key in section.model_fields)
+    lines: list[str] = []
+    for var in sorted(env):
+        if not var.upper().startswith("BOT_") or var.upper() in known:
+            continue
+        close = difflib.get_close_matches(var.upper(), sorted(known), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        lines.append(f"warning: environment variable {var} is not a setting and is ignored{hint}")
+    return lines
 
 
 def dump_effective(settings: Settings) -> dict[str, Any]:

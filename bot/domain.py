@@ -164,6 +164,8 @@ class ActionKind(enum.StrEnum):
     MANUAL_CLOSE_REQUIRED = "MANUAL_CLOSE_REQUIRED"
     DAEMON_STARTED = "DAEMON_STARTED"
     DAEMON_STOPPED = "DAEMON_STOPPED"
+    JOURNAL_BOUND = "JOURNAL_BOUND"
+    """The journal recorded the broker mode and account it belongs to (`bot.journal.identity`)."""
 
 
 class AlertKind(enum.StrEnum):

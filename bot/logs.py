@@ -10,6 +10,9 @@ IB account ids are secrets too, and they travel in text: ib_async's DEBUG frames
 every line, ours or a library's, at every level, is masked as the last step before it is
 written: anything shaped like an account id, and the literal ids the bot was configured with or
 was told by the gateway (`redact_account`), from the first line on.
+
+Levels follow meaning, not the library's choice: ib_async calls IB's cancel confirmation (202)
+and its connect retries errors; `IbSeverity` re-levels them (the table is `bot.broker.ib_codes`).
 """
 
 from __future__ import annotations
@@ -25,9 +28,12 @@ import structlog
 from structlog.tracebacks import ExceptionDictTransformer
 from structlog.types import EventDict, Processor, WrappedLogger
 
+from bot.broker.ib_codes import log_level
+
 __all__ = [
     "ACCOUNT_ID",
     "AccountRedactor",
+    "IbSeverity",
     "configure_logging",
     "get_logger",
     "mask_accounts",
@@ -138,6 +144,25 @@ class AccountRedactor(logging.Filter):
         return True
 
 
+class IbSeverity(logging.Filter):
+    """Re-levels ib_async's records by what they mean (`bot.broker.ib_codes.log_level`), and
+    drops one re-levelled below the root logger's level. On the handler, so every ib_async
+    logger's records pass through it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite the record's level when its meaning calls for another; False drops it."""
+        if not record.name.startswith("ib_async"):
+            return True
+        try:
+            text = record.getMessage()
+        except (TypeError, ValueError):
+            return True
+        level = log_level(record.name, text, record.levelno)
+        if level != record.levelno:
+            record.levelno, record.levelname = level, logging.getLevelName(level)
+        return level >= logging.getLogger().getEffectiveLevel()
+
+
 def stdout_is_journal(journal_stream: str | None, stream: TextIO) -> bool:
     """True when `stream` is the journal connection systemd named in `JOURNAL_STREAM`."""
     if not journal_stream:
@@ -225,6 +250,7 @@ def configure_logging(
     )
     handler = logging.StreamHandler(out)
     handler.setFormatter(formatter)
+    handler.addFilter(IbSeverity())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -57,7 +57,25 @@ class HandledDays:
         return await self._journal.last_action_day(self._strategy, Source.SCHEDULER, HANDLED_KINDS)
 
     async def skip(self, day: date, reason: str) -> None:
-        """Journal `SKIPPED` for `day` with its reason and a `day_skipped` alert; the day is done."""
+        """Journal `SKIPPED` for `day` with its reason and a `day_skipped` alert; the day is done.
+
+        A day that already has its trade, or an entry still running (a manual `bot trade`, an
+        entry before a restart), is journaled as skipped with that reason and no alert: "no
+        entry today" would be false.
+        """
+        entries = await self._journal.entries_on(self._strategy, day)
+        existing = next((t for t in reversed(entries) if t.traded or t.status.is_live), None)
+        if existing is not None:
+            held = "already traded" if existing.traded else "an entry is running"
+            await self._journal.log_action(
+                ActionKind.SKIPPED,
+                strategy=self._strategy,
+                day=day,
+                source=Source.SCHEDULER,
+                detail={"reason": f"{held} (#{existing.id}); {reason}", "entry_id": existing.id},
+            )
+            log.info("scheduled entry not needed", day=day.isoformat(), entry_id=existing.id, why=held)
+            return
         await self._journal.log_action(
             ActionKind.SKIPPED,
             strategy=self._strategy,
@@ -141,9 +159,21 @@ class DayPlan:
 
 
 def plan_days(
-    calendar: TradingCalendar, start: date, days: int, entry_time: time, window_end: time, tz: ZoneInfo
+    calendar: TradingCalendar,
+    start: date,
+    days: int,
+    entry_time: time,
+    window_end: time,
+    tz: ZoneInfo,
+    *,
+    now: datetime | None = None,
 ) -> list[DayPlan]:
-    """The plan for `days` calendar days from `start`."""
+    """The plan for `days` calendar days from `start`.
+
+    With `now`, a day whose entry window has already ended has no entry time (`bot schedule`
+    after 10:30 does not list today's entry); without it every day is planned (the scheduler
+    needs today's plan after its window, to journal the missed day).
+    """
     plans: list[DayPlan] = []
     for offset in range(days):
         day = start + timedelta(days=offset)
@@ -160,7 +190,11 @@ def plan_days(
         if entry_time >= close:
             plans.append(DayPlan(day, None, None, f"early close at {close:%H:%M}"))
             continue
-        plans.append(DayPlan(day, entry, datetime.combine(day, window_end, tzinfo=tz), None))
+        end = datetime.combine(day, window_end, tzinfo=tz)
+        if now is not None and now >= end:
+            plans.append(DayPlan(day, None, None, f"the entry window ended at {end:%H:%M %Z}"))
+            continue
+        plans.append(DayPlan(day, entry, end, None))
     return plans
 
 

@@ -285,7 +285,7 @@ DAEMON = [
     FaultClass(
         "clock.step",
         Group.DAEMON,
-        0.6,
+        0.8,
         "an in-process daemon's wall clock stepped by 1-6 h (the simulator keeps the true time); "
         "fired when a running daemon's clock moved",
         _arm_clock("clock.step", midnight=False),
@@ -305,7 +305,7 @@ DAEMON = [
     FaultClass(
         "clock.machine",
         Group.DAEMON,
-        0.5,
+        1.0,
         "the whole machine's clock (the daemons' and the gateway's) starts near New York midnight "
         "and is stepped across it together; fired when a running daemon's New York date changed",
         _arm_clock("clock.machine", midnight=True, machine=True),

@@ -241,7 +241,7 @@ GATEWAY = [
     FaultClass(
         "gw.restart_new_day",
         Group.GATEWAY,
-        0.5,
+        1.0,
         "a restart as on the next day: clients no longer see earlier completed orders and "
         "executions (nextValidId rolled back too); fired when a client was connected",
         _arm_restart("gw.restart_new_day", new_day=True),
@@ -251,7 +251,7 @@ GATEWAY = [
     FaultClass(
         "gw.conn_1101",
         Group.GATEWAY,
-        0.6,
+        0.8,
         "1100 then 1101 (data lost); fired when a 1100 frame went out",
         _arm_connectivity("gw.conn_1101", maintained=False),
         lambda t: errors_sent(t, 1100) > 0,
@@ -259,7 +259,7 @@ GATEWAY = [
     FaultClass(
         "gw.conn_1102",
         Group.GATEWAY,
-        0.6,
+        0.8,
         "1100 then 1102 (data maintained); fired when a 1100 frame went out",
         _arm_connectivity("gw.conn_1102", maintained=True),
         lambda t: errors_sent(t, 1100) > 0,
@@ -267,7 +267,7 @@ GATEWAY = [
     FaultClass(
         "gw.spot_jump",
         Group.GATEWAY,
-        0.5,
+        0.8,
         "SPX jumps 0.5-2% while the entry is in flight; fired when the gateway's spot moved",
         _arm_spot_jump,
         lambda t: t.events["gw.spot_jump"] > 0,
@@ -275,7 +275,7 @@ GATEWAY = [
     FaultClass(
         "gw.hold_client_id",
         Group.GATEWAY,
-        0.6,
+        0.8,
         "connections dropped and the client ids held: 1-3 reconnects refused with 326; fired "
         "on a refused connection",
         _arm_hold,
@@ -382,7 +382,19 @@ def _arm_pacing(t: Trial) -> None:
 
 
 def _arm_lines(t: Trial) -> None:
-    arm_op(t, "limits", max_market_data_lines=t.rng_for("hostile.md_lines").randint(1, 3), enforce_lines=True)
+    rng = t.rng_for("hostile.md_lines")
+    # Snapshots that take a while to end hold their lines meanwhile (IB waits up to 11 s for
+    # ticks it lacks), so the strategy's quotes can run out of lines.
+    t.shape.sim_config["snapshot_end_s"] = rng.uniform(0.2, 1.0)
+    arm_op(t, "limits", max_market_data_lines=rng.randint(1, 3), enforce_lines=True)
+
+
+def _arm_10148(t: Trial) -> None:
+    rng = t.rng_for("hostile.cancel_10148")
+    count = rng.randint(2, 4)
+    t.state["hostile.cancel_10148"] = count
+    arm_op(t, "refuse_final_cancel", count=count)
+    arm_op(t, "fill_before_cancel", count=1)
 
 
 def _arm_chain(t: Trial) -> None:
@@ -440,7 +452,7 @@ HOSTILE = [
     FaultClass(
         "hostile.status_late",
         Group.HOSTILE,
-        0.6,
+        0.8,
         "orderStatus (3) 0.1-1 s late: executions before the status; fired on a delayed 3",
         _arm_delay("hostile.status_late", 3, 0.1, 1.0),
         lambda t: frames(t, "delayed", 3) > 0,
@@ -448,7 +460,7 @@ HOSTILE = [
     FaultClass(
         "hostile.open_order_late",
         Group.HOSTILE,
-        0.4,
+        1.0,
         "openOrder (5) 0.1-1 s late; fired on a delayed 5",
         _arm_delay("hostile.open_order_late", 5, 0.1, 1.0),
         lambda t: frames(t, "delayed", 5) > 0,
@@ -466,7 +478,7 @@ HOSTILE = [
     FaultClass(
         "hostile.status_duplicate",
         Group.HOSTILE,
-        0.6,
+        0.8,
         "2-4 orderStatus (3) sent twice (the copy at once or up to 0.8 s later); fired when the "
         "gateway used the armed duplication",
         _arm_duplicate("hostile.status_duplicate", 3),
@@ -476,7 +488,7 @@ HOSTILE = [
     FaultClass(
         "hostile.exec_duplicate",
         Group.HOSTILE,
-        0.6,
+        0.8,
         "2-4 execDetails (11) sent twice; fired when the gateway used the armed duplication",
         _arm_duplicate("hostile.exec_duplicate", 11),
         lambda t: consumed(t, "duplicate", t.state["hostile.exec_duplicate"], "11"),
@@ -485,7 +497,7 @@ HOSTILE = [
     FaultClass(
         "hostile.status_coalesced",
         Group.HOSTILE,
-        0.6,
+        0.8,
         "each order's orderStatus updates within 0.1-0.8 s folded into the last (a fast fill "
         "shows only Filled); fired on a coalesced frame",
         lambda t: arm_op(
@@ -497,7 +509,7 @@ HOSTILE = [
     FaultClass(
         "hostile.status_lost",
         Group.HOSTILE,
-        0.5,
+        1.0,
         "the first 1-3 orderStatus (3) never sent; fired on an omitted 3",
         _arm_omit("hostile.status_lost", 3, 1, 3),
         lambda t: frames(t, "omitted", 3) > 0,
@@ -505,7 +517,7 @@ HOSTILE = [
     FaultClass(
         "hostile.exec_lost",
         Group.HOSTILE,
-        0.6,
+        0.8,
         "the first 1-2 execDetails (11) never sent (reqExecutions must find them); fired on an omitted 11",
         _arm_omit("hostile.exec_lost", 11, 1, 2),
         lambda t: frames(t, "omitted", 11) > 0,
@@ -513,7 +525,7 @@ HOSTILE = [
     FaultClass(
         "hostile.commission_late",
         Group.HOSTILE,
-        0.4,
+        1.0,
         "commissionReport (59) 0.2-2 s late; fired on a delayed 59",
         _arm_delay("hostile.commission_late", 59, 0.2, 2.0),
         lambda t: frames(t, "delayed", 59) > 0,
@@ -521,7 +533,7 @@ HOSTILE = [
     FaultClass(
         "hostile.commission_never",
         Group.HOSTILE,
-        0.4,
+        1.0,
         "commissionReport (59) never sent; fired on an omitted 59",
         _arm_omit("hostile.commission_never", 59),
         lambda t: frames(t, "omitted", 59) > 0,
@@ -539,7 +551,7 @@ HOSTILE = [
     FaultClass(
         "hostile.exec_filter",
         Group.HOSTILE,
-        0.8,
+        1.5,
         "reqExecutions misanswered 1-3 times: an empty filter never answered (ib_async's connect "
         "sends one), or client 0 given client 0's executions only; fired when the gateway did so",
         _arm_exec_filter,
@@ -549,7 +561,7 @@ HOSTILE = [
     FaultClass(
         "hostile.gateway_zone",
         Group.HOSTILE,
-        0.4,
+        0.8,
         "the gateway's (login's) zone is New York, London, Hong Kong or Los Angeles: zone-less "
         "reqExecutions times are read in it; fired when such a filter arrived",
         _arm_zone,
@@ -559,17 +571,18 @@ HOSTILE = [
     FaultClass(
         "hostile.cancel_10148",
         Group.HOSTILE,
-        0.6,
-        "a cancel of an order already final answered 10148 (ib_async then marks it Cancelled); "
-        "fired when a 10148 went out",
-        _arm_count("hostile.cancel_10148", "refuse_final_cancel", 2, 4),
+        1.5,
+        "a cancel that loses the race with the fill (the order fills first), or of an order "
+        "already final, answered 10148 (ib_async then marks it Cancelled); fired when a 10148 "
+        "went out",
+        _arm_10148,
         lambda t: errors_sent(t, 10148) > 0,
         available=_has("refuse_final_cancel"),
     ),
     FaultClass(
         "hostile.cancel_10147",
         Group.HOSTILE,
-        0.3,
+        0.8,
         "a cancel of an order the gateway does not hold working answered 10147 (always on, "
         "never drawn); fired when a 10147 went out",
         lambda _t: None,
@@ -579,7 +592,7 @@ HOSTILE = [
     FaultClass(
         "hostile.reject_201",
         Group.HOSTILE,
-        0.5,
+        0.8,
         "the next new order rejected as IB does (Inactive + 201, either order); fired when a 201 went out",
         lambda t: arm_op(
             t, "reject_orders", count=1, error_first=t.rng_for("hostile.reject_201").random() < 0.5
@@ -590,7 +603,7 @@ HOSTILE = [
     FaultClass(
         "hostile.market_closed",
         Group.HOSTILE,
-        0.5,
+        0.8,
         "the next order held PreSubmitted with warning 399 and released 0.2-1.5 s later; fired "
         "when a 399 went out",
         _arm_closed,
@@ -600,7 +613,7 @@ HOSTILE = [
     FaultClass(
         "hostile.day_expiry",
         Group.HOSTILE,
-        0.6,
+        1.5,
         "the session close while an order works: DAY orders cancelled by the gateway; fired when "
         "an order expired",
         _arm_expiry,
@@ -610,7 +623,7 @@ HOSTILE = [
     FaultClass(
         "hostile.price_increment",
         Group.HOSTILE,
-        0.6,
+        1.5,
         "market rules enforced: limits off the increment refused with 110 (package or legs rule "
         "for combos); fired when a 110 went out",
         _arm_rules,
@@ -620,7 +633,7 @@ HOSTILE = [
     FaultClass(
         "hostile.still_processing",
         Group.HOSTILE,
-        0.6,
+        1.2,
         "modifications within 0.1-0.6 s of the last change refused with 2102 (and 0-2 more "
         "armed); fired when a 2102 went out",
         _arm_processing,
@@ -630,7 +643,7 @@ HOSTILE = [
     FaultClass(
         "hostile.pacing",
         Group.HOSTILE,
-        0.5,
+        0.8,
         "message pacing enforced at 5-20 msgs/s (error 100, then the connection closed); fired "
         "when a 100 went out",
         _arm_pacing,
@@ -640,7 +653,7 @@ HOSTILE = [
     FaultClass(
         "hostile.md_lines",
         Group.HOSTILE,
-        0.5,
+        1.2,
         "only 1-3 market-data lines (error 101 beyond); fired when a 101 went out",
         _arm_lines,
         lambda t: errors_sent(t, 101) > 0,
@@ -649,7 +662,7 @@ HOSTILE = [
     FaultClass(
         "hostile.no_live_data",
         Group.HOSTILE,
-        0.4,
+        0.8,
         "a paper account without live option data: live requests refused with 354, delayed data "
         "works (daemons on delayed 70% of the time); fired when a 354 went out or delayed data "
         "was asked for",
@@ -660,7 +673,7 @@ HOSTILE = [
     FaultClass(
         "hostile.chain_holes",
         Group.HOSTILE,
-        0.6,
+        1.2,
         "strikes that differ by expiry (far expiries sparse, or random holes): a union strike "
         "may not exist for an expiry (200); fired when a 200 went out",
         _arm_chain,

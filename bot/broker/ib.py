@@ -512,15 +512,17 @@ class IBBroker:
             return RetryLater(f"{where} connected but the startup sync failed: {'; '.join(error.args[0])}")
         if isinstance(error, ConnectionError):
             return LinkDown(f"{where} dropped the connection while connecting: {error}")
+        # Before OSError: TimeoutError is one, with an empty message.
+        if timed_out or isinstance(error, TimeoutError):
+            return RetryLater(
+                f"{where} did not complete the API handshake and sync within "
+                f"{self._connect_timeout_s:g} s per step - is it IB Gateway or TWS with the API "
+                "enabled?"
+            )
         if isinstance(error, OSError):
             return LinkDown(f"cannot reach IB Gateway at {self.host}:{self.port}: {error.strerror or error}")
         if reason is not None:
             return LinkDown(f"{where} closed the connection during the handshake ({reason})")
-        if timed_out or isinstance(error, TimeoutError):
-            return RetryLater(
-                f"{where} did not complete the API handshake and sync within "
-                f"{self._connect_timeout_s:g} s per step"
-            )
         return RetryLater(f"{where}: connect failed: {error!r}")
 
     async def close(self) -> None:

@@ -6,7 +6,9 @@ that turns IB's order statuses into our `OrderState` can be read, and tested, on
 
 from __future__ import annotations
 
+import logging
 import math
+import re
 from typing import Any, Final, Literal
 
 from bot.broker.protocol import OrderState
@@ -18,6 +20,7 @@ __all__ = [
     "CLIENT_ID_IN_USE",
     "DONE_STATUSES",
     "IB_STATES",
+    "INFORMATIONAL_CODES",
     "LINK_LOST",
     "LINK_RESTORED",
     "LINK_RESTORED_DATA_LOST",
@@ -25,6 +28,7 @@ __all__ = [
     "MARKET_DATA_TYPES",
     "MODIFY_REFUSALS",
     "MarketDataType",
+    "log_level",
     "order_state",
     "price_or_none",
 ]
@@ -80,6 +84,37 @@ MODIFY_REFUSALS: Final = frozenset({105, 110, 321, 329, 434})
 """Warnings that mean a modification was not applied (mismatch, price increment, validation,
 order type, size). Other warnings on an order (399 order message, 404 locate, 2100-2199 notices)
 are informational: the modification may still be acknowledged."""
+
+INFORMATIONAL_CODES: Final = frozenset({CANCEL_CONFIRMED, 2104, 2106, 2107, 2108, 2119, 2158})
+"""Messages that report normal operation, whatever ib_async calls them: 202 confirms a cancel
+this bot asked for (ib_async logs it as an error); 2104/2106/2158 say a market-data, HMDS or
+sec-def farm connection is OK, 2107/2108 that one is idle but available, 2119 that one is
+connecting: a healthy gateway sends them on every connect. Logged at info, so
+`journalctl -p warning` shows only what needs a look."""
+
+_CODED: Final = re.compile(r"^(?:Error|Warning) (-?\d+), reqId")
+_CLIENT_LOGGER: Final = "ib_async.client"
+
+
+def log_level(logger: str, message: str, level: int) -> int:
+    """The level a line of ib_async's deserves by what it means (`level` is ib_async's own).
+
+    * IB's informational codes (`INFORMATIONAL_CODES`): info.
+    * ib_async's client lines about connecting and disconnecting ("API connection failed: ...",
+      "Make sure API port on TWS/IBG is open", "Peer closed connection"): info, because the
+      adapter logs each connection problem itself, once, with its reason and what it does next
+      (`cannot connect to IB Gateway`, `IB Gateway connection lost; reconnecting`).
+    * Anything else: unchanged.
+    """
+    if level <= logging.INFO:
+        return level
+    if logger == _CLIENT_LOGGER or logger.startswith(_CLIENT_LOGGER + "."):
+        return logging.INFO
+    match = _CODED.match(message)
+    if match is not None and int(match.group(1)) in INFORMATIONAL_CODES:
+        return logging.INFO
+    return level
+
 
 _UNSET_DOUBLE_MIN: Final = 1e300  # ib_async's UNSET_DOUBLE is sys.float_info.max
 

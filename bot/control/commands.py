@@ -7,10 +7,16 @@ daemon, and requests it refuses, are raised as `UserError` (one line and the exi
 
 Times are shown in exchange time (America/New_York); when the terminal's local zone differs,
 local time is shown beside it.
+
+With `--json` every command prints JSON lines in one envelope, never the control protocol's own
+frames: progress as `{"v": 1, "command": "trade", "event": {...}}`, and last (or alone)
+`{"v": 1, "command": C, "ok": true, "exit_code": N, "result": {...}}`, or `"ok": false` with
+`"error": "<the one line>"` when the command could not get its answer (`bot.cli` prints those).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from collections.abc import Mapping
@@ -24,7 +30,9 @@ from bot.errors import ExitCode, UserError
 
 __all__ = [
     "FORCE_PROMPT",
+    "OUTPUT_VERSION",
     "alerts_test",
+    "envelope",
     "history",
     "pause",
     "render_history",
@@ -32,10 +40,15 @@ __all__ = [
     "resume",
     "status",
     "trade",
+    "write_envelope",
 ]
 
-FORCE_PROMPT: Final = "Force a second entry today, bypassing the same-day rule? [y/N] "
-"""Asked on the terminal before `bot trade --force` (unless `--yes`)."""
+FORCE_PROMPT: Final = "Force a second entry today, bypassing the same-day rule"
+"""How the question asked on the terminal before `bot trade --force` (unless `--yes`) begins;
+what the entry would buy follows, then ` [y/N] `."""
+
+OUTPUT_VERSION: Final = 1
+"""The version of the `--json` envelope."""
 
 TRADE_LINE_TIMEOUT_S: Final = 600.0
 """Longest silence tolerated while following a trade (the daemon sends an event per step)."""
@@ -197,8 +210,26 @@ def _is_tty(stream: TextIO) -> bool:
     return bool(isatty()) if callable(isatty) else False
 
 
-def _dump(data: object, out: TextIO, *, pretty: bool = True) -> None:
-    out.write(json.dumps(data, indent=2 if pretty else None, sort_keys=pretty) + "\n")
+def envelope(
+    command: str, exit_code: int, *, result: object = None, error: str | None = None
+) -> dict[str, Any]:
+    """The one JSON shape every `--json` command ends with (see the module docstring)."""
+    data: dict[str, Any] = {"v": OUTPUT_VERSION, "command": command, "ok": error is None}
+    data["exit_code"] = int(exit_code)
+    if error is None:
+        data["result"] = result
+    else:
+        data["error"] = error
+    return data
+
+
+def write_envelope(
+    out: TextIO, command: str, exit_code: int, *, result: object = None, error: str | None = None
+) -> int:
+    """Write `envelope(...)` as one line; returns `exit_code`."""
+    out.write(json.dumps(envelope(command, exit_code, result=result, error=error)) + "\n")
+    out.flush()
+    return int(exit_code)
 
 
 # -- bot trade ---------------------------------------------------------------------------------
@@ -213,13 +244,17 @@ class _Progress:
         self._live = _is_tty(out) and not as_json
         self._dirty = False
         self._last: str | None = None
+        self.entry_id: object = None
+        """The entry the events are about, once one named it."""
 
     def event(self, message: client.Reply) -> None:
+        raw = message.get("event")
+        if isinstance(raw, Mapping) and isinstance(raw.get("trade"), Mapping):
+            self.entry_id = raw["trade"].get("id", self.entry_id)
         if self._as_json:
-            _dump(message, self._out, pretty=False)
+            self._out.write(json.dumps({"v": OUTPUT_VERSION, "command": "trade", "event": raw}) + "\n")
             self._out.flush()
             return
-        raw = message.get("event")
         text = _event_text(raw) if isinstance(raw, Mapping) else None
         if text is None or text == self._last:
             return
@@ -238,21 +273,34 @@ class _Progress:
             self._out.flush()
 
 
-def _confirm_force(*, yes: bool, stdin_isatty: bool, stdin: TextIO, err: TextIO) -> bool | int:
+def _confirm_force(*, yes: bool, stdin_isatty: bool, stdin: TextIO, err: TextIO, buys: str) -> None:
+    """Return when --force is confirmed; raise `UserError` (exit 2) when it is not."""
     if yes:
-        return True
+        return
     if not stdin_isatty:
-        err.write("refusing --force without a terminal to confirm it; add --yes to force non-interactively\n")
-        return int(ExitCode.USAGE)
-    err.write(FORCE_PROMPT)
+        raise UserError(
+            "refusing --force without a terminal to confirm it; add --yes to force non-interactively",
+            ExitCode.USAGE,
+        )
+    err.write(f"{FORCE_PROMPT}: {buys}? [y/N] ")
     err.flush()
     # A blocking read is right here: nothing else runs on the loop before the request is sent,
     # and Ctrl-C interrupts it directly (a thread would keep the process alive until Enter).
     answer = stdin.readline().strip().lower()
-    if answer in ("y", "yes"):
-        return True
-    err.write("not confirmed; nothing was sent\n")
-    return int(ExitCode.USAGE)
+    if answer not in ("y", "yes"):
+        raise UserError("not confirmed; nothing was sent", ExitCode.USAGE)
+
+
+def _still_running_line(entry_id: object) -> str:
+    if entry_id is None:
+        return (
+            "stopped waiting; the request was sent, and an entry it started continues in the "
+            "daemon: `bot status` shows it"
+        )
+    return (
+        f"stopped following #{entry_id}; the entry continues in the daemon "
+        "(`bot status` follows it, `bot history` shows its end)"
+    )
 
 
 async def trade(
@@ -266,17 +314,18 @@ async def trade(
     err: TextIO,
     stdin_isatty: bool,
     stdin: TextIO | None = None,
+    buys: str = "one more entry of the configured strategy",
 ) -> int:
     """`bot trade`: ask for an entry now and, with `wait`, follow it to its end.
 
     Exit 0 when it filled (fully or partly) or, without `wait`, started; 3 when blocked (the
     existing trade is printed); 4 when it ended without a fill or was skipped; 2 when `--force`
-    was not confirmed.
+    was not confirmed (raised as `UserError`). `buys` says what a forced entry would buy, in the
+    confirmation question. Interrupted (Ctrl-C), it says on `err` that the entry continues in
+    the daemon: stopping the client never stops an entry.
     """
     if force:
-        confirmed = _confirm_force(yes=yes, stdin_isatty=stdin_isatty, stdin=stdin or sys.stdin, err=err)
-        if confirmed is not True:
-            return int(confirmed)
+        _confirm_force(yes=yes, stdin_isatty=stdin_isatty, stdin=stdin or sys.stdin, err=err, buys=buys)
     progress = _Progress(out, as_json=as_json)
     try:
         reply = await client.request_streaming(
@@ -287,36 +336,48 @@ async def trade(
             timeout_s=client.DEFAULT_TIMEOUT_S,
             line_timeout_s=TRADE_LINE_TIMEOUT_S,
         )
+    except asyncio.CancelledError:
+        progress.end_live_line()
+        err.write(_still_running_line(progress.entry_id) + "\n")
+        err.flush()
+        raise
     finally:
         progress.end_live_line()
     result = client.check(reply)
+    code = _trade_exit(result, wait=wait)
     if as_json:
-        _dump(reply, out, pretty=False)
+        return write_envelope(out, "trade", code, result=result)
     raw = result.get("trade")
     trade_view: Mapping[str, Any] | None = raw if isinstance(raw, Mapping) else None
     outcome = result.get("outcome")
     if outcome == "blocked":
-        if not as_json:
-            out.write(_blocked_line(result.get("reason"), trade_view) + "\n")
-            detail = _detail(trade_view) if trade_view else None
-            if detail:
-                out.write(detail + "\n")
+        out.write(_blocked_line(result.get("reason"), trade_view) + "\n")
+        detail = _detail(trade_view) if trade_view else None
+        if detail:
+            out.write(detail + "\n")
+    elif outcome == "skipped":
+        out.write(f"skipped: {_show(result.get('reason'))}\n")
+    elif trade_view is not None and not wait:
+        forced = " (forced)" if result.get("forced") else ""
+        out.write(f"started {_ref(trade_view)}{forced}; follow it with `bot status`\n")
+    elif trade_view is not None:
+        out.write(_final_line(trade_view, result.get("reason")) + "\n")
+    return code
+
+
+def _trade_exit(result: Mapping[str, Any], *, wait: bool) -> int:
+    raw = result.get("trade")
+    trade_view: Mapping[str, Any] | None = raw if isinstance(raw, Mapping) else None
+    outcome = result.get("outcome")
+    if outcome == "blocked":
         return int(ExitCode.BLOCKED)
     if outcome == "skipped":
-        if not as_json:
-            out.write(f"skipped: {_show(result.get('reason'))}\n")
         return int(ExitCode.FAILED)
     if outcome != "started" or trade_view is None:
         raise UserError(f"the daemon sent an unknown trade outcome {outcome!r}", ExitCode.SOFTWARE)
-    status = trade_view.get("status")
     if not wait:
-        if not as_json:
-            forced = " (forced)" if result.get("forced") else ""
-            out.write(f"started {_ref(trade_view)}{forced}; follow it with `bot status`\n")
         return int(ExitCode.OK)
-    if not as_json:
-        out.write(_final_line(trade_view, result.get("reason")) + "\n")
-    return int(ExitCode.OK) if status in _OK_STATUSES else int(ExitCode.FAILED)
+    return int(ExitCode.OK) if trade_view.get("status") in _OK_STATUSES else int(ExitCode.FAILED)
 
 
 # -- bot status --------------------------------------------------------------------------------
@@ -363,6 +424,9 @@ def render_status(data: Mapping[str, Any], out: TextIO) -> None:
     """`bot status` for people. Every key may be missing (shown as "-"); unknown keys are listed."""
     healthy = data.get("healthy")
     health = "healthy" if healthy is True else "DEGRADED" if healthy is False else "health unknown"
+    if data.get("paused") is True:
+        # Paused is deliberate (`bot pause`), not a fault: said first, whatever the health.
+        health += ", entries paused"
     running = "running" if data.get("running", True) else "not running"
     out.write(f"bot daemon: {running}, {health}\n")
     rows: list[tuple[str, str]] = []
@@ -396,22 +460,22 @@ def render_status(data: Mapping[str, Any], out: TextIO) -> None:
 
 
 async def status(path: Path, *, as_json: bool, out: TextIO) -> int:
-    """`bot status`: exit 0 healthy, 1 degraded, 69 not running (reported on `out`, not raised)."""
+    """`bot status`: exit 0 healthy (paused included: that is deliberate), 1 degraded, 69 not
+    running (reported on `out`, not raised)."""
     try:
         result = client.check(await client.request(path, "status"))
     except UserError as exc:
         if exc.code is not ExitCode.UNAVAILABLE:
             raise
         if as_json:
-            _dump({"running": False, "healthy": False, "error": exc.message}, out)
-        else:
-            out.write(exc.message + "\n")
+            return write_envelope(out, "status", ExitCode.UNAVAILABLE, error=exc.message)
+        out.write(exc.message + "\n")
         return int(ExitCode.UNAVAILABLE)
+    code = int(ExitCode.OK) if result.get("healthy") is True else int(ExitCode.DEGRADED)
     if as_json:
-        _dump(result, out)
-    else:
-        render_status(result, out)
-    return int(ExitCode.OK) if result.get("healthy") is True else int(ExitCode.DEGRADED)
+        return write_envelope(out, "status", code, result=result)
+    render_status(result, out)
+    return code
 
 
 # -- bot history -------------------------------------------------------------------------------
@@ -461,18 +525,19 @@ async def history(path: Path, *, days: int, as_json: bool, out: TextIO) -> int:
     """`bot history` over the socket. Raises `UserError` (69) when the daemon is down."""
     result = client.check(await client.request(path, "history", {"days": days}))
     if as_json:
-        _dump(result, out)
-    else:
-        render_history(result, out)
+        return write_envelope(out, "history", ExitCode.OK, result=result)
+    render_history(result, out)
     return int(ExitCode.OK)
 
 
 # -- bot pause / resume / alerts test ----------------------------------------------------------
 
 
-async def pause(path: Path, out: TextIO) -> int:
+async def pause(path: Path, out: TextIO, *, as_json: bool = False) -> int:
     """`bot pause`: no scheduled or manual entries until `bot resume` (persisted by the daemon)."""
     result = client.check(await client.request(path, "pause"))
+    if as_json:
+        return write_envelope(out, "pause", ExitCode.OK, result=result)
     paused = result.get("paused")
     out.write(
         "entries paused; `bot resume` allows them again\n" if paused is not False else f"{_show(result)}\n"
@@ -480,26 +545,36 @@ async def pause(path: Path, out: TextIO) -> int:
     return int(ExitCode.OK)
 
 
-async def resume(path: Path, out: TextIO) -> int:
+async def resume(path: Path, out: TextIO, *, as_json: bool = False) -> int:
     """`bot resume`: allow entries again."""
     result = client.check(await client.request(path, "resume"))
+    if as_json:
+        return write_envelope(out, "resume", ExitCode.OK, result=result)
     paused = result.get("paused")
     out.write("entries resumed\n" if paused is not True else f"{_show(result)}\n")
     return int(ExitCode.OK)
 
 
-async def resolve(path: Path, entry_id: int, outcome: str, quantity: int | None, out: TextIO) -> int:
+async def resolve(
+    path: Path, entry_id: int, outcome: str, quantity: int | None, out: TextIO, *, as_json: bool = False
+) -> int:
     """`bot resolve ID filled|unfilled`: settle an entry whose outcome is unknown (the daemon
     journals it with who said so); entries are allowed again once nothing is unknown."""
     filled = 0 if outcome == "unfilled" else quantity
     result = client.check(await client.request(path, "resolve", {"entry_id": entry_id, "filled": filled}))
+    if as_json:
+        return write_envelope(out, "resolve", ExitCode.OK, result=result)
     out.write(f"#{_show(result.get('resolved'))} settled as {_show(result.get('status'))}\n")
     return 0
 
 
-async def alerts_test(path: Path, out: TextIO) -> int:
-    """`bot alerts test`: send one test SMS through the daemon; exit 4 if it reports a failure."""
+async def alerts_test(path: Path, out: TextIO, *, as_json: bool = False) -> int:
+    """`bot alerts test`: send one test SMS through the daemon; exit 4 if it reports a failure
+    (69 when the daemon is down, raised)."""
     result = client.check(await client.request(path, "alerts_test", timeout_s=30.0))
-    out.write(f"test alert: {_show(result)}\n")
     failed = result.get("ok") is False or bool(result.get("error"))
-    return int(ExitCode.FAILED) if failed else int(ExitCode.OK)
+    code = int(ExitCode.FAILED) if failed else int(ExitCode.OK)
+    if as_json:
+        return write_envelope(out, "alerts test", code, result=result)
+    out.write(f"test alert: {_show(result)}\n")
+    return code

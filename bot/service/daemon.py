@@ -1,12 +1,17 @@
 """The composition root: `bot run` builds every part here and runs them in one TaskGroup.
 
 Start-up order (fail closed at each step): single-instance lock → journal → broker (the built-in
-simulator when `broker.mode = "simulated"`) → control socket → first reconciliation → `READY=1`.
-Entries are refused (`reconciling`) until the journal has been reconciled with the broker, and
-again after every link loss until the next reconciliation completes.
+simulator when `broker.mode = "simulated"`) → control socket → scheduler → `READY=1`. READY means
+the daemon's own parts are up, not that IB Gateway is: a gateway in its nightly restart or at a
+login prompt must not make systemd kill the daemon for a slow start. The link and reconciliation
+state is in systemd's `STATUS=` line and in `bot status`. Entries are refused (`reconciling`)
+until the journal has been reconciled with the broker, and again after every link loss until the
+next reconciliation completes.
 
-Stop (SIGTERM/SIGINT): no new entries; a working order is driven to a safe end (filled, or
-cancelled and confirmed) within `service.drain_timeout_s`; the journal is final; exit 0. A second
+Stop (SIGTERM/SIGINT): no new entries; a working order is cancelled at once (not walked on: an
+operator stopping the bot, or systemd stopping it, wants nothing left working unwatched), and the
+stop waits up to `service.drain_timeout_s` for the broker to confirm the cancel or a fill racing
+it; the entry's final alert is sent (bounded) before exit; the journal is final; exit 0. A second
 signal, or the drain timeout, ends the process promptly; the next start reconciles.
 """
 
@@ -31,6 +36,7 @@ from bot.domain import ActionKind, AlertKind, Blocked, BlockReason, Skipped, Sou
 from bot.errors import ExitCode, UserError
 from bot.guard import IntentGuard
 from bot.history import history_from_journal
+from bot.journal.identity import JournalIdentity, bind_journal
 from bot.journal.store import Journal, JournalError, JournalTooNew
 from bot.logs import get_logger
 from bot.positions.exit_rules import evaluate_exit
@@ -88,12 +94,15 @@ class Daemon:
         self.hub = ProgressHub()
         self.last_error: str | None = None
         self.reconciliation = "pending"
-        self._reconciled = asyncio.Event()
         self._reconcile_soon = asyncio.Event()
         """Set when an entry was left live for reconciliation: reconcile once it has ended."""
         self._fatal_today: tuple[date, int] = (date.min, 0)
         self._link_down_since: float | None = None
         self._link_alerted = False
+        self._halted = False
+        """Paused by the fatal-error limit (a fault), not by an operator (deliberate)."""
+        self._stop_now = asyncio.Event()
+        """A second stop signal: wait for nothing more."""
         self._signals = 0
         self._background: set[asyncio.Task[Any]] = set()
         # Set in run():
@@ -130,6 +139,7 @@ class Daemon:
             task.add_done_callback(self._background.discard)
 
     async def _halt(self, count: int) -> None:
+        self._halted = True
         await self._set_paused(
             True,
             by="halt",
@@ -163,6 +173,15 @@ class Daemon:
                     f"cannot open the journal: {exc} (check that {s.state_dir} is writable)", ExitCode.IOERR
                 ) from exc
             try:
+                account = s.broker.account.get_secret_value() if s.broker.account else None
+                await bind_journal(self.journal, JournalIdentity(s.broker.mode, account))
+            except JournalError as exc:
+                await self.journal.close()
+                raise self._unwritable(exc) from exc
+            except BaseException:
+                await self.journal.close()
+                raise
+            try:
                 await self._run_with_journal()
             finally:
                 await self.journal.close()
@@ -171,21 +190,33 @@ class Daemon:
                 account_lock.release()
             lock.release()
 
+    def _unwritable(self, exc: JournalError) -> UserError:
+        s = self.settings
+        return UserError(
+            f"the journal {s.journal_path} cannot be written ({exc}); nothing was sent: give the "
+            f"service user the file and {s.state_dir} (chown bot:bot), or free the disk",
+            ExitCode.IOERR,
+        )
+
     async def _run_with_journal(self) -> None:
         s = self.settings
         crashed = await self.journal.get_state(RUNNING_KEY) == "1"
-        await self.journal.set_state(
-            RUNNING_KEY,
-            "1",
-            ActionKind.DAEMON_STARTED,
-            {"mode": s.broker.mode, "after_crash": crashed},
-            alert=(
-                AlertKind.CRASH_RESTART,
-                "bot: daemon restarted after an unclean stop; reconciling with IB",
+        try:
+            await self.journal.set_state(
+                RUNNING_KEY,
+                "1",
+                ActionKind.DAEMON_STARTED,
+                {"mode": s.broker.mode, "after_crash": crashed},
+                alert=(
+                    AlertKind.CRASH_RESTART,
+                    "bot: daemon restarted after an unclean stop; reconciling with IB",
+                )
+                if crashed
+                else None,
             )
-            if crashed
-            else None,
-        )
+        except JournalError as exc:
+            # The first write of a start (a read-only file, a full disk): one line, exit 74.
+            raise self._unwritable(exc) from exc
         self.broker = await self._make_broker()
         # A restarted gateway can roll nextValidId back below ids this bot used (error 103).
         self.broker.order_id_floor = await self.journal.max_order_id()
@@ -305,7 +336,7 @@ class Daemon:
                     tg.create_task(self.control.serve_forever(), name="control-socket"),
                     tg.create_task(self.alerts.run(), name="alert-sender"),
                     tg.create_task(self._status_loop(), name="status"),
-                    tg.create_task(self._ready_when_reconciled(), name="ready"),
+                    tg.create_task(self._ready(), name="ready"),
                     tg.create_task(self._exit_loop(), name="exits"),
                 ]
                 interval = self.notifier.watchdog_interval_s
@@ -317,13 +348,14 @@ class Daemon:
                     )
                 scheduler_task = tg.create_task(self._run_scheduler(), name="scheduler")
                 await self.stop_requested.wait()
-                log.info("stopping: no new entries; draining the entry in flight")
-                self.notifier.stopping("draining the entry in flight")
+                log.info("stopping: no new entries; a working order is cancelled and confirmed")
+                self.notifier.stopping("cancelling the working order, if any")
                 scheduler_task.cancel()
                 drained = await self.runner.drain(self.settings.service.drain_timeout_s)
                 if not drained:
-                    log.error("drain timed out; the next start will reconcile the open entry")
+                    log.error("the cancel was not confirmed in time; the next start reconciles the entry")
                 await self._last_fetch()
+                await self._send_alerts_before_exit()
                 for task in tasks:
                     task.cancel()
         finally:
@@ -344,6 +376,7 @@ class Daemon:
             # on the next start.
             log.warning("second stop signal: exiting without waiting for the drain")
             self.runner.abort()
+            self._stop_now.set()
 
     async def _run_scheduler(self) -> None:
         if not self.settings.schedule.enabled and self.demo_delay_s is None:
@@ -351,8 +384,10 @@ class Daemon:
             return
         await self.scheduler.run()
 
-    async def _ready_when_reconciled(self) -> None:
-        await self._reconciled.wait()
+    async def _ready(self) -> None:
+        # This task runs once every task above it, the scheduler's included, has been created:
+        # the journal is open and the socket listens. The gateway may still be down; entries
+        # wait for reconciliation through the guard, whatever systemd is told.
         self.notifier.ready(self._status_line())
         log.info("ready", mode=self.settings.broker.mode, socket=str(self.control.path))
 
@@ -407,6 +442,23 @@ class Daemon:
                 await fetch_missing_executions(self.journal, self.broker, self.clock.sleep)
         except (BrokerError, TimeoutError, JournalError) as exc:
             log.warning("executions still missing at stop; the next start looks again", error=str(exc))
+
+    async def _send_alerts_before_exit(self) -> None:
+        """Before a clean stop: the alerts the stop caused (an entry cancelled) are sent now, not
+        at the next start; bounded by one send's timeout, and by a second signal."""
+        settled = asyncio.ensure_future(self.alerts.settle())
+        hurry = asyncio.ensure_future(self._stop_now.wait())
+        try:
+            await asyncio.wait(
+                {settled, hurry},
+                timeout=self.settings.alerts.send_timeout_s + 2.0,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            hurry.cancel()
+            if not settled.done():
+                settled.cancel()
+                log.warning("alerts still unsent at stop; the next start sends them")
 
     async def _has_unsettled(self) -> bool:
         running = self.guard.running_ids()
@@ -492,10 +544,12 @@ class Daemon:
             log.warning("entries blocked until reconciliation", why=why)
         self.guard.reconciling = True
         self.reconciliation = "pending"
+        self.notifier.status(self._status_line())
 
     async def _reconcile_until_done(self) -> None:
         self.guard.reconciling = True
         self.reconciliation = "running"
+        self.notifier.status(self._status_line())
         delay_s = 1.0
         while self.broker.link is LinkState.UP:
             try:
@@ -517,7 +571,7 @@ class Daemon:
             await self.journal.log_action(ActionKind.RECONCILED, detail=report.to_json())
             self.reconciliation = "done"
             self.guard.reconciling = False
-            self._reconciled.set()
+            self.notifier.status(self._status_line())
             return
 
     async def _watch_link(self, state: LinkState) -> None:
@@ -555,14 +609,24 @@ class Daemon:
             await self.clock.sleep(5.0)
 
     def _status_line(self) -> str:
+        """systemd's one-line status: the broker link and reconciliation, then what the bot does."""
+        return f"{self._link_summary()}; {self._activity()}"
+
+    def _link_summary(self) -> str:
+        link = self.broker.link
+        if link is not LinkState.UP:
+            return f"IB link {link.value}, entries wait for reconciliation"
+        if self.reconciliation != "done":
+            return "IB link up, reconciling; entries wait"
+        return "IB link up, reconciled"
+
+    def _activity(self) -> str:
         current = self.guard.current if hasattr(self, "guard") else None
         if current is not None and current.trade is not None:
             t = current.trade
             if t.last_limit is not None:
                 return f"working order #{t.id} at {t.last_limit:.2f}"
             return f"entry #{t.id} {t.status.value}"
-        if self._link_down_since is not None:
-            return "gateway link down; entries blocked"
         if self.guard.paused:
             return "paused"
         plan = self.scheduler.next_plan if hasattr(self, "scheduler") else None
@@ -574,6 +638,11 @@ class Daemon:
 
     async def _scheduled_fire(self, day: date) -> None:
         window_end = datetime.combine(day, self.settings.schedule.entry_window_end, tzinfo=self.tz)
+        plan = self.scheduler.next_plan
+        if self.demo_delay_s is not None and plan is not None and plan.window_end is not None:
+            # A demo's window is its own, not the daily schedule's: a demo fired after 10:30
+            # while the first reconciliation runs waits for it instead of skipping the day.
+            window_end = plan.window_end
         try:
             await scheduled_entry(
                 day,
@@ -664,10 +733,11 @@ class Daemon:
         today = await self.journal.entries_on(self.settings.strategy.name, self.trading_day())
         alert_status = await self.alerts.status()
         link = self.broker.link.value
+        # Paused by an operator is deliberate, not degraded; paused by the fatal-error halt is.
         healthy = (
             link == LinkState.UP.value
             and self.reconciliation == "done"
-            and not self.guard.paused
+            and not (self.guard.paused and self._halted)
             and not alert_status.get("failed")
         )
         current = self.guard.current
@@ -711,6 +781,7 @@ class Daemon:
     async def resume(self, by: str) -> dict[str, Any]:
         """Resume entries."""
         self._fatal_today = (date.min, 0)
+        self._halted = False
         return await self._set_paused(
             False, by=by, kind=ActionKind.RESUMED, alert=(AlertKind.RESUMED, f"bot: entries resumed by {by}")
         )

@@ -11,7 +11,8 @@ socket path. Operations (arguments as in the Python API of `SimulatedGateway` an
     duplicate {msg_id, count?, client_id?, gap_s?}, coalesce_order_status {window_s, count?, client_id?},
     leg_executions_only {count?, client_id?},
     exec_filter_quirk {quirk: "ignore-empty" | "client-zero", count?, client_id?},
-    refuse_final_cancel {count?, client_id?}, reject_orders {count? (1), reason?, client_id?, error_first?},
+    refuse_final_cancel {count?, client_id?}, fill_before_cancel {count?, client_id?},
+    reject_orders {count? (1), reason?, client_id?, error_first?},
     market_closed {count?, client_id?, until? (ISO 8601 with zone), warning_first?},
     expire_day_orders (answers {"expired": [orderRef, ...]}),
     hold_client_id {client_id, attempts?}, release_client_id {client_id}, clear_faults,
@@ -173,6 +174,8 @@ class ControlServer:
                 )
             case "refuse_final_cancel":
                 faults.refuse_final_cancel(_opt_int(req, "count"), client_id=_opt_int(req, "client_id"))
+            case "fill_before_cancel":
+                faults.fill_before_cancel(_opt_int(req, "count"), client_id=_opt_int(req, "client_id"))
             case "reject_orders":
                 _reject_orders(gw, req)
             case "market_closed":

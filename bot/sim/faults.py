@@ -52,6 +52,7 @@ class Faults:
         self._legs_only: Armed | None = None
         self._exec_quirk: tuple[Armed, ExecFilterQuirk] | None = None
         self._refuse_final_cancel: Armed | None = None
+        self._fill_before_cancel: Armed | None = None
         self._reject: tuple[Armed, ArmedRejection] | None = None
         self._hold: tuple[Armed, ArmedHold] | None = None
         self._still_processing = 0
@@ -121,6 +122,13 @@ class Faults:
         """
         self._refuse_final_cancel = Armed(count, client_id)
 
+    def fill_before_cancel(self, count: int | None = None, *, client_id: int | None = None) -> None:
+        """The next `count` cancels of a working order lose the race with its fill: the order
+        fills (all that remains, at its limit) before the cancel reaches it, and the cancel is
+        answered 10148 ("cannot be cancelled, state: Filled."), as when a fill is already on its
+        way from the exchange. A client must never read that cancel as the order's end."""
+        self._fill_before_cancel = Armed(count, client_id)
+
     def reject_orders(
         self,
         count: int | None = 1,
@@ -174,6 +182,7 @@ class Faults:
         self._legs_only = None
         self._exec_quirk = None
         self._refuse_final_cancel = None
+        self._fill_before_cancel = None
         self._reject = None
         self._hold = None
         self._still_processing = 0
@@ -234,6 +243,10 @@ class Faults:
         """True (and one fewer armed) when this cancel of a final order must get 10148."""
         return self._refuse_final_cancel is not None and self._refuse_final_cancel.take(client_id)
 
+    def take_fill_before_cancel(self, client_id: int) -> bool:
+        """True (and one fewer armed) when this cancel of a working order must lose to a fill."""
+        return self._fill_before_cancel is not None and self._fill_before_cancel.take(client_id)
+
     def take_reject(self, client_id: int) -> ArmedRejection | None:
         """How to reject this new order, if a rejection is armed for `client_id` (one used)."""
         if self._reject is None or not self._reject[0].take(client_id):
@@ -264,6 +277,7 @@ class Faults:
                 {"quirk": quirk[1].value, **(armed(quirk[0]) or {})} if quirk and quirk[0].live else None
             ),
             "refuse_final_cancel": armed(self._refuse_final_cancel),
+            "fill_before_cancel": armed(self._fill_before_cancel),
             "reject_orders": (
                 {"reason": reject[1].reason, "error_first": reject[1].error_first, **(armed(reject[0]) or {})}
                 if reject and reject[0].live
@@ -287,7 +301,7 @@ FAULT_SPEC_HELP = (
     "drop-after-place[:N] | drop-before-place[:N] | omit:MSG_ID[:N] | delay:MSG_ID:SECONDS[:N] | "
     "delay:MSG_ID:MIN-MAX[:N] | duplicate:MSG_ID[:N] | coalesce-status:WINDOW_S[:N] | "
     "leg-executions-only[:N] | exec-filter:ignore-empty|client-zero[:N] | refuse-final-cancel[:N] | "
-    "reject[:N] | reject-error-first[:N] | market-closed[:N] | "
+    "fill-before-cancel[:N] | reject[:N] | reject-error-first[:N] | market-closed[:N] | "
     "hold-client-id:ID[:ATTEMPTS] | still-processing[:N]; "
     "append @CLIENT_ID to limit any but the drop, hold and still-processing faults to one client"
 )
@@ -346,6 +360,8 @@ def _arm(faults: Faults, name: str, args: list[str], client_id: int | None) -> b
             faults.exec_filter_quirk(ExecFilterQuirk(args[0]), opt(1), client_id=client_id)
         case "refuse-final-cancel", 0 | 1:
             faults.refuse_final_cancel(opt(0), client_id=client_id)
+        case "fill-before-cancel", 0 | 1:
+            faults.fill_before_cancel(opt(0), client_id=client_id)
         case "reject" | "reject-error-first", 0 | 1:
             faults.reject_orders(opt(0), client_id=client_id, error_first=name == "reject-error-first")
         case "market-closed", 0 | 1:

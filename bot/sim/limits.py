@@ -181,7 +181,8 @@ class Limits:
 
         On False it has answered the request with error 101.
         """
-        in_use = sum(1 for rid in session.subscriptions if rid != req_id) + 1
+        held = set(session.subscriptions) | session.snapshots
+        in_use = sum(1 for rid in held if rid != req_id) + 1
         stats = self.stats(session.cid)
         if in_use > self.max_market_data_lines:
             stats.line_violations += 1

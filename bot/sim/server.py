@@ -89,6 +89,9 @@ class SimConfig:
     spread_frac: float = 0.003
     tick_interval_s: float = 1.0
     """Clock seconds between updates of a streaming market data subscription."""
+    snapshot_end_s: float = 0.0
+    """Clock seconds from a snapshot's ticks to its end marker (IB waits up to 11 s for ticks it
+    lacks); an unfinished snapshot holds a market-data line like a stream."""
     fill_poll_s: float = 1.0
     """Clock seconds between re-checks of a working order against a moving market."""
     leg_executions: bool = True
@@ -771,8 +774,17 @@ class SimulatedGateway:
 
     def cancel_order(self, session: Session, order_id: int) -> None:
         """Cancel one of `session`'s client id's working orders (202), else 10147; a final order
-        gets 10148 instead when `Faults.refuse_final_cancel` is armed."""
+        gets 10148 instead when `Faults.refuse_final_cancel` is armed, and a working one fills
+        first and then gets 10148 when `Faults.fill_before_cancel` is armed."""
         order = self.ledger.find(session.cid, order_id)
+        if order is not None and order.is_working and self.faults.take_fill_before_cancel(session.cid):
+            self._fill(order, order.remaining_qty, order.lmt_price)  # the fill wins the race
+            session.error(
+                order_id,
+                10148,
+                f"OrderId {order_id} that needs to be cancelled cannot be cancelled, state: Filled.",
+            )
+            return
         if order is not None and order.is_done and self.faults.take_refuse_final_cancel(session.cid):
             session.error(
                 order_id,

@@ -198,6 +198,8 @@ class Session:
         self.market_data_type = 1
         self.connected_at: datetime | None = None
         self.subscriptions: dict[int, asyncio.Task[None]] = {}
+        self.snapshots: set[int] = set()
+        """Snapshots whose end marker has not gone out yet (each holds a market-data line)."""
         self.positions_subscribed = False
         self.account_subscribed = False
         self.closed = False
@@ -486,7 +488,12 @@ class Session:
         self.send(m.market_data_type(req_id, self.market_data_type))
         self._send_ticks(req_id, target)
         if snapshot:
-            self.send(m.tick_snapshot_end(req_id))
+            end_s = self.gw.config.snapshot_end_s
+            if end_s <= 0:
+                self.send(m.tick_snapshot_end(req_id))
+                return
+            self.snapshots.add(req_id)
+            self.gw.spawn(self._end_snapshot(req_id, end_s), f"sim-snapshot-{self.client_id}-{req_id}")
             return
         old = self.subscriptions.pop(req_id, None)
         if old is not None:
@@ -495,6 +502,11 @@ class Session:
             self._stream(req_id, target), f"sim-stream-{self.client_id}-{req_id}"
         )
         self.gw.notify()
+
+    async def _end_snapshot(self, req_id: int, after_s: float) -> None:
+        await self.gw.clock.sleep(after_s)
+        self.snapshots.discard(req_id)
+        self.send(m.tick_snapshot_end(req_id))
 
     async def _stream(self, req_id: int, target: _Target) -> None:
         while not self.closed:

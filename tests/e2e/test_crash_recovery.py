@@ -31,7 +31,7 @@ max_steps = 3
 
 
 def _entries(d: DaemonProcess) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(f"file:{d.state_dir / 'journal.sqlite3'}?mode=ro", uri=True)
+    conn = sqlite3.connect(f"file:{d.journal}?mode=ro", uri=True)
     try:
         return conn.execute("SELECT id, idempotency_key, status, filled FROM entries ORDER BY id").fetchall()
     finally:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.fake_systemd import FakeNotifySocket
+from tests.support.fake_twilio import FakeTwilio
 from tests.support.procs import DaemonProcess, SimProcess, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -23,7 +24,7 @@ FULL = os.environ.get("E2E_SCALE") == "full"
 
 
 def _journal_rows(d: DaemonProcess, sql: str) -> list[tuple[object, ...]]:
-    conn = sqlite3.connect(f"file:{d.state_dir / 'journal.sqlite3'}?mode=ro", uri=True)
+    conn = sqlite3.connect(f"file:{d.journal}?mode=ro", uri=True)
     try:
         return conn.execute(sql).fetchall()
     finally:
@@ -118,8 +119,8 @@ async def test_many_trade_commands_while_the_scheduled_entry_fires_send_one_orde
 async def test_notify_ready_watchdog_status_and_stopping(
     tmp_path: Path, daemons: list[DaemonProcess]
 ) -> None:
-    """READY=1 only after the first reconciliation; WATCHDOG=1 at half the interval; STATUS kept;
-    STOPPING=1 on SIGTERM; exit 0."""
+    """READY=1 from the main process once its own parts are up; STATUS says when the broker is
+    reconciled; WATCHDOG=1 at half the interval; STOPPING=1 on SIGTERM; exit 0."""
     notify = FakeNotifySocket.at_path(tmp_path)
     try:
         d = DaemonProcess(tmp_path, sim_port=None, env=notify.environ(watchdog_usec=1_000_000)).start()
@@ -127,8 +128,10 @@ async def test_notify_ready_watchdog_status_and_stopping(
         msgs = await notify.wait_for(lambda ms: any(m.get("READY") == "1" for m in ms), timeout_s=60)
         ready = next(m for m in msgs if m.get("READY") == "1")
         assert ready.pid == d.pid
-        status = await d.status()
-        assert status is not None and status["reconciliation"] == "done"
+        await notify.wait_for(
+            lambda ms: any((m.get("STATUS") or "").startswith("IB link up, reconciled") for m in ms),
+            timeout_s=60,
+        )
         await notify.wait_for(lambda msgs: sum(m.get("WATCHDOG") == "1" for m in msgs) >= 3, timeout_s=30)
         assert any(m.get("STATUS") for m in notify.messages)
         d.signal(signal.SIGTERM)
@@ -141,27 +144,42 @@ async def test_notify_ready_watchdog_status_and_stopping(
 async def test_sigterm_mid_order_cancels_and_confirms_then_exits_0(
     tmp_path: Path, sim: SimProcess, daemons: list[DaemonProcess]
 ) -> None:
-    """SIGTERM while the order works (it never fills): cancelled at the gateway, the journal is
-    final, exit 0; a restart finds nothing left to do."""
+    """SIGTERM while the order works (it never fills): cancelled at the gateway at once (not
+    walked on for `drain_timeout_s`), the journal is final, the cancellation SMS is sent before
+    the process exits (not at the next start), exit 0."""
     await sim.control("fill_model", mode="never")
-    d = DaemonProcess(
-        tmp_path, sim_port=sim.port, demo_s=0.5, extra_config="[strategy]\nstep_interval_s = 30\n"
-    )
-    d.start()
-    daemons.append(d)
-    await d.wait_ready()
+    async with FakeTwilio() as twilio:
+        alerts = (
+            f'[alerts]\naccount_sid = "AC{"2" * 32}"\nauth_token = "t"\nfrom_number = "+15557654321"\n'
+            f'to = ["+15551234567"]\nbase_url = "{twilio.base_url}"\n'
+        )
+        d = DaemonProcess(
+            tmp_path,
+            sim_port=sim.port,
+            demo_s=None,
+            extra_config="[strategy]\nstep_interval_s = 30\n[service]\ndrain_timeout_s = 45\n" + alerts,
+        )
+        d.start()
+        daemons.append(d)
+        await d.wait_ready()
+        started = await d.cli("trade", "--no-wait")
+        assert started.returncode == 0, started.stdout + started.stderr
 
-    async def working() -> bool:
-        return any(o.get("status") in ("Submitted", "PreSubmitted") for o in await sim.ledger())
+        async def working() -> bool:
+            return any(o.get("status") in ("Submitted", "PreSubmitted") for o in await sim.ledger())
 
-    await wait_until(working, 60, "the order to work at the gateway")
-    d.signal(signal.SIGTERM)
-    assert await d.wait_exit() == 0
+        await wait_until(working, 60, "the order to work at the gateway")
+        d.signal(signal.SIGTERM)
+        assert await d.wait_exit() == 0
+        sent_before_exit = [r.form["Body"] for r in twilio.delivered]
     ledger = await sim.ledger()
     assert len(ledger) == 1 and ledger[0]["status"] == "Cancelled"
+    assert len(ledger[0]["limit_prices"]) == 1  # never stepped: cancelled at once
     rows = _journal_rows(d, "SELECT status FROM entries")
     assert rows == [("cancelled",)]
-    assert re.search(r"draining", d.log())
+    assert re.search(r"a working order is cancelled and confirmed", d.log())
+    assert any("cancelled" in body for body in sent_before_exit), sent_before_exit
+    assert _journal_rows(d, "SELECT COUNT(*) FROM alerts WHERE state = 'pending'") == [(0,)]
 
 
 async def test_a_stalled_daemon_stops_the_watchdog_pings(

@@ -32,7 +32,7 @@ async def test_a_journal_from_a_newer_bot_exits_78_with_the_upgrade_hint(
     a loop), one line naming the journal, both versions and the fix, no traceback, file untouched."""
     d = DaemonProcess(tmp_path, sim_port=None, demo_s=None)
     d.state_dir.mkdir(parents=True)
-    journal = d.state_dir / "journal.sqlite3"
+    journal = d.journal
     newer = len(MIGRATIONS) + 5
     conn = sqlite3.connect(journal)
     conn.execute(f"PRAGMA user_version = {newer}")

@@ -42,19 +42,20 @@ async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout_s: float,
 class SimProcess:
     """`bot simulator` on a free loopback port with its control socket."""
 
-    def __init__(self, directory: Path, *, seed: int = 7) -> None:
+    def __init__(self, directory: Path, *, seed: int = 7, port: int = 0) -> None:
+        """`port` 0 takes a free one; a fixed port is for a gateway that comes up late."""
         self.dir = directory
         self.control_path = directory / "sim.sock"
         self.log_path = directory / "sim.log"
         self.seed = seed
         self.proc: subprocess.Popen[bytes] | None = None
-        self.port = 0
+        self.port = port
 
     async def start(self) -> SimProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [
-                *(sys.executable, "-m", "bot", "simulator", "--port", "0"),
+                *(sys.executable, "-m", "bot", "simulator", "--port", str(self.port)),
                 *("--seed", str(self.seed), "--control", str(self.control_path)),
             ],
             stdout=log,
@@ -131,6 +132,10 @@ class DaemonProcess:
     ) -> None:
         self.dir = directory
         self.state_dir = directory / "state"
+        # Simulated mode keeps a journal file of its own (`Settings.journal_path`).
+        self.journal = self.state_dir / (
+            "journal.sqlite3" if sim_port is not None else "journal-simulated.sqlite3"
+        )
         self.socket = directory / "run" / "bot.sock"
         self.config = directory / "bot.toml"
         self.log_path = directory / "daemon.log"
@@ -176,7 +181,7 @@ class DaemonProcess:
         if done.returncode not in (0, 1):
             self.last_cli_error = f"status exit {done.returncode}: {done.stdout}{done.stderr}"
             return None
-        data: dict[str, Any] = json.loads(done.stdout)
+        data: dict[str, Any] = json.loads(done.stdout)["result"]
         return data
 
     async def wait_ready(self, timeout_s: float = 60) -> dict[str, Any]:

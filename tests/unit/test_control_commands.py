@@ -72,7 +72,14 @@ async def run_trade(path: Path, **kwargs: Any) -> tuple[int, str, str]:
         "stdin_isatty": False,
     }
     options.update(kwargs)
-    code = await commands.trade(path, out=out, err=err, **options)
+    try:
+        code = await commands.trade(path, out=out, err=err, **options)
+    except UserError as exc:
+        if exc.code is not ExitCode.USAGE:
+            raise
+        # What `bot.cli` does with it: the one line on stderr, exit 2.
+        err.write(exc.message + "\n")
+        code = int(exc.code)
     return code, out.getvalue(), err.getvalue()
 
 
@@ -113,16 +120,53 @@ async def test_trade_on_a_terminal_rewrites_one_status_line(sock_path: Path) -> 
 
 
 async def test_trade_json_writes_one_json_line_per_event_and_the_reply(sock_path: Path) -> None:
-    """--json: every line is JSON: the events, then the reply."""
+    """--json: every line is JSON in the one envelope: the events, then the result with its exit
+    code; none of the control protocol's own frames (`id`, protocol `v`) leak through."""
     trade = make_trade(status=EntryStatus.CLAIMED)
     api = FakeApi(outcome=Started(trade, forced=False), script=script_filled(trade))
     async with serving(api, sock_path):
         code, out, _ = await run_trade(sock_path, as_json=True, out=Terminal())
     assert code == 0
     lines = [json.loads(line) for line in out.splitlines()]
+    assert all(m["v"] == commands.OUTPUT_VERSION and m["command"] == "trade" for m in lines)
+    assert all("id" not in m for m in lines)
     assert [m["event"]["event"] for m in lines[:-1]][-1] == "final"
-    assert lines[-1]["ok"] is True
+    assert set(lines[-1]) == {"v", "command", "ok", "exit_code", "result"}
+    assert lines[-1]["ok"] is True and lines[-1]["exit_code"] == 0
     assert lines[-1]["result"]["trade"]["status"] == "filled"
+
+
+@pytest.mark.usefixtures("local_tz")
+async def test_ctrl_c_while_following_says_the_entry_continues(sock_path: Path) -> None:
+    """Cancelled while following (Ctrl-C), the client says the entry goes on in the daemon and
+    names it; the daemon is not asked to stop anything."""
+    trade = make_trade(status=EntryStatus.CLAIMED)
+    api = FakeApi(outcome=Started(trade, forced=False), script=script_filled(trade))
+    api.release.clear()
+    out, err = io.StringIO(), io.StringIO()
+    async with serving(api, sock_path):
+        task = asyncio.create_task(
+            commands.trade(
+                sock_path,
+                force=False,
+                yes=False,
+                wait=True,
+                as_json=False,
+                out=out,
+                err=err,
+                stdin_isatty=False,
+            )
+        )
+        await until(lambda: "claimed" in out.getvalue())
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert err.getvalue() == (
+        "stopped following #12; the entry continues in the daemon "
+        "(`bot status` follows it, `bot history` shows its end)\n"
+    )
+    assert ("trade", False) in api.calls
+    assert not any(call[0] in ("pause", "resolve") for call in api.calls)
 
 
 @pytest.mark.usefixtures("local_tz")
@@ -215,13 +259,23 @@ async def test_force_on_a_terminal_asks_first(sock_path: Path, answer: str, sent
     api = FakeApi(outcome=Skipped("test", action_id=1))
     async with serving(api, sock_path):
         code, _, err = await run_trade(sock_path, force=True, stdin_isatty=True, stdin=io.StringIO(answer))
-    assert err.startswith(commands.FORCE_PROMPT)
+    assert err.startswith(commands.FORCE_PROMPT + ": one more entry")
     if sent:
         assert api.calls == [("trade", True)]
         assert code == 4
     else:
         assert api.calls == []
         assert code == 2
+
+
+async def test_force_prompt_says_what_it_will_buy(sock_path: Path) -> None:
+    """The question names what a forced entry buys, in contracts and dollars."""
+    buys = "paper account, buy 1 SPX call calendar spread ... ($6,000 per spread, $6,000 in all)"
+    code, _, err = await run_trade(
+        sock_path, force=True, stdin_isatty=True, stdin=io.StringIO("n\n"), buys=buys
+    )
+    assert code == 2
+    assert err.splitlines() == [f"{commands.FORCE_PROMPT}: {buys}? [y/N] not confirmed; nothing was sent"]
 
 
 async def test_force_with_yes_needs_no_terminal(sock_path: Path) -> None:
@@ -279,7 +333,9 @@ async def test_a_stale_socket_means_not_running_exit_69(tmp_path: Path) -> None:
     assert caught.value.code is ExitCode.UNAVAILABLE
     out = io.StringIO()
     assert await commands.status(path, as_json=True, out=out) == 69
-    assert json.loads(out.getvalue())["running"] is False
+    reply = json.loads(out.getvalue())
+    assert reply["ok"] is False and reply["exit_code"] == 69
+    assert reply["error"].startswith("bot daemon is not running")
 
 
 def _client_ping(path: Path) -> dict[str, Any]:
@@ -384,7 +440,9 @@ async def test_status_json_is_the_daemons_dict(sock_path: Path) -> None:
     async with serving(api, sock_path):
         code = await commands.status(sock_path, as_json=True, out=out)
     assert code == 1
-    assert json.loads(out.getvalue()) == {**FULL_STATUS, "healthy": False}
+    assert json.loads(out.getvalue()) == commands.envelope(
+        "status", 1, result={**FULL_STATUS, "healthy": False}
+    )
 
 
 def test_times_show_local_time_beside_exchange_time(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -437,7 +495,7 @@ async def test_history_json_and_daemon_down(sock_path: Path) -> None:
     out = io.StringIO()
     async with serving(api, sock_path):
         assert await commands.history(sock_path, days=7, as_json=True, out=out) == 0
-    assert json.loads(out.getvalue()) == HISTORY
+    assert json.loads(out.getvalue()) == commands.envelope("history", 0, result=HISTORY)
     with pytest.raises(UserError) as caught:
         await commands.history(sock_path, days=7, as_json=False, out=io.StringIO())
     assert caught.value.code is ExitCode.UNAVAILABLE
@@ -464,3 +522,30 @@ async def test_pause_resume_and_alerts_test(sock_path: Path) -> None:
         "entries resumed",
         "test alert: queued=yes, to=1",
     ]
+
+
+async def test_every_small_command_has_the_json_envelope(sock_path: Path) -> None:
+    """--json on pause, resume, resolve and alerts test: one line each, the same envelope."""
+    api = FakeApi()
+    out = io.StringIO()
+    async with serving(api, sock_path):
+        assert await commands.pause(sock_path, out, as_json=True) == 0
+        assert await commands.resume(sock_path, out, as_json=True) == 0
+        assert await commands.alerts_test(sock_path, out, as_json=True) == 0
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(m["command"], m["ok"], m["exit_code"]) for m in lines] == [
+        ("pause", True, 0),
+        ("resume", True, 0),
+        ("alerts test", True, 0),
+    ]
+    assert lines[0]["result"] == {"paused": True}
+
+
+async def test_status_while_paused_says_so_and_is_not_degraded(sock_path: Path) -> None:
+    """Paused is deliberate: the daemon reports it healthy, the header says paused, exit 0."""
+    api = FakeApi(status_result={**FULL_STATUS, "paused": True, "healthy": True})
+    out = io.StringIO()
+    async with serving(api, sock_path):
+        code = await commands.status(sock_path, as_json=False, out=out)
+    assert code == 0
+    assert out.getvalue().splitlines()[0] == "bot daemon: running, healthy, entries paused"

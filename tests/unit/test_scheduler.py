@@ -210,11 +210,27 @@ def test_bot_schedule_prints_entries_and_skipped_days() -> None:
         env={"PATH": "/usr/bin:/bin", "HOME": "/tmp", "TZ": "Europe/Berlin"},
     )
     assert done.returncode == 0, done.stderr
-    days = {d["day"]: d for d in json.loads(done.stdout)}
+    reply = json.loads(done.stdout)
+    assert (reply["command"], reply["ok"], reply["exit_code"]) == ("schedule", True, 0)
+    days = {d["day"]: d for d in reply["result"]["days"]}
     assert days["2026-11-25"]["entry_at"] == "2026-11-25T09:45:00-05:00"
     assert days["2026-11-25"]["entry_local"].endswith("+01:00")  # 15:45 in Berlin
     assert days["2026-11-26"]["skipped"] == "exchange holiday"
     assert days["2026-11-28"]["skipped"] == "weekend"
+
+
+def test_today_after_its_window_has_no_entry_in_the_plan() -> None:
+    """`bot schedule` at 10:31 New York on a trading day: today says its window ended; tomorrow
+    is planned as usual; at 10:29 today is still listed (it would still fire)."""
+    ny = ZoneInfo("America/New_York")
+    day = date(2026, 12, 1)  # a Tuesday
+    after = datetime(2026, 12, 1, 10, 31, tzinfo=ny)
+    today, tomorrow = plan_days(calendar_for("XNYS"), day, 2, time(9, 45), time(10, 30), ny, now=after)
+    assert today.entry_at is None and today.skipped == "the entry window ended at 10:30 EST"
+    assert tomorrow.entry_at == datetime(2026, 12, 2, 9, 45, tzinfo=ny)
+    before = datetime(2026, 12, 1, 10, 29, tzinfo=ny)
+    (still,) = plan_days(calendar_for("XNYS"), day, 1, time(9, 45), time(10, 30), ny, now=before)
+    assert still.entry_at == datetime(2026, 12, 1, 9, 45, tzinfo=ny)
 
 
 def test_a_cached_calendar_answers_like_a_freshly_built_one(tmp_path: Path) -> None:

@@ -177,7 +177,8 @@ async def test_repeated_fatal_errors_halt_the_bot(gw: SimulatedGateway, tmp_path
 async def test_an_unwritable_journal_sends_nothing_and_says_why(gw: SimulatedGateway, daemon: Daemon) -> None:
     """The journal's WAL file becomes unwritable (immutable, so even root cannot write): a trade
     request fails closed — no order at the broker — and status names the journal problem."""
-    wal = daemon.settings.journal_path.with_name("journal.sqlite3-wal")
+    journal = daemon.settings.journal_path
+    wal = journal.with_name(journal.name + "-wal")
     if subprocess.run(["chattr", "+i", str(wal)], check=False, capture_output=True).returncode != 0:
         pytest.skip("this filesystem has no immutable flag (chattr +i)")
     try:

@@ -2,7 +2,10 @@
 ib_async) against the simulated gateway with the hostile behaviour that broke it. The
 simulator's ledger is the judge; each test failed on the code before the fix.
 
-* "Filled" before its executions (execDetails delayed): a plain second `trade` must not enter.
+* "Filled" before its executions (execDetails delayed), or a stale status after it: a plain
+  second `trade` must not enter.
+* An earlier day's order the gateway forgot: settled from the account's positions, never
+  concluded from its absence.
 * The fourth guard, three ways, against a gateway that already holds today's order: the journal
   deleted mid-day, the journal replaced by a copy taken before the entry, and a second daemon
   with its own state directory and client id. Zero new orders, the existing one adopted, an alert.
@@ -11,16 +14,26 @@ simulator's ledger is the judge; each test failed on the code before the fix.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from bot.clock import SystemClock
-from bot.config import BrokerSettings, ControlSettings, ServiceSettings, Settings, StrategySettings
+from bot.config import (
+    BrokerSettings,
+    ControlSettings,
+    RuntimeEnv,
+    ServiceSettings,
+    Settings,
+    StrategySettings,
+)
 from bot.domain import AlertKind, Blocked, BlockReason, EntryStatus, Source, Started
 from bot.service.daemon import Daemon
+from bot.service.sdnotify import SystemdNotifier
 from bot.sim import FillModel, SimConfig, SimulatedGateway
 from bot.sim.chain import ChainMode, ChainShape
 from bot.sim.exec_filter import ExecFilterQuirk
@@ -41,6 +54,8 @@ async def gw() -> AsyncIterator[SimulatedGateway]:
     yield gateway
     await gateway.stop()
     assert gateway.protocol_errors == []
+    # The bot stays inside IB's limits (50 messages a second, 100 market-data lines) throughout.
+    assert gateway.limits.violations == 0, gateway.limits.to_dict()
 
 
 def _settings(gw: SimulatedGateway, state: Path, client_id: int = 17) -> Settings:
@@ -331,6 +346,13 @@ async def test_two_copies_fired_at_the_same_instant_send_one_order(
     assert len(_filled_orders(gw)) == 1
 
 
+class _DayBehind(SystemClock):
+    """The system clock a day behind: the daemon lives yesterday while the gateway keeps today."""
+
+    def now(self) -> datetime:
+        return super().now() - timedelta(days=1)
+
+
 def _stale_status_delivered(gw: SimulatedGateway) -> bool:
     sent = [e.fields[2] for e in gw.transcript if e.direction == "out" and e.msg_id == ORDER_STATUS]
     return "Filled" in sent and sent[-1] != "Filled"
@@ -355,3 +377,52 @@ async def test_a_stale_status_after_filled_never_unfills_the_entry(
         view = await d.journal.entry(first.trade.id)
         assert view.broker_filled == 1.0
     assert [o.order_ref for o in gw.ledger.orders] == [first.trade.idempotency_key]
+
+
+async def test_yesterdays_order_the_gateway_forgot_is_settled_from_positions(
+    gw: SimulatedGateway, tmp_path: Path
+) -> None:
+    """Yesterday the daemon died with its order working; the order filled while no daemon was
+    connected; the gateway restarted on a new day and no longer lists yesterday's orders or
+    executions. Today's start must not conclude "expired" from that absence: the account's
+    positions in the entry's legs show the fill, so the entry is filled, with an alert. Before the
+    fix: finished `cancelled` (a DAY order from an earlier day) and the fill never recorded."""
+    settings = _settings(gw, tmp_path)
+    yesterday = _DayBehind()
+    gw.fill_model = FillModel.always(delay_s=1.0)
+    d = Daemon(settings, RuntimeEnv.from_environ({}), yesterday, SystemdNotifier(None), handle_signals=False)
+    task = asyncio.create_task(d.run(), name="daemon-yesterday")
+    await until(lambda: getattr(d, "reconciliation", "") == "done")
+    first = await _trade(d)
+    await until(lambda: bool(gw.ledger.orders) and gw.ledger.orders[0].acked)
+    task.cancel()  # dead: no drain, no cancel sent
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await d.journal.close()
+    await gw.wait_for(lambda: _filled_orders(gw) == [first.trade.idempotency_key])
+    await gw.restart(new_day=True)
+    async with running_daemon(settings) as today:
+        view = await today.journal.entry(first.trade.id)
+        assert view.status is EntryStatus.FILLED, view
+        assert view.broker_filled == 1.0
+        assert AlertKind.FILLS_MISSING.value in await _alert_kinds(today)
+    assert [o.order_ref for o in gw.ledger.orders] == [first.trade.idempotency_key]
+
+
+async def test_a_timeout_cancel_that_loses_to_the_fill_settles_filled(
+    gw: SimulatedGateway, tmp_path: Path
+) -> None:
+    """No fill through the walk; its fill-timeout cancel reaches the broker after the order filled
+    and is answered 10148 (ib_async then marks the trade Cancelled). The entry is filled, its
+    executions journaled, and a plain second `trade` is refused: one order at the broker."""
+    gw.fill_model = FillModel.never()
+    gw.faults.fill_before_cancel(count=1)
+    async with running_daemon(_settings(gw, tmp_path)) as d:
+        first = await _trade(d)
+        assert await entry_final(d, first.trade.id) == "filled"
+        view = await d.journal.entry(first.trade.id)
+        assert (view.filled, view.broker_filled) == (1, 1.0)
+        second = await d.trade(force=False)
+        assert isinstance(second, Blocked) and second.reason is BlockReason.ALREADY_TRADED_TODAY
+    assert _filled_orders(gw) == [first.trade.idempotency_key]
+    assert len(gw.ledger.orders) == 1

@@ -171,6 +171,26 @@ async def test_refused_port_is_one_clear_line(make_broker: BrokerFactory) -> Non
     assert broker.link is LinkState.DOWN
 
 
+async def test_a_server_that_is_not_ib_is_one_line_with_a_reason(make_broker: BrokerFactory) -> None:
+    """Something else listens on the port and never speaks IB's API: the line names the address,
+    what did not happen and the likely cause, never an empty reason."""
+
+    async def silent(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(30)
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        broker = await make_broker(run=False, port=port, connect_timeout_s=0.3)
+        err = await _raises(broker.connect_once(), RetryLater)
+    finally:
+        server.close()
+    assert str(err).startswith(f"IB Gateway at 127.0.0.1:{port} did not complete the API handshake")
+    assert "is it IB Gateway or TWS with the API enabled?" in str(err)
+    assert broker.last_error == str(err)
+
+
 async def test_client_id_in_use_is_named_and_the_reconnect_succeeds_once_released(
     gateway: SimulatedGateway, make_broker: BrokerFactory
 ) -> None:

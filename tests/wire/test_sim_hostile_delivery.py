@@ -460,6 +460,24 @@ async def test_10148_after_a_missed_filled_status_reads_as_cancelled(
     assert gateway.ledger.orders[0].status == "Filled"
 
 
+async def test_a_cancel_that_loses_the_race_with_the_fill(gateway: SimulatedGateway, ib: IB) -> None:
+    """fill_before_cancel(count=1): the working order fills before the cancel reaches it and the
+    cancel is answered 10148 "state: Filled"; the client sees the fills and the Filled status.
+    The next cancel of a working order is an ordinary one."""
+    gateway.fill_model = FillModel.never()
+    texts = _error_texts(ib)
+    gateway.faults.fill_before_cancel(count=1)
+    raced, _ = await place_calendar(ib, gateway, "raced", 5.0)
+    ib.cancelOrder(raced.order)
+    await until(lambda: (raced.order.orderId, 10148) in texts and len(raced.fills) == 3)
+    assert texts[(raced.order.orderId, 10148)].endswith("cannot be cancelled, state: Filled.")
+    assert gateway.ledger.orders[0].status == "Filled"
+    plain, _ = await place_calendar(ib, gateway, "plain", 5.0)
+    ib.cancelOrder(plain.order)
+    await until(lambda: plain.orderStatus.status == "Cancelled")
+    assert gateway.ledger.orders[1].status == "Cancelled" and not gateway.ledger.orders[1].fills
+
+
 async def test_a_rejected_order_is_inactive_then_201(gateway: SimulatedGateway, ib: IB) -> None:
     """reject_orders(): openOrder and orderStatus Inactive, then 201 "Order rejected - reason:...".
     ib_async keeps it Inactive and the 201 never reaches the trade's log; the next order is taken."""

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+from collections.abc import Awaitable
 from datetime import date
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from ib_async import IB, Bag, Contract, LimitOrder, Option, PriceIncrement, Trade
@@ -33,6 +34,8 @@ from tests.wire.conftest import (
 )
 
 pytestmark = pytest.mark.wire
+
+T = TypeVar("T")
 
 FAR_DAY = date(2027, 1, 15)
 SPARSE = ChainShape(ChainMode.FAR_SPARSE, dense_days=14, band_points=50.0, sparse_step=25.0)
@@ -363,6 +366,38 @@ async def test_the_101st_market_data_line_is_refused_with_101(gateway: Simulated
     assert not math.isnan(fresh.ask)
     stats = gateway.limits.stats(7)
     assert (stats.peak_market_data_lines, stats.line_violations) == (100, 2)
+
+
+async def test_an_unfinished_snapshot_holds_its_line(
+    make_gateway: GatewayFactory, connect: ClientFactory, clock: ManualClock
+) -> None:
+    """snapshot_end_s=2 and one line: a snapshot holds the line until its end marker, so a second
+    snapshot asked meanwhile gets 101; once the first has ended, the line is free again."""
+    gateway = await make_gateway(snapshot_end_s=2.0, limits=IbLimits(max_market_data_lines=1))
+    ib = await connect(7, gateway=gateway)
+    texts = _texts(ib)
+    near = _by_con_id(OptionContract(date(2026, 12, 18), 6000.0, "C", "SPXW"))
+    far = _by_con_id(OptionContract(FAR_DAY, 6000.0, "C", "SPXW"))
+    first = asyncio.ensure_future(ib.reqTickersAsync(near))
+    await gateway.wait_for(lambda: bool(gateway.sent(1, client_id=7)))
+    [refused] = await asyncio.wait_for(ib.reqTickersAsync(far), 5.0)
+    assert math.isnan(refused.ask)
+    assert [c for _, c, _ in texts] == [101]
+    assert not first.done()
+    await clock.advance(2.0)
+    [quoted] = await first
+    assert not math.isnan(quoted.ask)
+    [again] = await asyncio.wait_for(_advancing(clock, ib.reqTickersAsync(far)), 5.0)
+    assert not math.isnan(again.ask)
+
+
+async def _advancing(clock: ManualClock, aw: Awaitable[T]) -> T:
+    """Await `aw` while moving the manual clock on, so a snapshot's end marker comes."""
+    task = asyncio.ensure_future(aw)
+    while not task.done():
+        await clock.advance(0.5)
+        await asyncio.sleep(0)
+    return await task
 
 
 # -- steering: control ops, the standalone simulator and its command line ----------------------
