@@ -29,7 +29,7 @@ SYSTEM_SOCKET = Path("/run/bot/bot.sock")
 #: Commands that talk to a running daemon or read its journal: they validate only what they use
 #: (no SMS credentials needed), and `--json` wraps their errors in the envelope too.
 CLIENT_COMMANDS = frozenset(
-    {"schedule", "trade", "status", "history", "pause", "resume", "resolve", "alerts"}
+    {"schedule", "trade", "status", "history", "pause", "resume", "resolve", "alerts", "positions", "close"}
 )
 
 
@@ -107,6 +107,19 @@ def _parser() -> argparse.ArgumentParser:
     pa.add_argument("--json", action="store_true", help="JSON output")
     rsm = sub.add_parser("resume", help="allow entries again")
     rsm.add_argument("--json", action="store_true", help="JSON output")
+
+    po = sub.add_parser("positions", help="open positions with their next exit rule; realised P&L")
+    po.add_argument("--json", action="store_true", help="JSON output")
+
+    cl = sub.add_parser(
+        "close", help="close an open position (or --all) now; exit 0 closed, 3 refused, 4 not filled"
+    )
+    target = cl.add_mutually_exclusive_group(required=True)
+    target.add_argument("position_id", nargs="?", type=int, help="the position's id (`bot positions`)")
+    target.add_argument("--all", action="store_true", help="every open position")
+    cl.add_argument("--yes", action="store_true", help="do not ask to confirm")
+    cl.add_argument("--no-wait", action="store_true", help="return once the exit started")
+    cl.add_argument("--json", action="store_true", help="one JSON event per line")
 
     rs = sub.add_parser("resolve", help="record what happened to an entry whose outcome is unknown")
     rs.add_argument("entry_id", type=int, help="the entry's id (#N in alerts and `bot history`)")
@@ -290,6 +303,21 @@ def _dispatch(args: argparse.Namespace, settings: Settings, runtime: RuntimeEnv)
         )
     if command == "status":
         return asyncio.run(commands.status(path, as_json=args.json, out=out))
+    if command == "positions":
+        return asyncio.run(commands.positions(path, as_json=args.json, out=out))
+    if command == "close":
+        return asyncio.run(
+            commands.close(
+                path,
+                None if args.all else args.position_id,
+                yes=args.yes,
+                wait=not args.no_wait,
+                as_json=args.json,
+                out=out,
+                err=sys.stderr,
+                stdin_isatty=sys.stdin.isatty(),
+            )
+        )
     if command == "history":
         return asyncio.run(_history(settings, path, args.days, as_json=args.json))
     if command == "pause":

@@ -21,6 +21,14 @@ class DaemonApi(Protocol):
         """Request a manual entry through the guard (the same path as the scheduler)."""
         ...
 
+    async def close(self, position_id: int) -> Started | Blocked:
+        """Request a manual exit of one position through the guard (the exit rules' path)."""
+        ...
+
+    async def positions(self) -> dict[str, Any]:
+        """`{"positions": [...], "realized": dollars}`: every position in the ledger."""
+        ...
+
     def follow(self, entry_id: int) -> asyncio.Queue[dict[str, Any]]:
         """Progress events of `entry_id` from now on; the last has `"event": "final"`."""
         ...

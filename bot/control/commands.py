@@ -32,9 +32,11 @@ __all__ = [
     "FORCE_PROMPT",
     "OUTPUT_VERSION",
     "alerts_test",
+    "close",
     "envelope",
     "history",
     "pause",
+    "positions",
     "render_history",
     "render_status",
     "resume",
@@ -395,6 +397,7 @@ _STATUS_KEYS: Final = (
     "today",
     "alerts",
     "last_error",
+    "open_positions",
 )
 
 
@@ -452,6 +455,11 @@ def render_status(data: Mapping[str, Any], out: TextIO) -> None:
         lines = [_show(today)]
     rows.append(("today", lines[0]))
     rows.extend(("", line) for line in lines[1:])
+    held = data.get("open_positions")
+    if isinstance(held, list):
+        lines = [_position_line(p) if isinstance(p, Mapping) else _show(p) for p in held] or ["none"]
+        rows.append(("open positions", lines[0]))
+        rows.extend(("", line) for line in lines[1:])
     rows.append(("alerts", _alerts_text(data.get("alerts"))))
     rows.append(("last error", _show(data.get("last_error"))))
     rows.extend((key.replace("_", " "), _show(v)) for key, v in data.items() if key not in _STATUS_KEYS)
@@ -577,4 +585,123 @@ async def alerts_test(path: Path, out: TextIO, *, as_json: bool = False) -> int:
     if as_json:
         return write_envelope(out, "alerts test", code, result=result)
     out.write(f"test alert: {_show(result)}\n")
+    return code
+
+
+# -- bot positions / bot close -------------------------------------------------------------------
+
+
+def _position_line(p: Mapping[str, Any]) -> str:
+    debit = _num(p.get("debit"))
+    realized = _num(p.get("realized"))
+    parts = [
+        f"#{_show(p.get('id'))} {_show(p.get('legs_text') or p.get('entry_key'))}",
+        f"qty {_count(p.get('quantity'))}",
+        f"debit {debit:.2f}" if debit is not None else "debit -",
+        _show(p.get("state")),
+    ]
+    if p.get("frozen"):
+        parts.append(f"FROZEN ({_show(p.get('frozen'))})")
+    if p.get("live_exit") is not None:
+        parts.append(f"exit #{_show(p.get('live_exit'))} working")
+    if p.get("next_exit"):
+        parts.append(f"next: {_show(p.get('next_exit'))}")
+    if realized is not None:
+        parts.append(f"realised {realized:+.2f} USD")
+    return ", ".join(parts)
+
+
+async def positions(path: Path, *, as_json: bool, out: TextIO) -> int:
+    """`bot positions`: the open positions (id, legs, quantity, debit, next exit rule), then the
+    closed ones with their realised P&L."""
+    result = client.check(await client.request(path, "positions"))
+    if as_json:
+        return write_envelope(out, "positions", ExitCode.OK, result=result)
+    listed = [p for p in result.get("positions") or [] if isinstance(p, Mapping)]
+    open_now = [p for p in listed if p.get("state") == "open"]
+    out.write(f"open positions: {len(open_now)}\n")
+    for p in open_now:
+        out.write(f"  {_position_line(p)}\n")
+    closed = [p for p in listed if p.get("state") != "open"]
+    if closed:
+        out.write("closed:\n")
+        for p in closed:
+            out.write(f"  {_position_line(p)}\n")
+    realized = _num(result.get("realized"))
+    out.write(f"realised P&L: {realized:+.2f} USD\n" if realized is not None else "realised P&L: -\n")
+    return int(ExitCode.OK)
+
+
+def _confirm_close(what: str, *, yes: bool, stdin_isatty: bool, stdin: TextIO, err: TextIO) -> None:
+    """Return when the close is confirmed; raise `UserError` (exit 2) when it is not."""
+    if yes:
+        return
+    if not stdin_isatty:
+        raise UserError(
+            "refusing to close without a terminal to confirm it; add --yes to close non-interactively",
+            ExitCode.USAGE,
+        )
+    err.write(f"close {what} at the market's prices now? [y/N] ")
+    err.flush()
+    answer = stdin.readline().strip().lower()
+    if answer not in ("y", "yes"):
+        raise UserError("not confirmed; nothing was sent", ExitCode.USAGE)
+
+
+async def close(
+    path: Path,
+    position_id: int | None,
+    *,
+    yes: bool,
+    wait: bool,
+    as_json: bool,
+    out: TextIO,
+    err: TextIO,
+    stdin_isatty: bool,
+    stdin: TextIO | None = None,
+) -> int:
+    """`bot close ID` / `bot close --all`: ask for the exit now and follow it to its end.
+
+    Exit 0 when every exit asked for filled (or, without `wait`, started); 3 when one was refused
+    (the reason and the exit in the way are printed); 4 when one ended without closing."""
+    what = f"position #{position_id}" if position_id is not None else "every open position"
+    _confirm_close(what, yes=yes, stdin_isatty=stdin_isatty, stdin=stdin or sys.stdin, err=err)
+    args: dict[str, Any] = {"wait": wait}
+    args.update({"position_id": position_id} if position_id is not None else {"all": True})
+    progress = _Progress(out, as_json=as_json)
+    try:
+        reply = await client.request_streaming(
+            path,
+            "close",
+            args,
+            progress.event,
+            timeout_s=client.DEFAULT_TIMEOUT_S,
+            line_timeout_s=TRADE_LINE_TIMEOUT_S,
+        )
+    except asyncio.CancelledError:
+        progress.end_live_line()
+        err.write("stopped following; an exit that started continues in the daemon (`bot positions`)\n")
+        err.flush()
+        raise
+    finally:
+        progress.end_live_line()
+    result = client.check(reply)
+    results = [r for r in result.get("results") or [] if isinstance(r, Mapping)]
+    codes = [_trade_exit(r, wait=wait) for r in results] or [int(ExitCode.OK)]
+    code = max(codes, key=lambda c: (c == int(ExitCode.BLOCKED), c != int(ExitCode.OK)))
+    if as_json:
+        return write_envelope(out, "close", code, result=result)
+    if not results:
+        out.write("no open positions\n")
+    for r in results:
+        raw = r.get("trade")
+        view: Mapping[str, Any] | None = raw if isinstance(raw, Mapping) else None
+        head = f"position #{_show(r.get('position_id'))}: "
+        if r.get("outcome") == "blocked":
+            line = _blocked_line(r.get("reason"), view) if view else f"refused: {_show(r.get('reason'))}"
+            out.write(head + line + "\n")
+        elif view is not None and not wait:
+            out.write(f"{head}exit {_ref(view)} started; follow it with `bot positions`\n")
+        elif view is not None:
+            out.write(head + _final_line(view, r.get("reason")) + "\n")
     return code

@@ -10,6 +10,10 @@ Commands and their `args` (every field optional, unknown fields refused):
 * ``trade``: ``force`` (bool, default false), ``wait`` (bool, default true)
 * ``history``: ``days`` (int 1..3660, default 7)
 * ``resolve``: ``entry_id`` (int), ``filled`` (int >= 0 units found filled, or null: all)
+* ``positions``: none
+* ``close``: ``position_id`` (int) or ``all`` (bool), ``wait`` (bool, default true); progress
+  events as for ``trade`` (each names its exit in ``trade``); the reply's result is
+  ``{"results": [{"position_id": N, "outcome": ..., "reason": ..., "trade": {...}}, ...]}``
 
 Every request line gets exactly one reply line, echoing `v` and `id`::
 
@@ -41,7 +45,16 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 from bot.domain import Blocked, Skipped, Started
 
@@ -50,12 +63,15 @@ __all__ = [
     "MAX_ID_CHARS",
     "PROTOCOL_VERSION",
     "AlertsTestRequest",
+    "CloseArgs",
+    "CloseRequest",
     "ErrorCode",
     "HistoryArgs",
     "HistoryRequest",
     "NoArgs",
     "PauseRequest",
     "PingRequest",
+    "PositionsRequest",
     "ProtocolError",
     "Request",
     "ResumeRequest",
@@ -77,7 +93,18 @@ PROTOCOL_VERSION: Final = 1
 MAX_ID_CHARS: Final = 128
 """The longest request id echoed back."""
 
-COMMANDS: Final = ("ping", "status", "trade", "history", "pause", "resume", "alerts_test", "resolve")
+COMMANDS: Final = (
+    "ping",
+    "status",
+    "trade",
+    "history",
+    "pause",
+    "resume",
+    "alerts_test",
+    "resolve",
+    "positions",
+    "close",
+)
 """Every command the daemon answers."""
 
 
@@ -148,6 +175,21 @@ class ResolveArgs(_Args):
     """Units found filled; None: the whole quantity ordered."""
 
 
+class CloseArgs(_Args):
+    """`close` arguments: one position, or every open one."""
+
+    position_id: StrictInt | None = Field(default=None, ge=1)
+    all: StrictBool = False
+    wait: StrictBool = True
+    """Stream progress events until every exit ends, then reply."""
+
+    @model_validator(mode="after")
+    def _one_target(self) -> CloseArgs:
+        if (self.position_id is None) == (not self.all):
+            raise ValueError("give exactly one of position_id or all")
+        return self
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -204,6 +246,20 @@ class ResolveRequest(_Request):
     args: ResolveArgs
 
 
+class PositionsRequest(_Request):
+    """The ledger's positions with marks' inputs, next exit rules and realised P&L."""
+
+    cmd: Literal["positions"]
+    args: NoArgs = Field(default_factory=NoArgs)
+
+
+class CloseRequest(_Request):
+    """A manual exit of one or every open position through the guard."""
+
+    cmd: Literal["close"]
+    args: CloseArgs
+
+
 class AlertsTestRequest(_Request):
     """Send one test SMS."""
 
@@ -219,7 +275,9 @@ Request = Annotated[
     | PauseRequest
     | ResumeRequest
     | AlertsTestRequest
-    | ResolveRequest,
+    | ResolveRequest
+    | PositionsRequest
+    | CloseRequest,
     Field(discriminator="cmd"),
 ]
 """A validated request, discriminated by `cmd`."""

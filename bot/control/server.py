@@ -42,10 +42,12 @@ from bot.clock import Clock, SystemClock
 from bot.control.api import DaemonApi
 from bot.control.protocol import (
     AlertsTestRequest,
+    CloseRequest,
     ErrorCode,
     HistoryRequest,
     PauseRequest,
     PingRequest,
+    PositionsRequest,
     ProtocolError,
     Request,
     ResolveRequest,
@@ -566,6 +568,10 @@ class ControlServer:
                 result = await self._api.status()
             case TradeRequest():
                 await self._trade(request, writer)
+            case CloseRequest():
+                await self._close(request, writer)
+            case PositionsRequest():
+                await self._send(writer, ok_reply(request.id, await self._api.positions()))
                 return
             case HistoryRequest():
                 result = await self._api.history(request.args.days)
@@ -616,6 +622,48 @@ class ControlServer:
         # The reply describes the entry as it ended; `reason` says why, when it did not fill.
         final = {**result, "reason": event.get("reason"), "trade": event.get("trade", result["trade"])}
         await self._send(writer, ok_reply(request.id, final))
+
+    async def _close(self, request: CloseRequest, writer: asyncio.StreamWriter) -> None:
+        """Start the exit of one position (or of every open one) and, with `wait`, follow each to
+        its end; one reply with every outcome."""
+        args = request.args
+        if args.position_id is not None:
+            ids = [args.position_id]
+        else:
+            listed = (await self._api.positions()).get("positions", [])
+            ids = [int(p["id"]) for p in listed if float(p.get("quantity") or 0) > 0]
+        now = self._clock.now
+        results: dict[int, dict[str, Any]] = {}
+        queues: dict[int, tuple[int, asyncio.Queue[dict[str, Any]]]] = {}
+        pending: dict[asyncio.Future[dict[str, Any]], tuple[int, asyncio.Queue[dict[str, Any]]]] = {}
+        try:
+            for position_id in ids:
+                outcome = await self._api.close(position_id)
+                results[position_id] = {"position_id": position_id, **trade_result(outcome, now())}
+                if isinstance(outcome, Started) and args.wait:
+                    # Followed before the next await, so the exit's task has not published yet.
+                    queues[position_id] = (outcome.trade.id, self._api.follow(outcome.trade.id))
+            for position_id in queues:
+                started = {"event": "started", "trade": results[position_id]["trade"]}
+                await self._send(writer, event_line(request.id, started))
+            for pid, (_, q) in queues.items():
+                pending[asyncio.ensure_future(q.get())] = (pid, q)
+            while pending:
+                done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for fut in done:
+                    position_id, queue = pending.pop(fut)
+                    event = fut.result()
+                    await self._send(writer, event_line(request.id, event))
+                    if event.get("event") == "final":
+                        results[position_id].update(reason=event.get("reason"), trade=event.get("trade"))
+                    else:
+                        pending[asyncio.ensure_future(queue.get())] = (position_id, queue)
+        finally:
+            for fut in pending:
+                fut.cancel()
+            for exit_id, queue in queues.values():
+                self._api.unfollow(exit_id, queue)
+        await self._send(writer, ok_reply(request.id, {"results": list(results.values())}))
 
     async def _send(self, writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
         data = encode(message)

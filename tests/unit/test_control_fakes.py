@@ -88,6 +88,7 @@ class FakeApi:
     script: Sequence[dict[str, Any]] = ()
     status_result: dict[str, Any] = field(default_factory=lambda: {"running": True, "healthy": True})
     history_result: dict[str, Any] = field(default_factory=lambda: {"days": []})
+    positions_result: dict[str, Any] = field(default_factory=lambda: {"positions": [], "realized": 0.0})
     fail_status: bool = False
     hub: ProgressHub = field(default_factory=ProgressHub)
     calls: list[tuple[str, Any]] = field(default_factory=list)
@@ -114,6 +115,21 @@ class FakeApi:
         for event in events:
             self.hub.publish(entry_id, event)
             await asyncio.sleep(0)
+
+    async def close(self, position_id: int) -> Started | Blocked:
+        self.calls.append(("close", position_id))
+        outcome = self.outcome
+        if isinstance(outcome, Skipped):
+            raise TypeError("an exit is never skipped by the guard")
+        if isinstance(outcome, Started) and self.script:
+            task = asyncio.create_task(self._publish(outcome.trade.id, list(self.script)))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return outcome
+
+    async def positions(self) -> dict[str, Any]:
+        self.calls.append(("positions", None))
+        return self.positions_result
 
     def follow(self, entry_id: int) -> asyncio.Queue[dict[str, Any]]:
         self.calls.append(("follow", entry_id))

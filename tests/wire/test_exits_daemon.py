@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -28,7 +29,9 @@ from bot.config import (
     Settings,
     StrategySettings,
 )
+from bot.control import commands
 from bot.domain import AlertKind, Blocked, BlockReason, Source, Started
+from bot.errors import ExitCode
 from bot.positions.ledger import PositionState
 from bot.positions.settings import ExitSettings
 from bot.reconcile import reconcile_positions
@@ -328,3 +331,38 @@ def _close_at_broker(gw: SimulatedGateway, legs: int | None = None) -> None:
     """Flatten the account's legs (all, or the first `legs`) as a close in TWS would."""
     for position in gw.positions()[: legs if legs is not None else None]:
         gw.book_position(position.contract, -position.qty, gw.mark_price(position.contract))
+
+
+async def test_two_racing_bot_close_over_the_socket(gw: SimulatedGateway, tmp_path: Path) -> None:
+    """Two `bot close ID --yes` clients at once, over the real control socket: one follows the
+    exit to its fill (exit 0), the other is refused naming the exit in the way (exit 3); then
+    `bot positions` shows the position closed with its realised P&L. One exit at the broker."""
+    gw.fill_model = FillModel.always(delay_s=0.5)
+    settings = _settings(gw, tmp_path)
+    socket = tmp_path / "bot.sock"
+    async with running_daemon(settings) as d:
+        position_id = await _open_position(d)
+        outs = [io.StringIO(), io.StringIO()]
+        codes = await asyncio.gather(
+            *(
+                commands.close(
+                    socket,
+                    position_id,
+                    yes=True,
+                    wait=True,
+                    as_json=False,
+                    out=out,
+                    err=io.StringIO(),
+                    stdin_isatty=False,
+                )
+                for out in outs
+            )
+        )
+        assert sorted(codes) == [int(ExitCode.OK), int(ExitCode.BLOCKED)]
+        refused = outs[codes.index(int(ExitCode.BLOCKED))].getvalue()
+        assert "in progress" in refused and f"#{position_id + 1}" in refused
+        listing = io.StringIO()
+        assert await commands.positions(socket, as_json=False, out=listing) == 0
+        assert "open positions: 0" in listing.getvalue() and "realised" in listing.getvalue()
+    assert len(_exit_orders(gw)) == 1
+    assert _flat(gw)
