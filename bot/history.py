@@ -1,4 +1,5 @@
-"""`bot history`: entries and blocked attempts by day, from the journal.
+"""`bot history`: entries and blocked attempts by day, and the positions closed in the period
+with their realised P&L, from the journal.
 
 Used by the daemon (over the control socket) and by the CLI directly when the daemon is down,
 in which case the journal is opened read-only (WAL: never blocking a daemon that starts).
@@ -41,7 +42,12 @@ async def history_from_journal(journal: Journal, today: date, days: int, now: da
         day = row.trading_day or row.at.date().isoformat()
         counts = by_day.setdefault(day, {"entries": [], "blocked": {}})["blocked"]
         counts[row.kind] = counts.get(row.kind, 0) + 1
-    return {"days": [{"day": d, **v} for d, v in sorted(by_day.items(), reverse=True)]}
+    closed = [p for p in await journal.positions() if p.closed_at is not None and p.closed_at.date() >= since]
+    return {
+        "days": [{"day": d, **v} for d, v in sorted(by_day.items(), reverse=True)],
+        "closed_positions": [p.to_json() for p in closed],
+        "realized": round(sum(p.realized or 0.0 for p in closed), 2),
+    }
 
 
 async def read_history(path: Path, timezone: str, days: int) -> dict[str, Any]:

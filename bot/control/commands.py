@@ -527,6 +527,14 @@ def render_history(data: Mapping[str, Any], out: TextIO) -> None:
             out.write(f"  blocked: {counts}\n")
         elif not entries:
             out.write("  no entries\n")
+    closed = data.get("closed_positions")
+    if isinstance(closed, list) and closed:
+        out.write("positions closed in the period\n")
+        for position in closed:
+            out.write(f"  {_position_line(position) if isinstance(position, Mapping) else _show(position)}\n")
+        realized = _num(data.get("realized"))
+        if realized is not None:
+            out.write(f"realised P&L: {realized:+.2f} USD\n")
 
 
 async def history(path: Path, *, days: int, as_json: bool, out: TextIO) -> int:
