@@ -8,7 +8,7 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-from bot.clock import SystemClock
+from bot.clock import Clock, SystemClock
 from bot.config import RuntimeEnv, Settings
 from bot.service.daemon import Daemon
 from bot.service.sdnotify import SystemdNotifier
@@ -27,7 +27,7 @@ async def until(predicate: Callable[[], bool | Awaitable[bool]], timeout_s: floa
 
 
 @asynccontextmanager
-async def running_daemon(settings: Settings) -> AsyncIterator[Daemon]:
+async def running_daemon(settings: Settings, clock: Clock | None = None) -> AsyncIterator[Daemon]:
     """A daemon on `settings`, ready (first reconciliation done); stopped cleanly afterwards.
 
     Any day may trade (the demo flag) but the demo entry itself is a day away, so only the test
@@ -36,7 +36,7 @@ async def running_daemon(settings: Settings) -> AsyncIterator[Daemon]:
     d = Daemon(
         settings,
         RuntimeEnv.from_environ({}),
-        SystemClock(),
+        clock or SystemClock(),
         SystemdNotifier(None),
         demo_delay_s=86_400.0,
         handle_signals=False,

@@ -15,6 +15,7 @@ import contextlib
 import io
 import sqlite3
 from collections.abc import AsyncIterator
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,7 @@ from bot.reconcile import reconcile_positions
 from bot.service.daemon import Daemon
 from bot.service.sdnotify import SystemdNotifier
 from bot.sim import FillModel, SimConfig, SimulatedGateway
+from bot.trading_days import TradingCalendar
 from tests.support.inproc import entry_final, running_daemon, until
 
 pytestmark = pytest.mark.wire
@@ -364,5 +366,49 @@ async def test_two_racing_bot_close_over_the_socket(gw: SimulatedGateway, tmp_pa
         listing = io.StringIO()
         assert await commands.positions(socket, as_json=False, out=listing) == 0
         assert "open positions: 0" in listing.getvalue() and "realised" in listing.getvalue()
+    assert len(_exit_orders(gw)) == 1
+    assert _flat(gw)
+
+
+class _ShiftedClock(SystemClock):
+    """Real time moved to a chosen exchange moment (sleeps and monotonic stay real), so the exit
+    rules can be due while the test runs at any hour."""
+
+    def __init__(self, at: datetime) -> None:
+        self.offset = at - datetime.now(UTC)
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+
+def _next_session_at(calendar: TradingCalendar, after: date, at: time) -> datetime:
+    day = after + timedelta(days=1)
+    while not calendar.is_trading_day(day):
+        day += timedelta(days=1)
+    return datetime.combine(day, at, calendar.tz)
+
+
+async def test_the_exit_rules_and_a_manual_close_at_once_send_one_exit(
+    gw: SimulatedGateway, tmp_path: Path
+) -> None:
+    """The time exit comes due (day 1 at 11:00, in session): the exit rules' pass starts the exit,
+    and a `close` of the same position while it works is refused naming it; the next pass
+    leaves the closed position alone. One exit at the broker, the account flat."""
+    gw.fill_model = FillModel.always(delay_s=0.3)
+    calendar = TradingCalendar("XNYS")
+    opened = _next_session_at(calendar, datetime.now(UTC).date(), time(10, 0))
+    clock = _ShiftedClock(opened)
+    settings = _settings(gw, tmp_path, time_exit_days=1, time_exit_at="11:00", profit_target_pct=None)
+    async with running_daemon(settings, clock) as d:
+        position_id = await _open_position(d)
+        due = _next_session_at(calendar, opened.date(), time(11, 30))
+        clock.offset = due - datetime.now(UTC)
+        assert await d.evaluate_exits() == [position_id]
+        manual = await d.close(position_id)
+        assert isinstance(manual, Blocked) and manual.reason is BlockReason.IN_PROGRESS
+        assert manual.existing is not None and manual.existing.source is Source.SCHEDULER
+        exit_id = (await d.journal.exits_of(position_id))[0].id
+        assert await _exit_final(d, exit_id) == "filled"
+        assert await d.evaluate_exits() == []
     assert len(_exit_orders(gw)) == 1
     assert _flat(gw)
