@@ -12,7 +12,7 @@ import dataclasses
 
 from bot.alerts import texts
 from bot.broker.protocol import BrokerOrder, OrderState
-from bot.domain import ActionKind, AlertKind, EntryStatus, TradeView
+from bot.domain import ActionKind, AlertKind, EntryStatus, IntentKind, TradeView
 
 __all__ = ["final_action", "final_status"]
 
@@ -45,6 +45,19 @@ def final_action(
 ) -> tuple[ActionKind, tuple[AlertKind, str]]:
     """The action row and the alert that go with finishing `trade` as `status`."""
     kind = _KINDS.get(status, ActionKind.FAILED)
+    if trade.kind is IntentKind.EXIT:
+        what = f"exit #{trade.id} of position #{trade.position_id}"
+        if status is EntryStatus.FILLED:
+            return kind, (AlertKind.POSITION_CLOSED, f"bot: {what} filled")
+        if status is EntryStatus.UNKNOWN:
+            return kind, (
+                AlertKind.UNKNOWN_OUTCOME,
+                f"bot: {what} outcome UNKNOWN: {reason}; no exit of it until `bot resolve {trade.id}`"[:300],
+            )
+        return kind, (
+            AlertKind.EXIT_FAILED,
+            f"bot: {what} ended {status.value}: {reason or 'no fill'}; retried at the next evaluation"[:300],
+        )
     if status is EntryStatus.FILLED:
         return kind, (AlertKind.ENTRY_FILLED, texts.entry_filled(trade))
     if status is EntryStatus.PARTIAL:
