@@ -568,11 +568,12 @@ class ControlServer:
                 result = await self._api.status()
             case TradeRequest():
                 await self._trade(request, writer)
+                return
             case CloseRequest():
                 await self._close(request, writer)
-            case PositionsRequest():
-                await self._send(writer, ok_reply(request.id, await self._api.positions()))
                 return
+            case PositionsRequest():
+                result = await self._api.positions()
             case HistoryRequest():
                 result = await self._api.history(request.args.days)
             case PauseRequest():
