@@ -197,10 +197,10 @@ async def test_client_id_in_use_is_named_and_the_reconnect_succeeds_once_release
     """326 (§2.1): ib_async alone would wait out its timeout; the adapter reports at once, naming
     broker.client_id, and run() gets in as soon as the gateway lets the id go."""
     gateway.faults.hold_client_id(CLIENT_ID)
-    broker = await make_broker(run=False, connect_timeout_s=10.0)
+    broker = await make_broker(run=False, connect_timeout_s=120.0)
     started = time.monotonic()
     err = await _raises(broker.connect_once(), SetupError)
-    assert time.monotonic() - started < 5.0  # far below the 10 s connect timeout
+    assert time.monotonic() - started < 60.0  # not the 120 s connect timeout, even on a busy machine
     assert f"client id {CLIENT_ID}" in str(err)
     assert "326" in str(err)
     assert "broker.client_id" in str(err)
