@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.broker.protocol import LinkState
 from bot.clock import SystemClock
 from bot.config import (
     BrokerSettings,
@@ -426,3 +427,35 @@ async def test_a_timeout_cancel_that_loses_to_the_fill_settles_filled(
         assert isinstance(second, Blocked) and second.reason is BlockReason.ALREADY_TRADED_TODAY
     assert _filled_orders(gw) == [first.trade.idempotency_key]
     assert len(gw.ledger.orders) == 1
+
+
+async def _legs_chosen(d: Daemon) -> bool:
+    async with d.journal.connection.execute("SELECT 1 FROM actions WHERE kind = 'LEGS_CHOSEN'") as cur:
+        return await cur.fetchone() is not None
+
+
+async def test_two_copies_that_wait_out_the_same_link_loss_send_one_order(
+    gw: SimulatedGateway, tmp_path: Path
+) -> None:
+    """Both copies have chosen their legs when the gateway loses its IB link (1100); both wait
+    for it and hear 1102 in the same instant. Each asks the broker again in its own slot, so the later one
+    finds the earlier one's order: one order at the broker. Before the fix: both asked at once
+    on the reconnect and both sent."""
+    gw.fill_model = FillModel.never()
+    async with (
+        running_daemon(_settings(gw, tmp_path / "a", client_id=17)) as a,
+        running_daemon(_settings(gw, tmp_path / "b", client_id=18)) as b,
+    ):
+        first, second = await asyncio.gather(a.trade(force=False), b.trade(force=False))
+        assert isinstance(first, Started) and isinstance(second, Started)
+        await until(lambda: _both(_legs_chosen(a), _legs_chosen(b)), timeout_s=10)
+        await gw.connectivity(lost=True)  # 1100 to both
+        await until(lambda: a.broker.link is not LinkState.UP and b.broker.link is not LinkState.UP)
+        await asyncio.sleep(0.6)  # let both slots pass while the link is down (sets the scene only)
+        await gw.connectivity(restored=True)  # 1102 to both in the same instant
+        await until(lambda: not a.runner.running and not b.runner.running, timeout_s=60)
+    assert [o.client_id for o in gw.ledger.orders] in ([17], [18]), gw.ledger.orders
+
+
+async def _both(x: Awaitable[bool], y: Awaitable[bool]) -> bool:
+    return all(await asyncio.gather(x, y))
