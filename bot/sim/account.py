@@ -189,10 +189,21 @@ class Account:
                 out[ref] = lot.qty
         return out
 
-    def pnl(self, prefix: str) -> RefPnl:
-        """Realised P&L, commissions and cash of every order whose ref starts with `prefix`."""
-        refs = list(dict.fromkeys(b.order_ref for b in self.bookings if b.order_ref.startswith(prefix)))
-        chosen = [b for b in self.bookings if b.order_ref.startswith(prefix)]
+    def pnl(self, prefix: str, *, separator: str | None = None) -> RefPnl:
+        """Realised P&L, commissions and cash of every order whose ref starts with `prefix`.
+
+        With a `separator`, only `prefix` itself and refs continuing with the separator count, so
+        `pnl("cal:entry:20261217:1", separator=":")` takes that entry and its exits `...:1:x1` but
+        not the entry `...:10`.
+        """
+
+        def ours(ref: str) -> bool:
+            if separator is None:
+                return ref.startswith(prefix)
+            return ref == prefix or ref.startswith(prefix + separator)
+
+        chosen = [b for b in self.bookings if ours(b.order_ref)]
+        refs = list(dict.fromkeys(b.order_ref for b in chosen))
         # The prefix's own lots: one average cost over all its orders per contract, as one position.
         lots: dict[int, Position] = {}
         realized = 0.0

@@ -28,7 +28,8 @@ socket path. Operations (arguments as in the Python API of `SimulatedGateway` an
     market_walk {enabled? (true), annual_vol?, drift?, vol_of_vol?, vol_reversion?, spot_vol_corr?,
     step_s?} (starts or stops the random walk from the market as it is; answers {"walk": ... | null}),
     account {refs?: [prefix, ...]} (cash, positions with realised P&L, settlements, P&L per prefix),
-    pnl {prefix} (realised P&L with commissions of every order whose orderRef starts with prefix),
+    pnl {prefix, separator?} (realised P&L with commissions of every order whose orderRef starts with
+    prefix; with a separator, prefix itself or prefix + separator + anything),
     settle_expired (settle what is due now; answers {"settled": [...]})
 """
 
@@ -253,7 +254,10 @@ class ControlServer:
                     raise TypeError("refs is a list of orderRef prefixes")
                 return gw.account.to_dict([str(r) for r in refs])
             case "pnl":
-                return gw.account.pnl(str(req["prefix"])).to_dict()
+                sep = req.get("separator")
+                return gw.account.pnl(
+                    str(req["prefix"]), separator=None if sep is None else str(sep)
+                ).to_dict()
             case "settle_expired":
                 return {"settled": [_booking(b) for b in gw.settle_expired()]}
             case _:

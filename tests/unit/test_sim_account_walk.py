@@ -82,6 +82,19 @@ def test_pnl_per_prefix_across_netted_calendars_and_settlement() -> None:
     assert acct.settle(JAN.con_id, 4.0, T0) == []  # nothing left to settle
 
 
+def test_pnl_prefix_with_a_separator_keeps_entry_1_apart_from_entry_10() -> None:
+    """A plain prefix `e:1` also takes `e:10`; with separator ":" only `e:1` and its exits count."""
+    acct = Account(0.0)
+    acct.book_trade(JAN, 1, 2.0, commission=1.0, order_ref="e:1", when=T0)
+    acct.book_trade(JAN, -1, 3.0, commission=1.0, order_ref="e:1:x1", when=T0)
+    acct.book_trade(FEB, 1, 5.0, commission=1.0, order_ref="e:10", when=T0)
+    assert acct.pnl("e:1").orders == ("e:1", "e:1:x1", "e:10")
+    own = acct.pnl("e:1", separator=":")
+    assert own.orders == ("e:1", "e:1:x1")
+    assert own.is_flat
+    assert own.realized == pytest.approx(98.0)
+
+
 def test_settlement_rules_and_values() -> None:
     """SPXW settles at the day's close (13:00 on an early close), SPX monthlies at 09:30; calls and
     puts pay their intrinsic value; a position's contract decodes back to its option."""
