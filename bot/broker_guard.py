@@ -19,7 +19,7 @@ state directory (another host) would each pass them and send the day's order a s
 from __future__ import annotations
 
 from bot.broker.protocol import Broker, BrokerOrder
-from bot.domain import ActionKind, AlertKind
+from bot.domain import HELD_AT_BROKER, ActionKind, AlertKind
 from bot.journal.store import day_prefix
 from bot.logs import get_logger
 from bot.strategy import AdoptInstead, EntryRecorder
@@ -94,7 +94,7 @@ async def check_before_send(broker: Broker, recorder: EntryRecorder) -> None:
         # out of date (a copy restored from before the fill). Our claim yields; reconciliation
         # corrects that entry from the broker's record.
         await recorder.finished_quietly(
-            f"the broker already holds {order.order_ref} for this day; not doubled", detail, alert
+            f"{HELD_AT_BROKER}{order.order_ref} for this day; not doubled", detail, alert
         )
         adopted = known
     await recorder.superseded()

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from bot.broker.protocol import Broker, BrokerOrder, OptionContract
 from bot.clock import Clock
-from bot.domain import ActionKind, AlertKind, EntryStatus, TradeView
+from bot.domain import HELD_AT_BROKER, ActionKind, AlertKind, EntryStatus, TradeView
 from bot.journal.store import Journal
 from bot.progress import ProgressHub
 from bot.settle import final_action
@@ -181,7 +181,11 @@ class EntryRecorder:
         self._on_alert()
         self._hub.publish(
             self.final.id,
-            {"event": "final", "trade": self.final.to_json(self._clock.now()), "reason": "at the broker"},
+            {
+                "event": "final",
+                "trade": self.final.to_json(self._clock.now()),
+                "reason": f"{HELD_AT_BROKER}an order for this day",
+            },
         )
 
     async def finished(self, status: EntryStatus, reason: str | None = None) -> TradeView:

@@ -59,8 +59,8 @@ class Verdict:
 
 
 def day_of(order_ref: str) -> tuple[str, str]:
-    """(strategy, YYYYMMDD) of an orderRef `<strategy>:<YYYYMMDD>:<attempt>`; the whole ref for
-    both when it has another shape (so odd refs are still grouped, never merged)."""
+    """(strategy, YYYYMMDD) of an orderRef `<strategy>:<YYYYMMDD>:<attempt>[@<client id>]`; the
+    whole ref for both when it has another shape (so odd refs are still grouped, never merged)."""
     parts = order_ref.split(":")
     if len(parts) == 3 and parts[1].isdigit() and len(parts[1]) == 8:
         return parts[0], parts[1]
