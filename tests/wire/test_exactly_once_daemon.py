@@ -45,6 +45,7 @@ pytestmark = pytest.mark.wire
 
 ORDER_STATUS = 3
 EXEC_DETAILS = 11
+COMPLETED_ORDERS_END = 102
 
 
 @pytest.fixture
@@ -399,6 +400,7 @@ async def test_yesterdays_order_the_gateway_forgot_is_settled_from_positions(
     task.cancel()  # dead: no drain, no cancel sent
     with contextlib.suppress(asyncio.CancelledError):
         await task
+    await d.broker.close()  # the dead process's socket, which the kernel would have closed
     await d.journal.close()
     await gw.wait_for(lambda: _filled_orders(gw) == [first.trade.idempotency_key])
     await gw.restart(new_day=True)
@@ -459,3 +461,22 @@ async def test_two_copies_that_wait_out_the_same_link_loss_send_one_order(
 
 async def _both(x: Awaitable[bool], y: Awaitable[bool]) -> bool:
     return all(await asyncio.gather(x, y))
+
+
+async def test_an_order_placed_while_the_check_runs_is_seen_by_its_last_look(
+    gw: SimulatedGateway, tmp_path: Path
+) -> None:
+    """Copy B (client 16, the first slot) has read the open orders when copy A (client 17) sends
+    the day's order; B's completed-orders answer then comes 1 s late. B's check asks for the
+    open orders once more at its end, sees A's order and sends nothing: one order at the broker.
+    Before the fix: B sent its own, the later permId cancelled itself, two orders for the day."""
+    gw.fill_model = FillModel.never()
+    async with (
+        running_daemon(_settings(gw, tmp_path / "a", client_id=17)) as a,
+        running_daemon(_settings(gw, tmp_path / "b", client_id=16)) as b,
+    ):
+        gw.faults.delay(COMPLETED_ORDERS_END, 1.0, client_id=16)
+        first, second = await asyncio.gather(a.trade(force=False), b.trade(force=False))
+        assert isinstance(first, Started) and isinstance(second, Started)
+        await until(lambda: not a.runner.running and not b.runner.running, timeout_s=60)
+    assert [o.client_id for o in gw.ledger.orders] == [17], gw.ledger.orders
