@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from bot.broker.protocol import Broker, BrokerOrder
-from bot.domain import ActionKind, AlertKind
+from bot.domain import HELD_AT_BROKER, ActionKind, AlertKind
 from bot.journal.store import day_prefix, parse_key
 from bot.logs import get_logger
 from bot.positions.ledger import PositionView, close_quantity_problem, exit_prefix, expected_by_con_id
@@ -101,7 +101,7 @@ async def check_before_send(broker: Broker, recorder: IntentRecorder) -> None:
         # out of date (a copy restored from before the fill). Our claim yields; reconciliation
         # corrects that entry from the broker's record.
         await recorder.finished_quietly(
-            f"the broker already holds {order.order_ref} for this day; not doubled", detail, alert
+            f"{HELD_AT_BROKER}{order.order_ref} for this day; not doubled", detail, alert
         )
         adopted = known
     await recorder.superseded()
@@ -232,7 +232,7 @@ class ExitChecks:
                 )
             else:
                 await recorder.finished_quietly(
-                    f"the broker already holds {order.order_ref}; not doubled", detail, alert
+                    f"{HELD_AT_BROKER}{order.order_ref}; not doubled", detail, alert
                 )
                 adopted = known
             await recorder.superseded()

@@ -2,6 +2,7 @@
 
 Every component that needs the time or needs to wait receives a `Clock`. The daemon uses
 `SystemClock`; tests use `ManualClock`, whose `sleep` returns only when the test advances it.
+`ScaledClock` runs a simulated time many times faster than real time (a season in minutes).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-__all__ = ["Clock", "ManualClock", "SystemClock"]
+__all__ = ["Clock", "ManualClock", "ScaledClock", "SystemClock"]
 
 
 class Clock(Protocol):
@@ -106,3 +107,51 @@ class ManualClock:
         if when.tzinfo is None:
             raise ValueError("set_wall needs an aware datetime")
         self._wall = when.astimezone(UTC)
+
+
+class ScaledClock:
+    """Simulated time running `factor` times as fast as real time from `start`.
+
+    Wall time is `start + (real wall time - anchor) x factor`, computed from the real wall clock,
+    so two processes given the same `start`, `anchor` and `factor` (a simulator and a daemon under
+    test) read the same simulated instant. `anchor` defaults to the moment of construction.
+    Monotonic time is the real monotonic reading times `factor`, and `sleep(s)` waits `s / factor`
+    real seconds, so every interval on this clock (fill delays, tick intervals, pacing windows)
+    is simulated time. A real wall-clock step is multiplied too; it is a test clock.
+    """
+
+    def __init__(self, factor: float, *, start: datetime, anchor: datetime | None = None) -> None:
+        if factor <= 0:
+            raise ValueError("the speed factor must be positive")
+        if start.tzinfo is None or (anchor is not None and anchor.tzinfo is None):
+            raise ValueError("ScaledClock needs aware datetimes")
+        self.factor = factor
+        self.start = start.astimezone(UTC)
+        self.anchor = (anchor or datetime.now(UTC)).astimezone(UTC)
+
+    @classmethod
+    def parse(cls, text: str) -> ScaledClock:
+        """`FACTOR@START[@ANCHOR]` with ISO 8601 times, e.g. `600@2026-03-02T09:00:00-05:00`."""
+        factor, _, rest = text.partition("@")
+        start, _, anchor = rest.partition("@")
+        if not start:
+            raise ValueError(f"clock spec {text!r} is not FACTOR@START[@ANCHOR]")
+        return cls(
+            float(factor),
+            start=datetime.fromisoformat(start),
+            anchor=datetime.fromisoformat(anchor) if anchor else None,
+        )
+
+    def spec(self) -> str:
+        """The `parse` text that gives another process this very clock."""
+        return f"{self.factor:g}@{self.start.isoformat()}@{self.anchor.isoformat()}"
+
+    def now(self) -> datetime:
+        real = datetime.now(UTC) - self.anchor
+        return self.start + real * self.factor
+
+    def monotonic(self) -> float:
+        return time.monotonic() * self.factor
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds) / self.factor)

@@ -85,6 +85,11 @@ class EntryStatus(enum.StrEnum):
 LIVE_STATUSES: tuple[EntryStatus, ...] = (EntryStatus.CLAIMED, EntryStatus.WORKING)
 
 
+HELD_AT_BROKER = "the broker already holds "
+"""How the reason of a claim that yielded to an order the broker already holds for the day begins
+(the fourth guard): the day is traded elsewhere, so `bot trade` reports it as refused (exit 3)."""
+
+
 class BlockReason(enum.StrEnum):
     """Why the guard refused to start an entry."""
 

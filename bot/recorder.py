@@ -12,7 +12,7 @@ from typing import Any
 
 from bot.broker.protocol import BrokerOrder, OptionContract
 from bot.clock import Clock
-from bot.domain import ActionKind, AlertKind, EntryStatus, TradeView
+from bot.domain import HELD_AT_BROKER, ActionKind, AlertKind, EntryStatus, TradeView
 from bot.journal.store import Journal
 from bot.progress import ProgressHub
 from bot.settle import final_action, final_status
@@ -187,7 +187,11 @@ class IntentRecorder:
         self._on_alert()
         self._hub.publish(
             self.final.id,
-            {"event": "final", "trade": self.final.to_json(self._clock.now()), "reason": "at the broker"},
+            {
+                "event": "final",
+                "trade": self.final.to_json(self._clock.now()),
+                "reason": f"{HELD_AT_BROKER}an order for this day",
+            },
         )
 
     async def finished(self, status: EntryStatus, reason: str | None = None) -> TradeView:

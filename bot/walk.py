@@ -190,10 +190,12 @@ async def work_order(
     if stop.is_set():
         await recorder.finished(EntryStatus.CANCELLED, "stop requested before the order was sent")
         return
-    if timing.broker_check_delay_s > 0:
-        await _first(clock.sleep(timing.broker_check_delay_s), stop.wait())
     refusal: str | None = None
     for attempt in range(3):
+        # In this client id's slot, also after a link loss: copies that waited for the same
+        # gateway to come back must not all ask it in the same instant.
+        if timing.broker_check_delay_s > 0:
+            await _first(clock.sleep(timing.broker_check_delay_s), stop.wait())
         try:
             refusal = await checks.before_send(broker, recorder)
             break

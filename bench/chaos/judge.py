@@ -43,6 +43,10 @@ class Verdict:
     """Fills journaled from the broker's positions because it no longer shows their executions."""
     forgotten: list[str] = field(default_factory=list)
     """Orders placed before a journal restore, final with no fill, that the restored journal lacks."""
+    hidden: list[str] = field(default_factory=list)
+    """Orders placed before a journal restore that a forced new-day restart of the gateway then hid
+    from every client (IB forgets only at its nightly reset, on a new trading day): no journal
+    could know them, so they are judged for duplicates only."""
 
     @property
     def ok(self) -> bool:
@@ -59,8 +63,8 @@ class Verdict:
 
 
 def day_of(order_ref: str) -> tuple[str, str]:
-    """(strategy, YYYYMMDD) of an orderRef `<strategy>:<YYYYMMDD>:<attempt>`; the whole ref for
-    both when it has another shape (so odd refs are still grouped, never merged)."""
+    """(strategy, YYYYMMDD) of an orderRef `<strategy>:<YYYYMMDD>:<attempt>[@<client id>]`; the
+    whole ref for both when it has another shape (so odd refs are still grouped, never merged)."""
     parts = order_ref.split(":")
     if len(parts) == 3 and parts[1].isdigit() and len(parts[1]) == 8:
         return parts[0], parts[1]
@@ -90,6 +94,14 @@ def _journal(path: Path) -> dict[str, _Entry]:
         )
         for entry_id, key, status, filled, broker_filled in rows
     }
+
+
+def _visible(gw: SimulatedGateway, o: LedgerOrder) -> bool:
+    """True when a client can still see `o` (its completed record or any of its executions)."""
+    if any(c is o for c in gw.visible_completed()):
+        return True
+    ids = {f.exec_id for f in o.fills}
+    return any(x.exec_id in ids for x in gw.visible_executions())
 
 
 def judge(
@@ -128,8 +140,11 @@ def judge(
         name = owner.get(o.client_id)
         entry = entries.get(name, {}).get(o.order_ref) if name is not None else None
         where = f"{o.order_ref} (client {o.client_id} #{o.order_id})"
+        before_restore = position < restored.get(o.client_id, 0)
+        if before_restore and o.is_done and not _visible(gw, o):
+            verdict.hidden.append(f"{where}: {o.status}, {o.filled_qty:g} filled, hidden after the restore")
+            continue
         if entry is None:
-            before_restore = position < restored.get(o.client_id, 0)
             if before_restore and o.is_done and o.filled_qty <= _TOLERANCE:
                 verdict.forgotten.append(f"{where}: {o.status}, placed before the journal restore")
                 continue

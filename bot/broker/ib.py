@@ -1198,7 +1198,7 @@ class IBBroker:
     async def find_day(self, prefix: str) -> list[BrokerOrder]:
         """Every order whose orderRef starts with `prefix` (one strategy's day), one per permId,
         whichever client placed it, from the same queries as `lookup()`: the broker-side guard."""
-        open_trades, completed, fills = await self._broker_record()
+        open_trades, completed, fills = await self._broker_record(last_look=True)
         # Plus every order this connection has heard of: another client's openOrder can arrive
         # after the answer's end marker, and a late one still counts. (Only this guard reads
         # them: a stale "live" here blocks a new order, the safe way round; look-ups use the
@@ -1225,15 +1225,23 @@ class IBBroker:
                 out[group[0].execution.permId] = found
         return sorted(out.values(), key=lambda o: o.perm_id)
 
-    async def _broker_record(self) -> tuple[list[Trade], list[Trade], list[Fill]]:
+    async def _broker_record(self, *, last_look: bool = False) -> tuple[list[Trade], list[Trade], list[Fill]]:
         """Open orders of all clients, completed orders and executions; raises unless the first
-        two and this client's executions answered (absence is concluded from nothing less)."""
+        two and this client's executions answered (absence is concluded from nothing less).
+
+        `last_look` asks for the open orders once more at the end (the broker-side guard, just
+        before an order leaves): an order another copy placed while the other queries ran is then
+        seen, so the window left is one round trip, not the whole look-up."""
         async with self._lookup_lock:
             open_trades: list[Trade] = await self._request("the open orders", self._ib.reqAllOpenOrdersAsync)
             completed: list[Trade] = await self._request(
                 "the completed orders", lambda: self._ib.reqCompletedOrdersAsync(False)
             )
             fills = await self._executions()
+            if last_look:
+                again: list[Trade] = await self._request("the open orders", self._ib.reqAllOpenOrdersAsync)
+                known = {id(t) for t in open_trades}
+                open_trades += [t for t in again if id(t) not in known]
         # Executions this connection received outside the answer count too (an execDetails can
         # arrive after the answer's end marker): an execution id is a fact, never stale.
         seen = {f.execution.execId for f in fills}

@@ -26,6 +26,7 @@ from typing import Any, Final, TextIO
 from zoneinfo import ZoneInfo
 
 from bot.control import client
+from bot.domain import HELD_AT_BROKER
 from bot.errors import ExitCode, UserError
 
 __all__ = [
@@ -379,6 +380,10 @@ def _trade_exit(result: Mapping[str, Any], *, wait: bool) -> int:
         raise UserError(f"the daemon sent an unknown trade outcome {outcome!r}", ExitCode.SOFTWARE)
     if not wait:
         return int(ExitCode.OK)
+    if trade_view.get("status") == "never_sent" and str(result.get("reason") or "").startswith(
+        HELD_AT_BROKER
+    ):
+        return int(ExitCode.BLOCKED)  # the day's order is at the broker already (another copy)
     return int(ExitCode.OK) if trade_view.get("status") in _OK_STATUSES else int(ExitCode.FAILED)
 
 

@@ -29,6 +29,7 @@ from bot.alerts import texts
 from bot.clock import Clock
 from bot.domain import (
     BLOCK_ACTION,
+    HELD_AT_BROKER,
     ActionKind,
     AlertKind,
     Blocked,
@@ -97,9 +98,16 @@ class ActionRow:
     detail: dict[str, Any]
 
 
-def idempotency_key(strategy: str, day: date, attempt: int) -> str:
-    """`<strategy>:<YYYYMMDD>:<attempt>`; also the order's `orderRef` at the broker."""
-    return f"{day_prefix(strategy, day)}{attempt}"
+def idempotency_key(strategy: str, day: date, attempt: int, owner: int | None = None) -> str:
+    """`<strategy>:<YYYYMMDD>:<attempt>@<owner>`; also the order's `orderRef` at the broker.
+
+    `owner` is the IB client id of the copy of the bot that claims it: two copies on one account
+    (two hosts, each with its own journal) count their attempts apart, so without it both would
+    send `...:1` and each would take the other's order for its own. The same copy after a lost or
+    restored journal derives the same key, so it still finds its own order. Without an owner
+    (tests, tools) the key ends at the attempt."""
+    key = f"{day_prefix(strategy, day)}{attempt}"
+    return key if owner is None else f"{key}@{owner}"
 
 
 def day_prefix(strategy: str, day: date) -> str:
@@ -108,9 +116,13 @@ def day_prefix(strategy: str, day: date) -> str:
 
 
 def parse_key(key: str) -> tuple[str, date, int] | None:
-    """(strategy, day, attempt) of an idempotency key, or None when `key` is not one of ours."""
+    """(strategy, day, attempt) of an idempotency key (with or without its owner), or None when
+    `key` is not one of ours."""
     strategy, sep, rest = key.rpartition(":")
     if not sep:
+        return None
+    rest, at, owner = rest.partition("@")
+    if at and not owner.isdigit():
         return None
     strategy, sep, day_text = strategy.rpartition(":")
     if not sep or not strategy or len(day_text) != 8 or not day_text.isdigit() or not rest.isdigit():
@@ -167,6 +179,8 @@ class Journal:
         self._pending_blocked: list[_BlockedWrite] = []
         self._flusher: asyncio.Task[None] | None = None
         self._closed = False
+        self.key_owner: int | None = None
+        """The IB client id that new idempotency keys carry (`idempotency_key`); set by the daemon."""
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -342,7 +356,7 @@ class Journal:
                     action_id = await tx.blocked_action(reason, strategy, day, source, existing, alert)
                     return Blocked(reason, existing, action_id)
                 attempt = (max(t.attempt for t in trades) + 1) if trades else 1
-                key = idempotency_key(strategy, day, attempt)
+                key = idempotency_key(strategy, day, attempt, self.key_owner)
                 stamp = now.isoformat()
                 cur = await tx.execute(
                     "INSERT INTO intents (strategy, trading_day, attempt, idempotency_key, source, "
@@ -550,7 +564,7 @@ class Journal:
                     "UPDATE intents SET status = 'never_sent', reason = ?, ended_at = ?, updated_at = ? "
                     "WHERE id = ? AND status IN ('claimed', 'working')",
                     (
-                        f"the broker already holds {key}; adopted, not doubled",
+                        f"{HELD_AT_BROKER}{key}; adopted, not doubled",
                         tx.stamp,
                         tx.stamp,
                         replacing,
@@ -560,7 +574,15 @@ class Journal:
             position_id: int | None = None
             legs: tuple[Any, ...] = (None, None, None)
             if parsed is not None:
-                strategy, day, attempt = parsed
+                strategy, day, _their_attempt = parsed
+                # The attempt column numbers this journal's entries of the day; the adopted key
+                # keeps the other copy's own numbering.
+                top = await tx.fetchone(
+                    "SELECT MAX(attempt) FROM intents WHERE kind = 'entry' AND strategy = ? "
+                    "AND trading_day = ?",
+                    (strategy, day.isoformat()),
+                )
+                attempt = int(top[0]) + 1 if top is not None and top[0] is not None else 1
             else:
                 assert exit_of is not None  # noqa: S101 -- one of the two parsed
                 entry_key, attempt = exit_of

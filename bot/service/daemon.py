@@ -220,6 +220,7 @@ class Daemon:
         self.broker = await self._make_broker()
         # A restarted gateway can roll nextValidId back below ids this bot used (error 103).
         self.broker.order_id_floor = await self.journal.max_order_id()
+        self.journal.key_owner = self.settings.broker.client_id
         params = strategy_params(s.strategy, demo=self.demo_delay_s is not None)
 
         # Symmetry breaking between copies of the bot on one account (two hosts, one schedule):

@@ -278,28 +278,55 @@ class Execution:
     time: datetime
     exchange: str
     commission: float
+    realized_pnl: float | None = None
+    """What this execution realised (IB reports it in the commission report of a closing
+    execution); None for an opening one or a BAG-level report."""
 
 
 @dataclass(slots=True)
 class Position:
-    """Net position in one contract and its average cost per contract (price x multiplier)."""
+    """Net position in one contract, its average cost per contract and its realised P&L, as IB
+    keeps them: the average cost is price x multiplier with the commission folded in (what was
+    paid per contract of a long, what was received net per contract of a short), and realised P&L
+    is booked, net of commissions, when a fill reduces the position."""
 
     contract: ContractRef
     qty: float = 0.0
     avg_cost: float = 0.0
+    realized_pnl: float = 0.0
 
-    def apply(self, signed_qty: float, price: float, multiplier: float) -> None:
-        """Book a fill of `signed_qty` at `price`; the average cost follows IB (reset on flips)."""
-        cost = price * multiplier
-        new_qty = self.qty + signed_qty
-        if self.qty == 0 or (self.qty > 0) == (signed_qty > 0):
-            total = abs(self.qty) * self.avg_cost + abs(signed_qty) * cost
-            self.avg_cost = total / abs(new_qty) if new_qty else 0.0
-        elif (new_qty > 0) != (self.qty > 0) and new_qty != 0:
-            self.avg_cost = cost
-        elif new_qty == 0:
-            self.avg_cost = 0.0
-        self.qty = new_qty
+    def apply(self, signed_qty: float, price: float, multiplier: float, commission: float = 0.0) -> float:
+        """Book a fill of `signed_qty` at `price` paying `commission`; returns the P&L it realised.
+
+        Adding averages the cost; reducing keeps it and realises the difference; a flip closes the
+        old side and opens the rest at this fill's cost; flat is zero.
+        """
+        if signed_qty == 0:
+            return 0.0
+        per_contract_fee = commission / abs(signed_qty)
+        realized = 0.0
+        closing = self.qty != 0 and (self.qty > 0) != (signed_qty > 0)
+        opened = signed_qty
+        if closing:
+            closed = min(abs(signed_qty), abs(self.qty))
+            proceeds = closed * price * multiplier
+            fee = closed * per_contract_fee
+            if self.qty > 0:  # selling out of a long
+                realized = proceeds - fee - closed * self.avg_cost
+                self.qty -= closed
+            else:  # buying back a short
+                realized = closed * self.avg_cost - proceeds - fee
+                self.qty += closed
+            opened = signed_qty + closed if signed_qty < 0 else signed_qty - closed
+            if self.qty == 0:
+                self.avg_cost = 0.0
+        if opened != 0:
+            unit = price * multiplier + (per_contract_fee if opened > 0 else -per_contract_fee)
+            total = abs(self.qty) * self.avg_cost + abs(opened) * unit
+            self.qty += opened
+            self.avg_cost = total / abs(self.qty)
+        self.realized_pnl += realized
+        return realized
 
 
 class Ledger:

@@ -24,7 +24,13 @@ socket path. Operations (arguments as in the Python API of `SimulatedGateway` an
     remove_contracts {contracts: ["SPXW:20270115:6100[:C]", ...]}, restore_contracts,
     market_rules {enforce?, combo_increments?, modify_processing_s?}, still_processing {count?},
     limits {max_msgs_per_s?, max_market_data_lines?, enforce_pacing?, enforce_lines?, reset_stats?}
-    (answers {"limits": ...}; `status` carries the same counters, the chain and the market rules)
+    (answers {"limits": ...}; `status` carries the same counters, the chain and the market rules),
+    market_walk {enabled? (true), annual_vol?, drift?, vol_of_vol?, vol_reversion?, spot_vol_corr?,
+    step_s?} (starts or stops the random walk from the market as it is; answers {"walk": ... | null}),
+    account {refs?: [prefix, ...]} (cash, positions with realised P&L, settlements, P&L per prefix),
+    pnl {prefix, separator?} (realised P&L with commissions of every order whose orderRef starts with
+    prefix; with a separator, prefix itself or prefix + separator + anything),
+    settle_expired (settle what is due now; answers {"settled": [...]})
 """
 
 from __future__ import annotations
@@ -41,8 +47,10 @@ from bot.sim.book import FillMode, FillModel
 from bot.sim.chain import ChainShape, ContractKey
 from bot.sim.exec_filter import ExecFilterQuirk
 from bot.sim.rules import ComboIncrements
+from bot.sim.walk import MarketWalk
 
 if TYPE_CHECKING:
+    from bot.sim.account import Booking
     from bot.sim.server import SimulatedGateway
 
 __all__ = ["ControlServer"]
@@ -238,6 +246,20 @@ class ControlServer:
             case "limits":
                 _limits(gw, req)
                 return {"limits": gw.limits.to_dict()}
+            case "market_walk":
+                return _market_walk(gw, req)
+            case "account":
+                refs = req.get("refs", [])
+                if not isinstance(refs, list):
+                    raise TypeError("refs is a list of orderRef prefixes")
+                return gw.account.to_dict([str(r) for r in refs])
+            case "pnl":
+                sep = req.get("separator")
+                return gw.account.pnl(
+                    str(req["prefix"]), separator=None if sep is None else str(sep)
+                ).to_dict()
+            case "settle_expired":
+                return {"settled": [_booking(b) for b in gw.settle_expired()]}
             case _:
                 raise ValueError(f"unknown op {op!r}")
         return {}
@@ -255,6 +277,12 @@ class ControlServer:
             "protocol_errors": list(gw.protocol_errors),
             "connectivity_lost": gw.connectivity_lost,
             "spot": gw.market.spot(),
+            "vol": round(gw.market.current_vol(), 6),
+            "walk": None if gw.market.walk is None else gw.market.walk.to_dict(),
+            "clock": gw.clock.now().isoformat(),
+            "clock_speed": float(getattr(gw.clock, "factor", 1.0)),
+            "cash": round(gw.account.cash, 2),
+            "positions": len(gw.positions()),
             "fill_model": {
                 "mode": model.mode.value,
                 "threshold_over_mid": model.threshold_over_mid,
@@ -317,3 +345,25 @@ def _limits(gw: SimulatedGateway, req: dict[str, Any]) -> None:
             setattr(limits, key, bool(req[key]))
     if req.get("reset_stats"):
         limits.reset_stats()
+
+
+def _market_walk(gw: SimulatedGateway, req: dict[str, Any]) -> dict[str, Any]:
+    if not bool(req.get("enabled", True)):
+        gw.market.set_walk(None)
+    else:
+        knobs = {k: float(req[k]) for k in MarketWalk.__dataclass_fields__ if k in req}
+        gw.market.set_walk(MarketWalk(**knobs))
+    gw.notify()
+    walk = gw.market.walk
+    return {"walk": None if walk is None else walk.to_dict(), "spot": gw.market.spot()}
+
+
+def _booking(b: Booking) -> dict[str, Any]:
+    return {
+        "time": b.time.isoformat(),
+        "con_id": b.con_id,
+        "order_ref": b.order_ref,
+        "qty": b.qty,
+        "value": b.price,
+        "cash": round(b.cash, 2),
+    }

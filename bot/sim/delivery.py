@@ -15,7 +15,9 @@ is different: TWS writes it onto one ordered socket and documents its end messag
 the answer, so its messages can come late only together, in order, still ahead of the end
 marker; a delay drawn for any of them delays the whole answer and a duplicate stays in place.
 Omission still applies to each of its messages (an omitted end marker is an answer that never
-completes); coalescing does not apply inside an answer.
+completes); coalescing does not apply inside an answer. Commission reports are not framed by the
+executions answer (IB sends them as they are computed): within an answer they still travel as
+pushes, so they may come late, never, or before the execution they belong to.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ __all__ = ["ORDER_STATUS", "Armed", "DeliveryFaults", "Outbox", "OutgoingAction"
 
 ORDER_STATUS = 3
 """The msgId of orderStatus, the one message the gateway may coalesce."""
+COMMISSION_REPORT = 59
+"""The msgId of commissionReport, a push even inside an executions answer."""
 _PERM_ID_FIELD = 6  # orderStatus: msgId, orderId, status, filled, remaining, avgFillPrice, permId, ...
 
 
@@ -249,22 +253,36 @@ class Outbox:
         """Send one request's answer (its end marker last) as a block: now, or all of it late."""
         session = self._session
         gw = session.gw
-        block: list[list[object]] = []
+        block: list[list[object] | None] = []  # None: a commission report's place
+        pushes: list[list[object]] = []
         delay_s = 0.0
         for msg in msgs:
-            action = gw.faults.delivery.outgoing(int(str(msg[0])), self._client_id())
+            msg_id = int(str(msg[0]))
+            if msg_id == COMMISSION_REPORT:
+                pushes.append(msg)
+                block.append(None)
+                continue
+            action = gw.faults.delivery.outgoing(msg_id, self._client_id())
             if action.omit:
                 gw.record("omitted", session.client_id, msg)
                 continue
             delay_s = max(delay_s, action.delay_s)
             block.extend([msg] * (1 + len(action.repeat_after_s)))
         if delay_s <= 0:
-            for msg in block:
-                session.write(msg)
+            # Now: each commission report in its place, with its own faults.
+            reports = iter(pushes)
+            for item in block:
+                if item is None:
+                    self.send(next(reports))
+                else:
+                    session.write(item)
             return
-        for msg in block:
+        framed = [msg for msg in block if msg is not None]
+        for msg in framed:
             gw.record("delayed", session.client_id, msg)
-        gw.spawn(self._send_block_later(block, delay_s), "sim-delayed-answer")
+        gw.spawn(self._send_block_later(framed, delay_s), "sim-delayed-answer")
+        for msg in pushes:  # not held with the answer: they may come ahead of their executions
+            self.send(msg)
 
     async def _send_block_later(self, block: list[list[object]], delay_s: float) -> None:
         await self._session.gw.clock.sleep(delay_s)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Literal
 from zoneinfo import ZoneInfo
 
 from bot.sim.chain import ChainListing
+from bot.sim.walk import MarketWalk, WalkPath
 
 if TYPE_CHECKING:
     from bot.clock import Clock
@@ -273,6 +274,10 @@ class MarketModel:
     clock's monotonic time), so with the default of 0 the index only moves when `set_spot` is
     called. Volatility is flat. Bid/ask widths grow with the price: `spread_base + spread_frac *
     price`, snapped outward to 0.05.
+
+    With a `walk` (`bot.sim.walk`; off by default, `set_walk` at any time) the index and the implied
+    volatility move instead along a seeded random path of wall time, and the wander is ignored.
+    `spot_at` reads the index at any instant of that path (settlement values use it).
     """
 
     def __init__(
@@ -290,6 +295,7 @@ class MarketModel:
         spot_wander_pct: float = 0.0,
         spread_base: float = 0.10,
         spread_frac: float = 0.003,
+        walk: MarketWalk | None = None,
     ) -> None:
         if spot <= 0 or vol <= 0:
             raise ValueError("spot and vol must be positive")
@@ -320,6 +326,9 @@ class MarketModel:
         self._expiry_cache: dict[tuple[date, str], tuple[date, ...]] = {}
         self.listing = ChainListing(seed=seed, money=spot)
         """Which grid strikes each expiry really lists (all, unless given holes; `bot.sim.chain`)."""
+        self._path: WalkPath | None = None
+        self._anchor = (0.0, 0.0)  # the path's reading when spot and vol were last set
+        self.set_walk(walk)
 
     # -- time and the underlying ---------------------------------------------------------------
 
@@ -331,8 +340,44 @@ class MarketModel:
         """The New York date, which decides which expiries are listed."""
         return self.now().date()
 
+    @property
+    def walk(self) -> MarketWalk | None:
+        """The random walk moving the market, or None for a fixed one."""
+        return self._path.walk if self._path is not None else None
+
+    def set_walk(self, walk: MarketWalk | None) -> None:
+        """Start (or restart) a random walk from the current spot and volatility now, or stop it
+        (None), leaving the market where the walk had taken it."""
+        if self._path is not None:
+            self._base_spot = self.spot_at(self.clock.now())
+            self.vol = self.current_vol()
+        self._path = None
+        if walk is not None:
+            self._path = WalkPath(walk, seed=self.seed, origin=self.clock.now())
+        self._anchor = (0.0, 0.0)
+
+    def spot_at(self, moment: datetime) -> float:
+        """The index at `moment` on the walk's path (unrounded); without a walk, the spot now."""
+        if self._path is None:
+            return self.spot()
+        x, _ = self._path.at(moment)
+        return self._base_spot * math.exp(x - self._anchor[0])
+
+    def current_vol(self) -> float:
+        """The implied volatility now (the set level, moved by the walk if there is one)."""
+        if self._path is None:
+            return self.vol
+        _, y = self._path.at(self.clock.now())
+        return self.vol * math.exp(y - self._anchor[1])
+
+    def _reanchor(self) -> None:
+        if self._path is not None:
+            self._anchor = self._path.at(self.clock.now())
+
     def spot(self) -> float:
         """The SPX level now, to the cent."""
+        if self._path is not None:
+            return round(self.spot_at(self.clock.now()), 2)
         if self.spot_wander_pct == 0.0:
             return round(self._base_spot, 2)
         t = self.clock.monotonic() - self._t0
@@ -344,17 +389,35 @@ class MarketModel:
         """Move the index (the wander, if any, continues around the new level)."""
         if spot <= 0:
             raise ValueError("spot must be positive")
+        if self._path is not None:
+            vol = self.current_vol()
+            self._reanchor()
+            self.vol = vol
         self._base_spot = spot
 
     def set_vol(self, vol: float) -> None:
         """Change the flat implied volatility."""
         if vol <= 0:
             raise ValueError("vol must be positive")
+        if self._path is not None:
+            self._base_spot = self.spot_at(self.clock.now())
+            self._reanchor()
         self.vol = vol
 
     def index_quote(self) -> IndexQuote:
-        """SPX last and prior close."""
-        return IndexQuote(last=self.spot(), close=round(self.prior_close, 2))
+        """SPX last and prior close (with a walk, the index at the last session close before now)."""
+        close = self.prior_close
+        if self._path is not None:
+            now = self.now()
+            day = now.date()
+            while True:
+                if self.calendar.is_trading_day(day):
+                    at = datetime.combine(day, self.calendar.close_time(day), NEW_YORK)
+                    if at <= now:
+                        break
+                day -= timedelta(days=1)
+            close = self.spot_at(max(at, self._path.origin))
+        return IndexQuote(last=self.spot(), close=round(close, 2))
 
     # -- the chain -----------------------------------------------------------------------------
 
@@ -494,7 +557,7 @@ class MarketModel:
             spot=self.spot(),
             strike=option.strike,
             t_years=remaining.total_seconds() / _SECONDS_PER_YEAR,
-            vol=self.vol,
+            vol=self.current_vol(),
             rate=self.rate,
             dividend_yield=self.dividend_yield,
             right=option.right,
@@ -548,16 +611,20 @@ class MarketModel:
         return ComboQuote(_ticks(bid), _ticks(ask), max(bid_size, 1), max(ask_size, 1))
 
     def leg_prices(self, legs: list[LegSpec], combo_price: float) -> list[float]:
-        """Per-leg fill prices that net to `combo_price`: model prices, the residual on one leg."""
+        """Per-leg fill prices that net to `combo_price`: model prices to 4 decimals, the residual
+        on the dearest leg (so it stays positive), so the legs' cash is exactly the combo's."""
         prices: list[float] = []
-        net = 0.0
         for leg in legs:
             option = self.option_by_con_id(leg.con_id)
-            price = self.greeks(option).price if option else 0.0
-            prices.append(price)
-            net += (1 if leg.action == "BUY" else -1) * leg.ratio * price
-        if prices:
-            last = legs[-1]
-            sign = 1 if last.action == "BUY" else -1
-            prices[-1] += (combo_price - net) / (sign * max(last.ratio, 1))
-        return [max(round(p, 4), 0.0) for p in prices]
+            prices.append(round(self.greeks(option).price, 4) if option else 0.0)
+        if not prices:
+            return prices
+        dear = max(range(len(prices)), key=lambda i: prices[i])
+        rest = sum(
+            (1 if leg.action == "BUY" else -1) * leg.ratio * price
+            for i, (leg, price) in enumerate(zip(legs, prices, strict=True))
+            if i != dear
+        )
+        sign = 1 if legs[dear].action == "BUY" else -1
+        prices[dear] = round((combo_price - rest) / (sign * max(legs[dear].ratio, 1)), 4)
+        return [max(p, 0.0) for p in prices]

@@ -596,9 +596,14 @@ def exec_details_end(req_id: int) -> Msg:
     return [55, 1, req_id]
 
 
+UNSET_DOUBLE = "1.7976931348623157E308"
+"""What IB writes for a double it has no value for (realizedPNL of an opening execution)."""
+
+
 def commission_report(ex: Execution) -> Msg:
-    """59: the commission of one execution (exactly 8 fields)."""
-    return [59, 1, ex.exec_id, round(ex.commission, 4), "USD", "", "", ""]
+    """59: the commission of one execution (exactly 8 fields); realizedPNL only on a closing one."""
+    realized = UNSET_DOUBLE if ex.realized_pnl is None else round(ex.realized_pnl, 2)
+    return [59, 1, ex.exec_id, round(ex.commission, 4), "USD", realized, "", ""]
 
 
 # -- account and positions ---------------------------------------------------------------------

@@ -19,12 +19,13 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, time, timedelta, tzinfo
 from typing import TYPE_CHECKING, Any, Literal
 
 from bot.clock import Clock, SystemClock
 from bot.sim import messages as m
+from bot.sim.account import Account, Booking
 from bot.sim.book import (
     Execution,
     FillMode,
@@ -44,6 +45,8 @@ from bot.sim.limits import IbLimits, Limits
 from bot.sim.market import NEW_YORK, OPTION_MULTIPLIER, ContractRef, LegSpec, MarketModel
 from bot.sim.rules import ComboIncrements, OrderRules
 from bot.sim.session import Session
+from bot.sim.settlement import intrinsic_value, option_of, settlement_moment
+from bot.sim.walk import MarketWalk
 from bot.sim.wire import fmt
 
 if TYPE_CHECKING:
@@ -111,6 +114,7 @@ class SimConfig:
     """New York time at which DAY orders expire, every day; None derives it from the calendar
     (16:15, or 13:15 on an early-close day: SPX options close 15 minutes after the stocks)."""
     commission_per_contract: float = 1.0
+    """Dollars per contract of every leg execution (none at cash settlement; `bot.sim.account`)."""
     market_data_entitled: bool = True
     """False models a paper account without live option data: live requests get error 354."""
     farm_status_messages: bool = True
@@ -130,6 +134,15 @@ class SimConfig:
     the same order within it is refused with 2102."""
     limits: IbLimits = field(default_factory=IbLimits)
     """Message pacing (100) and market-data lines (101) per client (`bot.sim.limits`)."""
+    walk: MarketWalk | None = None
+    """A seeded random walk of the index and its volatility over simulated time (`bot.sim.walk`);
+    None (the default) keeps the market fixed."""
+    settle_expiries: bool = True
+    """Cash-settle positions in expired options (`bot.sim.settlement`): SPXW at the expiry day's
+    close, SPX monthlies at the expiry morning's opening quotation."""
+    settlement_delay_s: float = 0.0
+    """Clock seconds after the settlement instant before the position leaves the account (IB does it
+    in its overnight processing); the value is the index at the settlement instant either way."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +236,7 @@ class SimulatedGateway:
             spot_wander_pct=self.config.spot_wander_pct,
             spread_base=self.config.spread_base,
             spread_frac=self.config.spread_frac,
+            walk=self.config.walk,
         )
         self.ledger = Ledger()
         self.faults = Faults(seed=self.config.seed)
@@ -256,8 +270,8 @@ class SimulatedGateway:
         self._workers: dict[int, asyncio.Task[None]] = {}
         self._next_ids: dict[int, int] = {}
         self._default_next_id = self.config.first_order_id
-        self._positions: dict[int, Position] = {}
-        self._cash = self.config.cash
+        self.account = Account(self.config.cash, multiplier=OPTION_MULTIPLIER)
+        """Positions per conId, cash, commissions, settlements and realised P&L (`bot.sim.account`)."""
         self._exec_seq = 0
         self._exec_prefix = f"{(0xE0D5 + self.config.seed) & 0xFFFFFFFF:08x}"
         self._state = _Changes()  # the book, the model, the market: wakes the fill engine
@@ -283,6 +297,8 @@ class SimulatedGateway:
                 self._start_worker(order)
         if self.config.day_orders_expire:
             self.spawn(self._expire_at_closes(), "sim-day-close")
+        if self.config.settle_expiries:
+            self.spawn(self._settle_at_expiries(), "sim-settlement")
         _log.info("simulated IB gateway listening on %s:%d", host, self.port)
         return self.port
 
@@ -933,6 +949,7 @@ class SimulatedGateway:
         report_bag = not order.legs or (
             self.config.bag_execution and not self.faults.take_leg_executions_only(order.client_id)
         )
+        fee = self.config.commission_per_contract
         if order.legs:
             specs = _leg_specs(order)
             leg_prices = self.market.leg_prices(specs, price)
@@ -941,9 +958,20 @@ class SimulatedGateway:
                 ref = option.ref if option else ContractRef(leg.con_id, "SPX", "OPT")
                 buys = (leg.action == "BUY") == (order.action == "BUY")
                 shares = qty * leg.ratio
-                self._book_position(ref, shares if buys else -shares, leg_price)
+                reported = self.config.leg_executions or not report_bag
+                leg_exec_id = self._next_exec_id() if reported else None
+                realized = self.account.book_trade(
+                    ref,
+                    shares if buys else -shares,
+                    leg_price,
+                    commission=fee * shares,
+                    order_ref=order.order_ref,
+                    when=now,
+                    perm_id=order.perm_id,
+                    exec_id=leg_exec_id,
+                )
                 touched.append(ref.con_id)
-                if self.config.leg_executions or not report_bag:
+                if reported:
                     earlier = [
                         e
                         for e in self.ledger.executions_for(order.perm_id)
@@ -952,10 +980,21 @@ class SimulatedGateway:
                     cum = sum(e.shares for e in earlier) + shares
                     avg = (sum(e.shares * e.price for e in earlier) + shares * leg_price) / cum
                     side = "BOT" if buys else "SLD"
-                    leg_execs.append(self._execution(order, ref, side, shares, leg_price, cum, avg, now))
+                    execution = self._execution(
+                        order, ref, side, shares, leg_price, cum, avg, now, exec_id=leg_exec_id
+                    )
+                    leg_execs.append(replace(execution, realized_pnl=realized))
         else:
             signed = qty if order.action == "BUY" else -qty
-            self._book_position(order.contract, signed, price)
+            self.account.book_trade(
+                order.contract,
+                signed,
+                price,
+                commission=fee * qty,
+                order_ref=order.order_ref,
+                when=now,
+                perm_id=order.perm_id,
+            )
             touched.append(order.contract.con_id)
         order.fills.append(LedgerFill(self._next_exec_id(), qty, price, now))
         n_contracts = qty * (sum(leg.ratio for leg in order.legs) if order.legs else 1)
@@ -973,7 +1012,6 @@ class SimulatedGateway:
         )
         executions = [*leg_execs, combo] if report_bag else leg_execs
         self.ledger.executions.extend(executions)
-        self._cash -= sum(e.commission for e in executions)
         done = order.filled_qty >= order.quantity - 1e-9
         if done:
             order.set_status("Filled", now)
@@ -1003,7 +1041,8 @@ class SimulatedGateway:
         """Tell subscribed clients about changed positions (msg 61, and 7 + 6 for account updates)."""
         if self.connectivity_lost:
             return
-        changed = [self._positions[c] for c in con_ids if c in self._positions]
+        positions = self.account.positions
+        changed = [positions[c] for c in dict.fromkeys(con_ids) if c in positions]
         for s in self._admitted:
             if s.positions_subscribed:
                 for p in changed:
@@ -1055,18 +1094,84 @@ class SimulatedGateway:
     def book_position(self, contract: ContractRef, signed_qty: float, price: float) -> None:
         """A trade made outside the API (a person in TWS): the position changes, clients that
         subscribed hear of it, and no order or execution is reported to any API client."""
-        self._book_position(contract, signed_qty, price)
+        self.account.book_trade(
+            contract, signed_qty, price, commission=0.0, order_ref="tws", when=self.clock.now()
+        )
         self._push_positions([contract.con_id])
         self.notify()
 
-    def _book_position(self, contract: ContractRef, signed_qty: float, price: float) -> None:
-        position = self._positions.setdefault(contract.con_id, Position(contract))
-        position.apply(signed_qty, price, OPTION_MULTIPLIER)
-        self._cash -= signed_qty * price * OPTION_MULTIPLIER
-
     def positions(self) -> list[Position]:
         """Non-zero positions, by conId."""
-        return [p for _, p in sorted(self._positions.items()) if p.qty != 0]
+        return self.account.open_positions()
+
+    def settle_expired(self) -> list[Booking]:
+        """Cash-settle every position whose option has settled (at its settlement instant, plus
+        `settlement_delay_s`): the position leaves the account, the intrinsic value at the index's
+        settlement level is credited or debited, and subscribed clients hear of it (positions,
+        portfolio, account values). Returns the bookings, one per order ref holding lots."""
+        now = self.clock.now()
+        delay = timedelta(seconds=self.config.settlement_delay_s)
+        done: list[Booking] = []
+        touched: list[int] = []
+        for position in self.account.open_positions():
+            option = option_of(position.contract)
+            if option is None or not self.market.calendar.is_trading_day(option.expiry):
+                continue
+            moment = settlement_moment(option, self.market.calendar.close_time(option.expiry))
+            if now + timedelta(seconds=_DUE_S) < moment + delay:
+                continue
+            level = round(self.market.spot_at(moment), 2)
+            value = intrinsic_value(option, level)
+            bookings = self.account.settle(position.contract.con_id, value, moment)
+            _log.info(
+                "settled %s %+g at %.2f (index %.2f at %s): cash %+.2f",
+                position.contract.local_symbol,
+                -sum(b.qty for b in bookings),
+                value,
+                level,
+                moment.isoformat(),
+                sum(b.cash for b in bookings),
+            )
+            done.extend(bookings)
+            touched.append(position.contract.con_id)
+        if touched:
+            self._push_positions(touched)
+            self.notify()
+        return done
+
+    def next_settlement(self) -> datetime | None:
+        """When the next open position settles (its settlement instant plus the delay)."""
+        delay = timedelta(seconds=self.config.settlement_delay_s)
+        moments = []
+        for position in self.account.open_positions():
+            option = option_of(position.contract)
+            if option is not None and self.market.calendar.is_trading_day(option.expiry):
+                close = self.market.calendar.close_time(option.expiry)
+                moments.append(settlement_moment(option, close) + delay)
+        return min(moments, default=None)
+
+    async def _settle_at_expiries(self) -> None:
+        # Re-read at least every _RECHECK_S, and on every state change (a new position). As in the
+        # fill engine, a timer whose deadline did not change survives unrelated wake-ups.
+        timer: asyncio.Future[None] | None = None
+        timer_due: datetime | None = None
+        try:
+            while True:
+                seen = self._state.generation
+                self.settle_expired()
+                now = self.clock.now()
+                due = self.next_settlement()
+                wake = now + timedelta(seconds=_RECHECK_S) if due is None else due
+                if timer is None or timer.done() or (due is not None and wake != timer_due):
+                    if timer is not None:
+                        timer.cancel()
+                    left = (wake - now).total_seconds()
+                    timer = asyncio.ensure_future(self.clock.sleep(min(max(left, _DUE_S), _RECHECK_S)))
+                    timer_due = wake
+                await self._state.wait(seen, timer)
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     def mark_price(self, contract: ContractRef) -> float:
         """The model mid of an option position (0 for anything else, or once expired)."""
@@ -1076,13 +1181,13 @@ class SimulatedGateway:
     def account_values(self) -> list[tuple[str, str, str]]:
         """(key, value, currency) rows for account updates and summaries."""
         gross = sum(abs(p.qty) * self.mark_price(p.contract) * OPTION_MULTIPLIER for p in self.positions())
-        net = self._cash + sum(
-            p.qty * self.mark_price(p.contract) * OPTION_MULTIPLIER for p in self.positions()
-        )
+        cash = self.account.cash
+        net = cash + sum(p.qty * self.mark_price(p.contract) * OPTION_MULTIPLIER for p in self.positions())
         money = {
             "NetLiquidation": net,
-            "TotalCashValue": self._cash,
-            "SettledCash": self._cash,
+            "TotalCashValue": cash,
+            "SettledCash": cash,
+            "RealizedPnL": self.account.realized_total(),
             "AvailableFunds": net,
             "ExcessLiquidity": net,
             "BuyingPower": net * 4,

@@ -711,7 +711,9 @@ class Session:
             worth = p.qty * price * float(p.contract.multiplier or 1)
             unrealized = worth - p.qty * p.avg_cost
             self.send(
-                m.portfolio_value(p.contract, p.qty, price, worth, p.avg_cost, unrealized, 0.0, account)
+                m.portfolio_value(
+                    p.contract, p.qty, price, worth, p.avg_cost, unrealized, p.realized_pnl, account
+                )
             )
 
     def _req_account_updates_multi(self, fields: Fields) -> None:

@@ -12,9 +12,10 @@ import contextlib
 import ipaddress
 import logging
 import signal
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from bot.clock import SystemClock
+from bot.clock import Clock, SystemClock
 from bot.sim.book import FillModel
 from bot.sim.chain import ChainShape, ContractKey
 from bot.sim.control import ControlServer
@@ -22,12 +23,13 @@ from bot.sim.faults import apply_fault_spec
 from bot.sim.limits import IbLimits
 from bot.sim.rules import ComboIncrements
 from bot.sim.server import SimConfig, SimulatedGateway
+from bot.sim.walk import MarketWalk
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from pathlib import Path
 
-__all__ = ["run_simulator"]
+__all__ = ["run_simulator", "scaled_intervals"]
 
 _log = logging.getLogger("bot.sim")
 
@@ -65,6 +67,10 @@ async def run_simulator(
     combo_increments: ComboIncrements = ComboIncrements.PACKAGE,
     modify_processing_s: float = 0.0,
     limits: IbLimits | None = None,
+    walk: MarketWalk | None = None,
+    clock: Clock | None = None,
+    settle_expiries: bool = True,
+    settlement_delay_s: float = 0.0,
     handle_signals: bool = True,
     on_started: Callable[[SimulatedGateway, ControlServer | None], None] | None = None,
 ) -> None:
@@ -77,6 +83,10 @@ async def run_simulator(
     `chain`, `missing_contracts` (`ContractKey.parse` form, e.g. `SPXW:20270115:6100:C`),
     `enforce_market_rules`, `combo_increments`, `modify_processing_s` and `limits` make the gateway
     as strict as IB (see `SimConfig`).
+    `walk` moves the market over simulated time (`bot.sim.walk`); `clock` replaces the system
+    clock, e.g. a `ScaledClock` running 600 times as fast (ticks and fill polls then stretch in
+    simulated time, `scaled_intervals`, so the real load stays that of a 1x gateway);
+    `settle_expiries` and `settlement_delay_s` are the `SimConfig` fields of those names.
     A non-loopback `host` is honoured, with a warning: the simulator has no authentication.
     """
     if not _is_loopback(host):
@@ -98,8 +108,14 @@ async def run_simulator(
         combo_increments=combo_increments,
         modify_processing_s=modify_processing_s,
         limits=limits or IbLimits(),
+        walk=walk,
+        settle_expiries=settle_expiries,
+        settlement_delay_s=settlement_delay_s,
     )
-    gateway = SimulatedGateway(config, clock=SystemClock())
+    speed = float(getattr(clock, "factor", 1.0))
+    tick_s, poll_s = scaled_intervals(speed, config.tick_interval_s, config.fill_poll_s)
+    config = replace(config, tick_interval_s=tick_s, fill_poll_s=poll_s)
+    gateway = SimulatedGateway(config, clock=clock or SystemClock())
     for text in missing_contracts:
         key = ContractKey.parse(text)
         gateway.market.listing.remove(key.trading_class, key.expiry, key.strike, key.right)
@@ -122,13 +138,17 @@ async def run_simulator(
                 loop.add_signal_handler(sig, stop.set)
                 installed.append(sig)
         _log.info(
-            "simulated IB gateway ready on %s:%d (seed %d, SPX %.2f, vol %.2f, account %s)",
+            "simulated IB gateway ready on %s:%d (seed %d, SPX %.2f, vol %.2f, account %s, "
+            "market %s, clock %gx at %s)",
             host,
             bound,
             seed,
             spot,
             vol,
             account,
+            "walking" if walk is not None else "fixed",
+            speed,
+            gateway.clock.now().isoformat(),
         )
         if on_started is not None:
             on_started(gateway, control)
@@ -141,3 +161,14 @@ async def run_simulator(
             await control.stop()
         with contextlib.suppress(Exception):
             await asyncio.shield(gateway.stop())
+
+
+_MIN_REAL_TICK_S = 0.25
+_MIN_REAL_POLL_S = 0.02
+
+
+def scaled_intervals(speed: float, tick_s: float, poll_s: float) -> tuple[float, float]:
+    """Tick and fill-poll intervals in simulated seconds for a clock `speed` times real time: at
+    least 0.25 and 0.02 real seconds apart, so a fast clock does not flood the clients (at 600x a
+    quote every 150 simulated seconds, a working order re-checked every 12)."""
+    return max(tick_s, _MIN_REAL_TICK_S * speed), max(poll_s, _MIN_REAL_POLL_S * speed)

@@ -76,8 +76,12 @@ async def test_two_hosts_told_to_trade_at_the_same_instant_send_one_order(
     again = await asyncio.gather(a.cli("trade"), b.cli("trade"))
     assert [r.returncode for r in again] == [3, 3], [r.stdout + r.stderr for r in again]
     assert len(await sim.ledger()) == 1
-    keys = {r[0] for d in (a, b) for r in _entries(d) if r[3] > 0}
-    assert keys == {ledger[0]["order_ref"]}  # both journals know the one filled order
+    ref, owner = ledger[0]["order_ref"], ledger[0]["client_id"]
+    assert ref.endswith(f"@{owner}")  # each copy's keys carry its client id, so never collide
+    holders = {d: [r for r in _entries(d) if r[0] == ref] for d in (a, b)}
+    mine, theirs = (a, b) if owner == 17 else (b, a)
+    assert [r[2] for r in holders[mine]] == ["manual"]
+    assert [r[2] for r in holders[theirs]] == ["broker"]  # known to the other copy as foreign
 
 
 async def test_a_second_host_finds_the_first_hosts_working_order_and_sends_none(

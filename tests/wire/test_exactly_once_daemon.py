@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.broker.protocol import LinkState
 from bot.clock import SystemClock
 from bot.config import (
     BrokerSettings,
@@ -44,6 +45,7 @@ pytestmark = pytest.mark.wire
 
 ORDER_STATUS = 3
 EXEC_DETAILS = 11
+COMPLETED_ORDERS_END = 102
 
 
 @pytest.fixture
@@ -398,6 +400,7 @@ async def test_yesterdays_order_the_gateway_forgot_is_settled_from_positions(
     task.cancel()  # dead: no drain, no cancel sent
     with contextlib.suppress(asyncio.CancelledError):
         await task
+    await d.broker.close()  # the dead process's socket, which the kernel would have closed
     await d.journal.close()
     await gw.wait_for(lambda: _filled_orders(gw) == [first.trade.idempotency_key])
     await gw.restart(new_day=True)
@@ -426,3 +429,54 @@ async def test_a_timeout_cancel_that_loses_to_the_fill_settles_filled(
         assert isinstance(second, Blocked) and second.reason is BlockReason.ALREADY_TRADED_TODAY
     assert _filled_orders(gw) == [first.trade.idempotency_key]
     assert len(gw.ledger.orders) == 1
+
+
+async def _legs_chosen(d: Daemon) -> bool:
+    async with d.journal.connection.execute("SELECT 1 FROM actions WHERE kind = 'LEGS_CHOSEN'") as cur:
+        return await cur.fetchone() is not None
+
+
+async def test_two_copies_that_wait_out_the_same_link_loss_send_one_order(
+    gw: SimulatedGateway, tmp_path: Path
+) -> None:
+    """Both copies have chosen their legs when the gateway loses its IB link (1100); both wait
+    for it and hear 1102 in the same instant. Each asks the broker again in its own slot, so the later one
+    finds the earlier one's order: one order at the broker. Before the fix: both asked at once
+    on the reconnect and both sent."""
+    gw.fill_model = FillModel.never()
+    async with (
+        running_daemon(_settings(gw, tmp_path / "a", client_id=17)) as a,
+        running_daemon(_settings(gw, tmp_path / "b", client_id=18)) as b,
+    ):
+        first, second = await asyncio.gather(a.trade(force=False), b.trade(force=False))
+        assert isinstance(first, Started) and isinstance(second, Started)
+        await until(lambda: _both(_legs_chosen(a), _legs_chosen(b)), timeout_s=10)
+        await gw.connectivity(lost=True)  # 1100 to both
+        await until(lambda: a.broker.link is not LinkState.UP and b.broker.link is not LinkState.UP)
+        await asyncio.sleep(0.6)  # let both slots pass while the link is down (sets the scene only)
+        await gw.connectivity(restored=True)  # 1102 to both in the same instant
+        await until(lambda: not a.runner.running and not b.runner.running, timeout_s=60)
+    assert [o.client_id for o in gw.ledger.orders] in ([17], [18]), gw.ledger.orders
+
+
+async def _both(x: Awaitable[bool], y: Awaitable[bool]) -> bool:
+    return all(await asyncio.gather(x, y))
+
+
+async def test_an_order_placed_while_the_check_runs_is_seen_by_its_last_look(
+    gw: SimulatedGateway, tmp_path: Path
+) -> None:
+    """Copy B (client 16, the first slot) has read the open orders when copy A (client 17) sends
+    the day's order; B's completed-orders answer then comes 1 s late. B's check asks for the
+    open orders once more at its end, sees A's order and sends nothing: one order at the broker.
+    Before the fix: B sent its own, the later permId cancelled itself, two orders for the day."""
+    gw.fill_model = FillModel.never()
+    async with (
+        running_daemon(_settings(gw, tmp_path / "a", client_id=17)) as a,
+        running_daemon(_settings(gw, tmp_path / "b", client_id=16)) as b,
+    ):
+        gw.faults.delay(COMPLETED_ORDERS_END, 1.0, client_id=16)
+        first, second = await asyncio.gather(a.trade(force=False), b.trade(force=False))
+        assert isinstance(first, Started) and isinstance(second, Started)
+        await until(lambda: not a.runner.running and not b.runner.running, timeout_s=60)
+    assert [o.client_id for o in gw.ledger.orders] == [17], gw.ledger.orders

@@ -175,9 +175,12 @@ async def test_a_server_that_is_not_ib_is_one_line_with_a_reason(make_broker: Br
     """Something else listens on the port and never speaks IB's API: the line names the address,
     what did not happen and the likely cause, never an empty reason."""
 
+    done = asyncio.Event()
+
     async def silent(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await asyncio.sleep(30)
+        await done.wait()
         writer.close()
+        await writer.wait_closed()
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -185,7 +188,9 @@ async def test_a_server_that_is_not_ib_is_one_line_with_a_reason(make_broker: Br
         broker = await make_broker(run=False, port=port, connect_timeout_s=0.3)
         err = await _raises(broker.connect_once(), RetryLater)
     finally:
+        done.set()
         server.close()
+        await server.wait_closed()
     assert str(err).startswith(f"IB Gateway at 127.0.0.1:{port} did not complete the API handshake")
     assert "is it IB Gateway or TWS with the API enabled?" in str(err)
     assert broker.last_error == str(err)
@@ -197,10 +202,10 @@ async def test_client_id_in_use_is_named_and_the_reconnect_succeeds_once_release
     """326 (§2.1): ib_async alone would wait out its timeout; the adapter reports at once, naming
     broker.client_id, and run() gets in as soon as the gateway lets the id go."""
     gateway.faults.hold_client_id(CLIENT_ID)
-    broker = await make_broker(run=False, connect_timeout_s=10.0)
+    broker = await make_broker(run=False, connect_timeout_s=120.0)
     started = time.monotonic()
     err = await _raises(broker.connect_once(), SetupError)
-    assert time.monotonic() - started < 5.0  # far below the 10 s connect timeout
+    assert time.monotonic() - started < 60.0  # not the 120 s connect timeout, even on a busy machine
     assert f"client id {CLIENT_ID}" in str(err)
     assert "326" in str(err)
     assert "broker.client_id" in str(err)

@@ -599,6 +599,23 @@ async def test_a_late_answer_comes_whole_ahead_of_its_end_marker(
     assert len(await fills) == 3
 
 
+async def test_late_commission_reports_do_not_hold_an_executions_answer(
+    gateway: SimulatedGateway, connect: ClientFactory, clock: ManualClock
+) -> None:
+    """delay(59, 5) for client 8: its reqExecutions answer ends at once with the fills; their
+    commission reports are not part of the answer's frame and come 5 s later."""
+    gateway.fill_model = FillModel.always()
+    ib7, ib8 = await connect(7), await connect(8)
+    filled, _ = await place_calendar(ib7, gateway, "filled", 5.0)
+    await until(lambda: filled.orderStatus.status == "Filled" and len(filled.fills) == 3)
+    gateway.faults.delay(59, 5.0, client_id=8)
+    fills = await asyncio.wait_for(ib8.reqExecutionsAsync(ExecutionFilter(clientId=7)), 5.0)
+    assert len(fills) == 3
+    assert [f.commissionReport.execId for f in fills] == ["", "", ""]
+    await clock.advance(5.0)
+    await until(lambda: all(f.commissionReport.execId for f in ib8.fills()))
+
+
 async def test_pushes_and_executions_go_to_the_owner_only(
     gateway: SimulatedGateway, connect: ClientFactory
 ) -> None:
