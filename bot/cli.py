@@ -19,6 +19,7 @@ from typing import Any
 from bot import __version__
 from bot.config import RuntimeEnv, Settings, dump_effective, environ, load_settings
 from bot.errors import ExitCode, UserError
+from bot.sim.cli_options import add_market_arguments, market_options
 
 __all__ = ["main"]
 
@@ -216,6 +217,14 @@ def _parser() -> argparse.ArgumentParser:
     hostile.add_argument(
         "--no-line-limit", action="store_true", help="count market-data lines but never refuse (101)"
     )
+    hostile.add_argument(
+        "--snapshot-end-s",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="a snapshot's end marker this long after its ticks; it holds a line meanwhile",
+    )
+    add_market_arguments(sim)
     for command in sub.choices.values():
         _config_option(command)
     return p
@@ -567,5 +576,7 @@ def _run_simulator(args: argparse.Namespace, run_simulator: Any) -> None:
             combo_increments=ComboIncrements(args.combo_increments),
             modify_processing_s=args.modify_processing_s,
             limits=limits,
+            snapshot_end_s=args.snapshot_end_s,
+            **market_options(args),
         )
     )

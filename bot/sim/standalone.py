@@ -71,6 +71,7 @@ async def run_simulator(
     clock: Clock | None = None,
     settle_expiries: bool = True,
     settlement_delay_s: float = 0.0,
+    snapshot_end_s: float = 0.0,
     handle_signals: bool = True,
     on_started: Callable[[SimulatedGateway, ControlServer | None], None] | None = None,
 ) -> None:
@@ -86,7 +87,8 @@ async def run_simulator(
     `walk` moves the market over simulated time (`bot.sim.walk`); `clock` replaces the system
     clock, e.g. a `ScaledClock` running 600 times as fast (ticks and fill polls then stretch in
     simulated time, `scaled_intervals`, so the real load stays that of a 1x gateway);
-    `settle_expiries` and `settlement_delay_s` are the `SimConfig` fields of those names.
+    `settle_expiries`, `settlement_delay_s` and `snapshot_end_s` are the `SimConfig` fields of
+    those names.
     A non-loopback `host` is honoured, with a warning: the simulator has no authentication.
     """
     if not _is_loopback(host):
@@ -111,6 +113,7 @@ async def run_simulator(
         walk=walk,
         settle_expiries=settle_expiries,
         settlement_delay_s=settlement_delay_s,
+        snapshot_end_s=snapshot_end_s,
     )
     speed = float(getattr(clock, "factor", 1.0))
     tick_s, poll_s = scaled_intervals(speed, config.tick_interval_s, config.fill_poll_s)

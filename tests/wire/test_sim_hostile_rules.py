@@ -453,6 +453,8 @@ async def test_the_command_line_builds_a_strict_simulator() -> None:
             "--max-msg-rate",
             "40",
             "--no-line-limit",
+            "--snapshot-end-s",
+            "0.25",
         ]
     )
     given: dict[str, Any] = {}
@@ -475,6 +477,7 @@ async def test_the_command_line_builds_a_strict_simulator() -> None:
             6100.0,
             "C",
         )
+        assert gw.config.snapshot_end_s == 0.25
         assert gw.rules.describe() == {
             "enforce_increments": True,
             "combo_increments": "legs",
