@@ -354,17 +354,23 @@ class IBBroker:
         `reconnect_max_s`; each failure is logged as one line and kept in `last_error`.
         """
         delay = self._reconnect_min_s
+        failures, previous = 0, ""
         try:
             while not self._closing:
                 try:
                     await self.connect_once()
                 except (RetryLater, DoNotRetry) as exc:
                     pause = self._jitter(delay)
-                    log.warning("cannot connect to IB Gateway", reason=str(exc), retry_in_s=round(pause, 2))
+                    # The first failure in a row is a warning; the retries after it are info, so
+                    # `journalctl -p warning` shows one line per outage, not one per attempt.
+                    report = log.warning if failures == 0 or str(exc) != previous else log.info
+                    failures, previous = failures + 1, str(exc)
+                    report("cannot connect to IB Gateway", reason=str(exc), retry_in_s=round(pause, 2))
                     delay = min(delay * 2, self._reconnect_max_s)
                     await self._sleep_unless_closed(pause)
                     continue
                 delay = self._reconnect_min_s
+                failures = 0
                 await self._until(self._dropped)
                 if self._closing:
                     break

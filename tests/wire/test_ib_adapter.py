@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import pytest
 from ib_async import LimitOrder, OrderStatus
+from structlog.testing import capture_logs
 
 from bot.broker.errors import DoNotRetry, LinkDown, NoSuchContract, OrderRejected, RetryLater, SetupError
 from bot.broker.ib import IBBroker
@@ -42,6 +43,7 @@ from bot.sim.market import OptionContract as SimOption
 from bot.trading_days import TradingCalendar
 from strategies.calendar_spread.strategy import CalendarParams, CalendarSpread
 from tests.conftest import NY
+from tests.support.inproc import until as poll_until
 from tests.wire.conftest import ClientFactory, GatewayFactory, calendar_bag, calendar_legs
 
 pytestmark = pytest.mark.wire
@@ -194,6 +196,20 @@ async def test_a_server_that_is_not_ib_is_one_line_with_a_reason(make_broker: Br
     assert str(err).startswith(f"IB Gateway at 127.0.0.1:{port} did not complete the API handshake")
     assert "is it IB Gateway or TWS with the API enabled?" in str(err)
     assert broker.last_error == str(err)
+
+
+async def test_one_warning_per_outage_then_retries_at_info(make_broker: BrokerFactory) -> None:
+    """Nothing listening: the first failed connect is a warning, the retries that fail the same
+    way are info (`journalctl -p warning` shows the outage once, not every attempt)."""
+    broker = await make_broker(run=False, port=_free_port())
+    with capture_logs() as logs:
+        task = asyncio.create_task(broker.run())
+        await poll_until(lambda: sum(e["event"] == "cannot connect to IB Gateway" for e in logs) >= 3)
+        await broker.close()
+        await task
+    levels = [e["log_level"] for e in logs if e["event"] == "cannot connect to IB Gateway"]
+    assert levels[0] == "warning"
+    assert set(levels[1:]) == {"info"}
 
 
 async def test_client_id_in_use_is_named_and_the_reconnect_succeeds_once_released(
