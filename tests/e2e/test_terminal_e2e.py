@@ -38,6 +38,9 @@ async def test_ctrl_c_on_bot_trade_leaves_the_entry_running_and_says_so(
             stdin=subprocess.DEVNULL,
             env=_env(d.extra_env),
             cwd=ROOT,
+            # A terminal's Ctrl-C: the default SIGINT handling, even when this test runs in a
+            # background job (which inherits SIGINT ignored).
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
         )
     try:
 
