@@ -91,6 +91,10 @@ async def reconcile(
         entries.pop(running_id, None)
     found = await broker.lookup([t.idempotency_key for t in entries.values()]) if entries else {}
     report.looked_up = len(entries)
+    # Orders the journal does not know first: an entry the broker no longer lists is settled from
+    # the account's positions net of the other entries' legs, and another copy's filled order
+    # must be among those entries, or its fill would be taken for ours.
+    await _adopt_unknown_orders(journal, broker, runner, strategy, today, report, on_alert)
     for trade in sorted(entries.values(), key=lambda t: t.id):
         order = found.get(trade.idempotency_key)
         if order is None:
@@ -174,7 +178,6 @@ async def reconcile(
             on_alert()
         if order.executed < order.filled:
             report.unexpected.append(f"#{trade.id}: {order.filled:g} filled, {order.executed:g} executions")
-    await _adopt_unknown_orders(journal, broker, runner, strategy, today, report, on_alert)
     if sleep is not None:
         missing = [
             t for t in await journal.unsettled_entries() if t.fills_missing > 0 and t.id not in running_ids
@@ -277,8 +280,12 @@ async def _adopt_unknown_orders(
             )
             on_alert()
             continue
+        quantity = max(1, round(order.quantity))
+        # A final order is journaled final at once: it must not count as a second live entry of
+        # the day beside one of ours that is still being settled.
+        ended = final_status(order, quantity) if order.state.is_final else None
         adopted = await journal.adopt_from_broker(
-            order.order_ref, max(1, round(order.quantity)), replacing=None, detail=detail, alert=alert
+            order.order_ref, quantity, replacing=None, detail=detail, alert=alert, final=ended
         )
         on_alert()
         report.adopted.append(adopted.id)
@@ -288,10 +295,9 @@ async def _adopt_unknown_orders(
         await journal.record_broker_status(
             adopted.id, order.state.value, broker_filled=order.filled, broker_avg_price=order.avg_price
         )
-        if order.state.is_final:
-            target = final_status(order, adopted.quantity)
-            kind, final_alert = _found_alert(adopted, target)
-            await journal.finish(adopted.id, target, "adopted from the broker", kind, alert=final_alert)
+        if ended is not None:
+            kind, final_alert = _found_alert(adopted, ended)
+            await journal.finish(adopted.id, ended, "adopted from the broker", kind, alert=final_alert)
         elif not await runner.adopt(await journal.entry(adopted.id), order):
             report.unexpected.append(f"#{adopted.id} adopted while another entry runs")
 
@@ -508,7 +514,13 @@ async def _filled_by_positions(
         if other.id == trade.id:
             continue
         units = max(float(other.filled), other.broker_filled)
-        for con_id, sign in _leg_signs(await journal.entry_legs(other.id)).items():
+        other_signs = _leg_signs(await journal.entry_legs(other.id) or [])
+        if not other_signs:
+            # A traded entry whose legs the journal does not know (adopted from the broker: a
+            # lost journal or another copy's order) may hold any of these contracts: the
+            # positions cannot say which fill is whose.
+            return None
+        for con_id, sign in other_signs.items():
             if con_id in expected:
                 expected[con_id] += sign * units
     for units in range(trade.quantity + 1):

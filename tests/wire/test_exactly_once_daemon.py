@@ -480,3 +480,41 @@ async def test_an_order_placed_while_the_check_runs_is_seen_by_its_last_look(
         assert isinstance(first, Started) and isinstance(second, Started)
         await until(lambda: not a.runner.running and not b.runner.running, timeout_s=60)
     assert [o.client_id for o in gw.ledger.orders] == [17], gw.ledger.orders
+
+
+async def test_another_copys_fill_is_never_taken_for_ours_from_positions(
+    gw: SimulatedGateway, tmp_path: Path
+) -> None:
+    """Copy A dies with its order working and a gateway restart forgets that order; copy B then
+    trades the day and fills. When A starts again, its entry is not listed at the broker and the
+    account's positions show one calendar, which is B's: A adopts B's order first, and since the
+    positions cannot say whose fill it is, A's own entry is left `unknown` (alerted, entries
+    blocked until `bot resolve`), never settled with B's fill. Before the fix: A's entry was
+    settled filled from B's position (chaos seed 1000009)."""
+    gw.fill_model = FillModel.never()
+    settings_a = _settings(gw, tmp_path / "a", client_id=17)
+    d = Daemon(
+        settings_a, RuntimeEnv.from_environ({}), SystemClock(), SystemdNotifier(None), handle_signals=False
+    )
+    task = asyncio.create_task(d.run(), name="daemon-a")
+    await until(lambda: getattr(d, "reconciliation", "") == "done")
+    mine = await _trade(d)
+    await until(lambda: bool(gw.ledger.orders) and gw.ledger.orders[0].acked)
+    task.cancel()  # dead: no drain, no cancel sent
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await d.broker.close()
+    await d.journal.close()
+    assert [o.order_ref for o in gw.expire_day_orders()] == [mine.trade.idempotency_key]
+    await gw.restart(new_day=True)  # and the gateway forgets it
+    gw.fill_model = FillModel.always()
+    async with running_daemon(_settings(gw, tmp_path / "b", client_id=18)) as b:
+        theirs = await _trade(b)
+        assert await entry_final(b, theirs.trade.id) == "filled"
+    async with running_daemon(settings_a) as a:
+        own = await a.journal.entry(mine.trade.id)
+        adopted = await a.journal.entry_by_key(theirs.trade.idempotency_key)
+        assert adopted is not None and adopted.source is Source.BROKER
+        assert (own.status, own.filled, own.broker_filled) == (EntryStatus.UNKNOWN, 0, 0.0), own
+        assert AlertKind.UNKNOWN_OUTCOME.value in await _alert_kinds(a)
+    assert _filled_orders(gw) == [theirs.trade.idempotency_key]
