@@ -65,6 +65,8 @@ _LAST_FETCH_S = 3.0
 """How often reconciliation runs again while entries are not settled (missing executions)."""
 
 PAUSED_KEY = "entries.paused"
+_HALTED = "halt"
+"""The paused value the fatal-error halt writes ("1" is an operator's pause)."""
 RUNNING_KEY = "daemon.running"
 
 
@@ -241,7 +243,9 @@ class Daemon:
             on_alert=self._wake_alerts,
             precheck=self._risk_check,
         )
-        self.guard.paused = await self.journal.get_state(PAUSED_KEY) == "1"
+        paused = await self.journal.get_state(PAUSED_KEY)
+        self.guard.paused = paused in ("1", _HALTED)
+        self._halted = paused == _HALTED  # a halt stays a halt across a restart
         self.runner = IntentRunner(
             self.guard,
             self.journal,
@@ -768,7 +772,8 @@ class Daemon:
     async def _set_paused(
         self, paused: bool, *, by: str, kind: ActionKind, alert: tuple[AlertKind, str]
     ) -> dict[str, Any]:
-        await self.journal.set_state(PAUSED_KEY, "1" if paused else "0", kind, {"by": by}, alert=alert)
+        value = (_HALTED if by == "halt" else "1") if paused else "0"
+        await self.journal.set_state(PAUSED_KEY, value, kind, {"by": by}, alert=alert)
         self.guard.paused = paused
         self._wake_alerts()
         return {"paused": paused}
