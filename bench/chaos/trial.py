@@ -342,10 +342,12 @@ class Trial:
             ready = await asyncio.gather(*(h.wait_ready() for h in self.hosts))
             if not all(ready):
                 # A kill at boot can leave a daemon down: restart it, as systemd would.
-                # A kill class may have restarted it already: then wait for that start instead.
+                # A kill class may be restarting it (it holds the daemon's lifecycle lock while it
+                # kills and restarts): wait for that, then for the start it made, never a second.
                 for host, ok in zip(self.hosts, ready, strict=True):
                     if not ok:
-                        ok = await (host.wait_ready() if host.alive else self.restart(host, 0.0))  # noqa: PLW2901 -- the retried readiness
+                        async with self.lifecycle(host):
+                            ok = await (host.wait_ready() if host.alive else self.restart(host, 0.0))  # noqa: PLW2901 -- the retried readiness
                     if not ok:
                         self.problems.append(f"daemon {host.name} never became ready")
             for hook in self._on_ready:
