@@ -28,7 +28,14 @@ from bot.broker.protocol import Broker, BrokerOrder
 from bot.domain import HELD_AT_BROKER, ActionKind, AlertKind
 from bot.journal.store import day_prefix, parse_key
 from bot.logs import get_logger
-from bot.positions.ledger import PositionView, close_quantity_problem, exit_prefix, expected_by_con_id
+from bot.positions.ledger import (
+    PositionView,
+    close_quantity_problem,
+    exit_prefix,
+    expected_by_con_id,
+    legs_of,
+)
+from bot.positions.marks import LegSide
 from bot.recorder import AdoptInstead, IntentRecorder
 
 __all__ = ["EntryChecks", "ExitChecks", "SendChecks", "check_before_send", "later_duplicate"]
@@ -167,13 +174,55 @@ class SendChecks(Protocol):
         ...
 
 
+async def unexplained_in_legs(broker: Broker, recorder: IntentRecorder) -> str | None:
+    """A reason not to send when the account already holds positions in this entry's own legs
+    that the ledger's open positions do not explain, else None.
+
+    Orders and executions can be gone from the broker's answers (a restarted gateway forgets; a
+    journal lost or restored never knew them) while the position they opened is still there: a
+    position in the very contracts about to be bought is evidence of a trade this journal does
+    not know, so nothing is sent on it (fail closed, alerted; the reason names the legs)."""
+    journal = recorder.journal
+    legs = legs_of(await journal.entry_legs(recorder.trade.id) or [])
+    if not legs:
+        return None
+    held = await broker.positions()
+    expected = expected_by_con_id(await journal.positions(only_open=True))
+    # Only more of what this entry would add counts: less (positions lagging a fill, a close in
+    # TWS) is the ledger check's to explain, not evidence of an unknown entry.
+    odd = {
+        leg.con_id: held.get(leg.con_id, 0.0)
+        for leg in legs
+        if (held.get(leg.con_id, 0.0) - expected.get(leg.con_id, 0.0))
+        * (1 if leg.side is LegSide.LONG else -1)
+        > 1e-9
+    }
+    if not odd:
+        return None
+    shown = ", ".join(f"{c}: IB {q:g}, ledger {expected.get(c, 0.0):g}" for c, q in odd.items())
+    reason = (
+        f"IB holds positions in this entry's legs the journal does not explain ({shown}): a lost or "
+        "restored journal, or a trade outside the bot; nothing sent"
+    )
+    log.error("unexplained positions in the entry's legs; not sending", legs=shown)
+    await journal.log_action(
+        ActionKind.BROKER_GUARD,
+        strategy=recorder.trade.strategy,
+        day=recorder.trade.trading_day,
+        entry_id=recorder.trade.id,
+        detail={"unexplained": {str(c): q for c, q in odd.items()}},
+        alert=(AlertKind.DUPLICATE_AT_BROKER, f"bot: #{recorder.trade.id} not sent: {reason}"[:300]),
+    )
+    return reason
+
+
 class EntryChecks:
     """The fourth guard for an entry: the strategy's orders of the trading day."""
 
     async def before_send(self, broker: Broker, recorder: IntentRecorder) -> str | None:
-        """See `check_before_send`."""
+        """See `check_before_send`; then `unexplained_in_legs`."""
         await check_before_send(broker, recorder)
-        return None
+        return await unexplained_in_legs(broker, recorder)
 
     async def after_place(
         self, broker: Broker, recorder: IntentRecorder, placed: BrokerOrder

@@ -518,3 +518,29 @@ async def test_another_copys_fill_is_never_taken_for_ours_from_positions(
         assert (own.status, own.filled, own.broker_filled) == (EntryStatus.UNKNOWN, 0, 0.0), own
         assert AlertKind.UNKNOWN_OUTCOME.value in await _alert_kinds(a)
     assert _filled_orders(gw) == [theirs.trade.idempotency_key]
+
+
+async def test_a_lost_journal_and_a_forgetful_gateway_still_never_double_the_day(
+    gw: SimulatedGateway, tmp_path: Path
+) -> None:
+    """The day traded; then the journal is lost and the gateway restarts forgetting the day's
+    orders and executions. Nothing at the broker names the order any more, but the account still
+    holds the calendar in the very legs the next entry would buy: the entry is skipped with the
+    reason and an alert, never sent. Before the fix: a second filled calendar (chaos 1000658)."""
+    settings = _settings(gw, tmp_path)
+    async with running_daemon(settings) as d:
+        first = await _trade(d)
+        assert await entry_final(d, first.trade.id) == "filled"
+    for suffix in ("", "-wal", "-shm"):
+        settings.journal_path.with_name(settings.journal_path.name + suffix).unlink(missing_ok=True)
+    await gw.restart(new_day=True)
+    async with running_daemon(settings) as d:
+        again = await _trade(d)
+        assert await entry_final(d, again.trade.id) == "skipped"
+        async with d.journal.connection.execute(
+            "SELECT reason FROM intents WHERE id = ?", (again.trade.id,)
+        ) as cur:
+            row = await cur.fetchone()
+        assert row is not None and "does not explain" in str(row[0])
+    assert _filled_orders(gw) == [first.trade.idempotency_key]
+    assert len(gw.ledger.orders) == 1
