@@ -99,6 +99,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--keep", type=Path, metavar="DIR", help="copy failing trials' directories (logs, journals) here"
     )
+    p.add_argument(
+        "--known-open",
+        default="",
+        metavar="SEED[,SEED]",
+        help="trial seeds of a defect known and open: still run and reported, not counted in the exit code",
+    )
     p.add_argument("--list", action="store_true", help="list the fault classes and exit")
     p.add_argument("-v", "--verbose", action="store_true", help="a line per trial")
     return p
@@ -172,4 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print()
         for reg, r in zip(REGRESSIONS, results, strict=True):
             print(f"- regression `{reg.name}` (seed {reg.seed}): {'pass' if r.ok else 'FAIL'} ({reg.found})")
-    return 0 if all(r.ok for r in results) else 1
+    known_open = {int(x) for x in args.known_open.split(",") if x.strip()}
+    for r in results:
+        if r.seed in known_open:
+            print(f"- known open seed {r.seed}: {'pass' if r.ok else 'FAIL (not counted)'}")
+    return 0 if all(r.ok or r.seed in known_open for r in results) else 1
