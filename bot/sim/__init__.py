@@ -11,6 +11,7 @@ orderRef prefix), `settlement` (cash settlement at expiry), `faults`, `delivery`
 (outgoing messages late, twice, never or coalesced), `exec_filter` (reqExecutions filters and
 quirks), `hours` (session open and close), `chain` (strikes missing in some expiries), `rules`
 (market rules: price increments, 110, 2102), `limits` (pacing 100, market-data lines 101),
+`latency` (how late requests, orders and market data are answered: a profile per message type),
 `session` (one connection), `server` (the gateway), `control` (a line-JSON control socket),
 `standalone` (`run_simulator`) and `cli_options` (its market and clock options for `bot simulator`).
 """
@@ -28,6 +29,7 @@ from bot.sim.book import (
 )
 from bot.sim.chain import ChainMode, ChainShape
 from bot.sim.faults import Faults
+from bot.sim.latency import LatencyProfile
 from bot.sim.limits import IbLimits
 from bot.sim.rules import ComboIncrements
 from bot.sim.server import SimConfig, SimulatedGateway
@@ -44,6 +46,7 @@ __all__ = [
     "FillMode",
     "FillModel",
     "IbLimits",
+    "LatencyProfile",
     "Ledger",
     "LedgerFill",
     "LedgerLeg",

@@ -1,7 +1,7 @@
 """The `bot simulator` options for a moving market, settlement and a fast clock, ready to add.
 
-Import-light (argparse, the clock and the walk settings only), so the CLI can build its parser
-without loading the gateway. `add_market_arguments(parser)` adds the options;
+Import-light (argparse, the clock, the walk settings and the latency profile only), so the CLI can
+build its parser without loading the gateway. `add_market_arguments(parser)` adds the options;
 `market_options(args)` turns the parsed namespace into keyword arguments of `run_simulator`.
 """
 
@@ -12,14 +12,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bot.clock import ScaledClock
+from bot.sim.latency import LATENCY_SPEC_HELP, LatencyProfile
 from bot.sim.walk import MarketWalk
 
 __all__ = ["add_market_arguments", "market_options"]
 
 
 def add_market_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add `--walk`, `--clock-speed`, `--clock-start`, `--clock-anchor`, `--no-settlement` and
-    `--settlement-delay-s` to the `bot simulator` parser."""
+    """Add `--walk`, `--clock-speed`, `--clock-start`, `--clock-anchor`, `--no-settlement`,
+    `--settlement-delay-s` and `--latency` to the `bot simulator` parser."""
     group = parser.add_argument_group("market over time (off by default: a fixed market at real time)")
     group.add_argument(
         "--walk",
@@ -64,6 +65,20 @@ def add_market_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="simulated seconds after the settlement instant before an expired position leaves",
     )
+    parser.add_argument_group("latency (off by default: every answer at once)").add_argument(
+        "--latency",
+        type=_latency_spec,
+        default=None,
+        metavar="SPEC",
+        help=f"answer requests, orders and market data as late as IB would: {LATENCY_SPEC_HELP}",
+    )
+
+
+def _latency_spec(text: str) -> LatencyProfile:
+    try:
+        return LatencyProfile.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def market_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -80,4 +95,5 @@ def market_options(args: argparse.Namespace) -> dict[str, Any]:
         "clock": clock,
         "settle_expiries": args.settle_expiries,
         "settlement_delay_s": args.settlement_delay_s,
+        "latency": args.latency,
     }

@@ -30,7 +30,10 @@ socket path. Operations (arguments as in the Python API of `SimulatedGateway` an
     account {refs?: [prefix, ...]} (cash, positions with realised P&L, settlements, P&L per prefix),
     pnl {prefix, separator?} (realised P&L with commissions of every order whose orderRef starts with
     prefix; with a separator, prefix itself or prefix + separator + anything),
-    settle_expired (settle what is due now; answers {"settled": [...]})
+    settle_expired (settle what is due now; answers {"settled": [...]}),
+    latency {profile? ("ib", "none" or a `LatencyProfile.parse` spec), any `LatencyProfile` field?}
+    (replaces the latency profile: the named one, or the current one with the fields given;
+    answers {"latency": ...})
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 from bot.sim.book import FillMode, FillModel
 from bot.sim.chain import ChainShape, ContractKey
 from bot.sim.exec_filter import ExecFilterQuirk
+from bot.sim.latency import LatencyClock, LatencyProfile
 from bot.sim.rules import ComboIncrements
 from bot.sim.walk import MarketWalk
 
@@ -260,6 +264,8 @@ class ControlServer:
                 ).to_dict()
             case "settle_expired":
                 return {"settled": [_booking(b) for b in gw.settle_expired()]}
+            case "latency":
+                return {"latency": _latency(gw, req)}
             case _:
                 raise ValueError(f"unknown op {op!r}")
         return {}
@@ -294,6 +300,7 @@ class ControlServer:
             "chain": gw.market.listing.describe(),
             "market_rules": gw.rules.describe(),
             "limits": gw.limits.to_dict(),
+            "latency": gw.latency.profile.to_dict(),
         }
 
 
@@ -345,6 +352,16 @@ def _limits(gw: SimulatedGateway, req: dict[str, Any]) -> None:
             setattr(limits, key, bool(req[key]))
     if req.get("reset_stats"):
         limits.reset_stats()
+
+
+def _latency(gw: SimulatedGateway, req: dict[str, Any]) -> dict[str, float]:
+    spec = req.get("profile")
+    profile = gw.latency.profile if spec is None else LatencyProfile.parse(str(spec))
+    fields = {k: v for k, v in req.items() if k not in ("op", "id", "profile")}
+    if fields:
+        profile = LatencyProfile.from_dict({**profile.to_dict(), **fields})
+    gw.latency = LatencyClock(profile, gw.config.seed)
+    return profile.to_dict()
 
 
 def _market_walk(gw: SimulatedGateway, req: dict[str, Any]) -> dict[str, Any]:

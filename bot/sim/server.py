@@ -41,6 +41,7 @@ from bot.sim.chain import ChainListing, ChainShape
 from bot.sim.exec_filter import zone_named
 from bot.sim.faults import ArmedRejection, Faults
 from bot.sim.hours import SessionHours
+from bot.sim.latency import LatencyClock, LatencyProfile
 from bot.sim.limits import IbLimits, Limits
 from bot.sim.market import NEW_YORK, OPTION_MULTIPLIER, ContractRef, LegSpec, MarketModel
 from bot.sim.rules import ComboIncrements, OrderRules
@@ -97,6 +98,12 @@ class SimConfig:
     lacks); an unfinished snapshot holds a market-data line like a stream."""
     fill_poll_s: float = 1.0
     """Clock seconds between re-checks of a working order against a moving market."""
+    min_real_tick_s: float = 0.0
+    """With a fast clock (one that reports its `speed()`, `bot.clock.ScaledClock`), streaming ticks
+    at least this many real seconds apart: `tick_interval_s` is stretched while the clock runs
+    fast, so a season's nights cost no more real work than its slow hours."""
+    min_real_poll_s: float = 0.0
+    """The same floor, in real seconds, for `fill_poll_s`."""
     leg_executions: bool = True
     """Report one execution per combo leg besides the BAG-level one, as IB does."""
     bag_execution: bool = True
@@ -143,6 +150,9 @@ class SimConfig:
     settlement_delay_s: float = 0.0
     """Clock seconds after the settlement instant before the position leaves the account (IB does it
     in its overnight processing); the value is the index at the settlement instant either way."""
+    latency: LatencyProfile = field(default_factory=LatencyProfile)
+    """How long requests, orders and market data take to be answered (`bot.sim.latency`); the
+    default answers at once, `LatencyProfile.ib()` is the documented realistic profile."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +266,8 @@ class SimulatedGateway:
         """Order-entry checks (110, 2102); settings may be changed at any time."""
         self.limits = Limits(self.config.limits, self.clock)
         """IB's pacing and market-data-line limits, and per-client counters against them."""
+        self.latency = LatencyClock(self.config.latency, self.config.seed)
+        """The latency profile in force and its seeded jitter; replace it to change the profile."""
         self.protocol_errors: list[str] = []
         self.transcript: deque[TranscriptEntry] = deque(maxlen=self.config.transcript_limit)
         self.connections: list[ConnectionEvent] = []
@@ -906,7 +918,7 @@ class SimulatedGateway:
             return None  # partly filled under this model, which stops there
         if model.mode is FillMode.THRESHOLD and not self._through_threshold(order, model):
             state.eligible_since = None
-            return self.config.fill_poll_s
+            return self.fill_poll_s()
         if continuing and model.rest_after_s is not None:
             due = state.last_fill_mono + model.rest_after_s
             qty = remaining
@@ -917,7 +929,7 @@ class SimulatedGateway:
             qty = min(model.partial_qty, remaining) if model.partial_qty else remaining
         if now + 1e-9 < due:
             left = due - now
-            return min(left, self.config.fill_poll_s) if model.mode is FillMode.THRESHOLD else left
+            return min(left, self.fill_poll_s()) if model.mode is FillMode.THRESHOLD else left
         self._fill(order, qty, order.lmt_price)
         state.last_fill_model = model
         state.last_fill_mono = now
@@ -931,6 +943,20 @@ class SimulatedGateway:
         if order.action == "BUY":
             return order.lmt_price >= mid + model.threshold_over_mid - 1e-9
         return order.lmt_price <= mid - model.threshold_over_mid + 1e-9
+
+    def tick_interval_s(self) -> float:
+        """Clock seconds until a stream's next ticks (`SimConfig.min_real_tick_s`)."""
+        return self._real_spaced(self.config.tick_interval_s, self.config.min_real_tick_s)
+
+    def fill_poll_s(self) -> float:
+        """Clock seconds until a working order is checked again (`SimConfig.min_real_poll_s`)."""
+        return self._real_spaced(self.config.fill_poll_s, self.config.min_real_poll_s)
+
+    def _real_spaced(self, clock_s: float, min_real_s: float) -> float:
+        speed = getattr(self.clock, "speed", None)
+        if min_real_s <= 0 or not callable(speed):
+            return clock_s
+        return max(clock_s, min_real_s * float(speed()))
 
     def order_mid(self, order: LedgerOrder) -> float | None:
         """The model mid of what `order` trades: the combo's net mid, or the option's mid."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, TypeAlias
@@ -204,6 +205,8 @@ class Session:
         self.account_subscribed = False
         self.closed = False
         self._outbox = Outbox(self)
+        self._lanes: dict[str, deque[tuple[float, Fields]]] = {}
+        """Frames waiting out the latency profile, per lane: (gateway-clock due time, frame)."""
         self._handlers: dict[int, Callable[[Fields], None]] = {
             1: self._req_mkt_data,
             2: self._cancel_mkt_data,
@@ -279,7 +282,7 @@ class Session:
                     fields = await read_frame(self.reader)
                     self.gw.record("in", self.client_id, fields)
                     if self.gw.limits.admit_frame(self):  # IB's 50 messages a second
-                        self._dispatch(fields)
+                        self._arrive(fields)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # the peer went away; that is how connections end
         except ProtocolError as exc:
@@ -325,6 +328,44 @@ class Session:
             self.error(-1, 2106, "HMDS data farm connection is OK:ushmds")
             self.error(-1, 2158, "Sec-def data farm connection is OK:secdefnj")
         return True
+
+    def _arrive(self, fields: Fields) -> None:
+        """Process a frame now, or once the latency profile's delay for its kind has passed
+        (`bot.sim.latency`): frames of one kind keep their order."""
+        lane = self.gw.latency.profile.lane(int(fields[0])) if fields and fields[0].isdigit() else None
+        if lane is None:
+            self._dispatch(fields)
+            return
+        queue = self._lanes.get(lane.name)
+        delay_s = self.gw.latency.draw(lane.delay_s)
+        if queue is None and delay_s <= 0:
+            self._dispatch(fields)
+            return
+        due = self.gw.clock.monotonic() + delay_s
+        if queue is not None:
+            queue.append((max(due, queue[-1][0]), fields))
+            return
+        queue = self._lanes[lane.name] = deque([(due, fields)])
+        self.gw.spawn(self._drain(lane.name, queue), f"sim-latency-{self.client_id}-{lane.name}")
+
+    async def _drain(self, name: str, queue: deque[tuple[float, Fields]]) -> None:
+        """Process one lane's frames as each one's time comes."""
+        try:
+            while queue and not self.closed:
+                due, fields = queue[0]
+                wait_s = due - self.gw.clock.monotonic()
+                if wait_s > 0:
+                    await self.gw.clock.sleep(wait_s)
+                queue.popleft()
+                if not self.closed:
+                    self._dispatch(fields)
+        except Exception:  # noqa: BLE001 -- as in `run`: a bug in one session must not kill the server
+            _log.exception("simulator session crashed (delayed %s)", name)
+            self.gw.protocol_error("session crashed; see the log")
+            self.close()
+        finally:
+            if self._lanes.get(name) is queue:
+                del self._lanes[name]
 
     def _dispatch(self, fields: Fields) -> None:
         try:
@@ -485,63 +526,101 @@ class Session:
             return
         if not self.gw.limits.admit_line(self, req_id):
             return  # 101: no line left for this one
-        self.send(m.market_data_type(req_id, self.market_data_type))
-        self._send_ticks(req_id, target)
+        # With a latency profile the first ticks come late; the line is held from the request on.
+        late = self.gw.latency.profile.ticks_delayed
+        if not late:
+            self.send(m.market_data_type(req_id, self.market_data_type))
+            self._send_ticks(req_id, target)
         if snapshot:
             end_s = self.gw.config.snapshot_end_s
-            if end_s <= 0:
+            if end_s <= 0 and not late:
                 self.send(m.tick_snapshot_end(req_id))
                 return
             self.snapshots.add(req_id)
-            self.gw.spawn(self._end_snapshot(req_id, end_s), f"sim-snapshot-{self.client_id}-{req_id}")
+            self.gw.spawn(
+                self._end_snapshot(req_id, target, end_s, late=late),
+                f"sim-snapshot-{self.client_id}-{req_id}",
+            )
             return
         old = self.subscriptions.pop(req_id, None)
         if old is not None:
             old.cancel()
         self.subscriptions[req_id] = self.gw.spawn(
-            self._stream(req_id, target), f"sim-stream-{self.client_id}-{req_id}"
+            self._stream(req_id, target, late=late), f"sim-stream-{self.client_id}-{req_id}"
         )
         self.gw.notify()
 
-    async def _end_snapshot(self, req_id: int, after_s: float) -> None:
-        await self.gw.clock.sleep(after_s)
-        self.snapshots.discard(req_id)
+    async def _end_snapshot(self, req_id: int, target: _Target, after_s: float, *, late: bool) -> None:
+        try:
+            if late:
+                await self._first_ticks(req_id, target)
+            if after_s > 0:
+                await self.gw.clock.sleep(after_s)
+        finally:
+            self.snapshots.discard(req_id)
         self.send(m.tick_snapshot_end(req_id))
 
-    async def _stream(self, req_id: int, target: _Target) -> None:
+    async def _first_ticks(self, req_id: int, target: _Target) -> None:
+        """A request's first ticks on the latency profile's schedule: the first one at
+        `first_tick_s`, the rest (priced then) at `last_tick_s`."""
+        latency = self.gw.latency
+        first_s = latency.draw(latency.profile.first_tick_s)
+        last_s = max(first_s, latency.draw(latency.profile.last_tick_s))
+        await self.gw.clock.sleep(first_s)
+        if self.closed:
+            return
+        self.send(m.market_data_type(req_id, self.market_data_type))
+        for msg in self._tick_messages(req_id, target)[:1]:
+            self.send(msg)
+        await self.gw.clock.sleep(last_s - first_s)
+        for msg in self._tick_messages(req_id, target)[1:]:
+            self.send(msg)
+
+    async def _stream(self, req_id: int, target: _Target, *, late: bool = False) -> None:
+        if late:
+            await self._first_ticks(req_id, target)
         while not self.closed:
-            await self.gw.clock.sleep(self.gw.config.tick_interval_s)
+            await self.gw.clock.sleep(self.gw.tick_interval_s())
             if not self.gw.connectivity_lost:
                 self._send_ticks(req_id, target)
 
     def _send_ticks(self, req_id: int, target: _Target) -> None:
+        for msg in self._tick_messages(req_id, target):
+            self.send(msg)
+
+    def _tick_messages(self, req_id: int, target: _Target) -> list[list[object]]:
+        """The ticks of one update of `target`, priced now."""
         ids = _DELAYED if self.market_data_type in (3, 4) else _LIVE
         market = self.gw.market
         if isinstance(target, ContractRef):
             q = market.index_quote()
-            self.send(m.tick_price(req_id, ids["last"], q.last, 0))
-            self.send(m.tick_price(req_id, ids["close"], q.close, 0))
-        elif isinstance(target, OptionContract):
+            return [
+                m.tick_price(req_id, ids["last"], q.last, 0),
+                m.tick_price(req_id, ids["close"], q.close, 0),
+            ]
+        if isinstance(target, OptionContract):
             oq = market.quote(target)
-            if oq.bid_size:
-                self.send(m.tick_price(req_id, ids["bid"], oq.bid, oq.bid_size))
-            else:
-                self.send(m.tick_price(req_id, ids["bid"], -1.0, 0))
-            self.send(m.tick_size(req_id, ids["bid_size"], oq.bid_size))
-            self.send(m.tick_price(req_id, ids["ask"], oq.ask, oq.ask_size))
-            self.send(m.tick_size(req_id, ids["ask_size"], oq.ask_size))
-            self.send(m.tick_price(req_id, ids["last"], oq.last, oq.last_size))
-            self.send(m.tick_size(req_id, ids["last_size"], oq.last_size))
             model = _DELAYED_MODEL if ids is _DELAYED else _LIVE_MODEL
-            self.send(m.tick_option_computation(req_id, model, oq.greeks))
-        else:
-            cq = market.combo_quote(list(target))
-            if cq is None:
-                return
-            self.send(m.tick_price(req_id, ids["bid"], cq.bid, cq.bid_size))
-            self.send(m.tick_size(req_id, ids["bid_size"], cq.bid_size))
-            self.send(m.tick_price(req_id, ids["ask"], cq.ask, cq.ask_size))
-            self.send(m.tick_size(req_id, ids["ask_size"], cq.ask_size))
+            return [
+                m.tick_price(req_id, ids["bid"], oq.bid, oq.bid_size)
+                if oq.bid_size
+                else m.tick_price(req_id, ids["bid"], -1.0, 0),
+                m.tick_size(req_id, ids["bid_size"], oq.bid_size),
+                m.tick_price(req_id, ids["ask"], oq.ask, oq.ask_size),
+                m.tick_size(req_id, ids["ask_size"], oq.ask_size),
+                m.tick_price(req_id, ids["last"], oq.last, oq.last_size),
+                m.tick_size(req_id, ids["last_size"], oq.last_size),
+                m.tick_option_computation(req_id, model, oq.greeks),
+            ]
+        cq = market.combo_quote(list(target))
+        if cq is None:
+            return []
+        return [
+            m.tick_price(req_id, ids["bid"], cq.bid, cq.bid_size),
+            m.tick_size(req_id, ids["bid_size"], cq.bid_size),
+            m.tick_price(req_id, ids["ask"], cq.ask, cq.ask_size),
+            m.tick_size(req_id, ids["ask_size"], cq.ask_size),
+        ]
 
     def _cancel_mkt_data(self, fields: Fields) -> None:
         r = FieldReader(fields)

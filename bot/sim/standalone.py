@@ -20,6 +20,7 @@ from bot.sim.book import FillModel
 from bot.sim.chain import ChainShape, ContractKey
 from bot.sim.control import ControlServer
 from bot.sim.faults import apply_fault_spec
+from bot.sim.latency import LatencyProfile
 from bot.sim.limits import IbLimits
 from bot.sim.rules import ComboIncrements
 from bot.sim.server import SimConfig, SimulatedGateway
@@ -72,6 +73,7 @@ async def run_simulator(
     settle_expiries: bool = True,
     settlement_delay_s: float = 0.0,
     snapshot_end_s: float = 0.0,
+    latency: LatencyProfile | None = None,
     handle_signals: bool = True,
     on_started: Callable[[SimulatedGateway, ControlServer | None], None] | None = None,
 ) -> None:
@@ -87,8 +89,8 @@ async def run_simulator(
     `walk` moves the market over simulated time (`bot.sim.walk`); `clock` replaces the system
     clock, e.g. a `ScaledClock` running 600 times as fast (ticks and fill polls then stretch in
     simulated time, `scaled_intervals`, so the real load stays that of a 1x gateway);
-    `settle_expiries`, `settlement_delay_s` and `snapshot_end_s` are the `SimConfig` fields of
-    those names.
+    `settle_expiries`, `settlement_delay_s`, `snapshot_end_s` and `latency` (None: answer at once)
+    are the `SimConfig` fields of those names.
     A non-loopback `host` is honoured, with a warning: the simulator has no authentication.
     """
     if not _is_loopback(host):
@@ -114,10 +116,13 @@ async def run_simulator(
         settle_expiries=settle_expiries,
         settlement_delay_s=settlement_delay_s,
         snapshot_end_s=snapshot_end_s,
+        latency=latency or LatencyProfile(),
     )
     speed = float(getattr(clock, "factor", 1.0))
-    tick_s, poll_s = scaled_intervals(speed, config.tick_interval_s, config.fill_poll_s)
-    config = replace(config, tick_interval_s=tick_s, fill_poll_s=poll_s)
+    if clock is not None:
+        # Ticks and polls at least this far apart in real time, at whatever speed the clock runs
+        # at the moment (`scaled_intervals` for one speed; a paced clock changes its speed).
+        config = replace(config, min_real_tick_s=_MIN_REAL_TICK_S, min_real_poll_s=_MIN_REAL_POLL_S)
     gateway = SimulatedGateway(config, clock=clock or SystemClock())
     for text in missing_contracts:
         key = ContractKey.parse(text)
@@ -142,7 +147,7 @@ async def run_simulator(
                 installed.append(sig)
         _log.info(
             "simulated IB gateway ready on %s:%d (seed %d, SPX %.2f, vol %.2f, account %s, "
-            "market %s, clock %gx at %s)",
+            "market %s, clock %gx at %s, latency %s)",
             host,
             bound,
             seed,
@@ -152,6 +157,7 @@ async def run_simulator(
             "walking" if walk is not None else "fixed",
             speed,
             gateway.clock.now().isoformat(),
+            "none" if gateway.latency.profile.is_zero else gateway.latency.profile.to_dict(),
         )
         if on_started is not None:
             on_started(gateway, control)
