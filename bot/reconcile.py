@@ -13,11 +13,15 @@ completed orders and executions: every entry that is not final, and every entry 
 * orders of today's strategy at the broker that the journal does not know (a lost or restored
   journal, another copy of the bot): adopted into the journal, never re-sent;
 * not found after a complete look-up — never concluded from absence alone: an entry whose order
-  was never written (no limit journaled: limits are written before the order) is `never_sent`,
-  as is one still `claimed` today; otherwise the account's positions in its legs decide (they
-  match the journal without it: no fill; they match it filled: filled, executions alerted as
-  missing); if they settle nothing, the entry is `unknown`, alerted, and entries stay blocked
-  until evidence or `bot resolve` settles it.
+  was never written (no limit journaled: limits are written before the order) is `never_sent`;
+  otherwise, even for a claim of today (a gateway restart can forget a completed order and its
+  executions), the account's positions in its legs decide (they match the journal without it:
+  no fill; they match it filled: filled, executions alerted as missing); if they settle nothing,
+  the entry is `unknown`, alerted, and entries stay blocked until evidence or `bot resolve`
+  settles it. Orders of other copies are adopted first, with their legs when they are the same
+  contracts as an entry here, so their fills are netted out; while another copy's order of the
+  day still works beside a live entry of ours, nothing of that day is settled from positions
+  (its fills are still coming): the pass ends incomplete and is repeated.
 
 Reconciliation is idempotent: running it twice changes nothing the second time.
 """
@@ -28,6 +32,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import date
 
+from bot.broker.errors import RetryLater
 from bot.broker.protocol import Broker, BrokerOrder
 from bot.domain import ActionKind, AlertKind, EntryStatus, IntentKind, TradeView
 from bot.journal.store import Journal, parse_key
@@ -94,11 +99,17 @@ async def reconcile(
     # Orders the journal does not know first: an entry the broker no longer lists is settled from
     # the account's positions net of the other entries' legs, and another copy's filled order
     # must be among those entries, or its fill would be taken for ours.
-    await _adopt_unknown_orders(journal, broker, runner, strategy, today, report, on_alert)
+    beside = await _adopt_unknown_orders(journal, broker, runner, strategy, today, report, on_alert)
+    deferred: list[int] = []
     for trade in sorted(entries.values(), key=lambda t: t.id):
         order = found.get(trade.idempotency_key)
         if order is None:
-            await _absent(journal, broker, trade, today, report, on_alert)
+            if trade.kind is IntentKind.ENTRY and trade.trading_day in beside and trade.status.is_live:
+                # Another copy's order of this day works at the broker: its fills are still coming
+                # and the positions hold them, so they settle nothing of ours until it ends.
+                deferred.append(trade.id)
+                continue
+            await _absent(journal, broker, trade, report, on_alert)
             continue
         for ex in order.executions:
             if await journal.record_fill(trade.id, ex.exec_id, ex.quantity, ex.price, ex.time):
@@ -187,6 +198,11 @@ async def reconcile(
         await reconcile_positions(journal, broker, report, on_alert)
     if report.unexpected or report.adopted or report.finished or report.never_sent:
         log.warning("reconciliation changed the journal", **report.to_json())
+    if deferred:
+        raise RetryLater(
+            f"another copy's order works at IB beside entr{'ies' if len(deferred) > 1 else 'y'} "
+            f"{', '.join(f'#{i}' for i in deferred)}: settled once it ends"
+        )
     return report
 
 
@@ -245,10 +261,12 @@ async def _adopt_unknown_orders(
     today: date,
     report: ReconcileReport,
     on_alert: Callable[[], None],
-) -> None:
+) -> set[date]:
     """Orders of this strategy at the broker (any day it still lists: a wall clock stepped across
     midnight makes yesterday's order today's question) under keys this journal does not know:
-    adopted, never doubled."""
+    adopted, never doubled. Returns the days on which such an order works beside a live entry
+    of ours (left alone, and nothing of that day is settled from positions until it ends)."""
+    beside: set[date] = set()
     for order in await broker.find_day(f"{strategy}:"):
         if await journal.entry_by_key(order.order_ref) is not None:
             continue
@@ -271,6 +289,7 @@ async def _adopt_unknown_orders(
             # Another entry of today is live here too: two live orders for one day. Leave both to
             # the broker-side duplicate rule (the later permId cancels itself) and say so loudly.
             report.unexpected.append(f"{order.order_ref} working at IB beside a live entry here")
+            beside.add(day)
             await journal.log_action(
                 ActionKind.RECONCILED,
                 strategy=strategy,
@@ -285,7 +304,13 @@ async def _adopt_unknown_orders(
         # the day beside one of ours that is still being settled.
         ended = final_status(order, quantity) if order.state.is_final else None
         adopted = await journal.adopt_from_broker(
-            order.order_ref, quantity, replacing=None, detail=detail, alert=alert, final=ended
+            order.order_ref,
+            quantity,
+            replacing=None,
+            detail=detail,
+            alert=alert,
+            final=ended,
+            legs_of=await _entry_in_same_legs(journal, strategy, day, order),
         )
         on_alert()
         report.adopted.append(adopted.id)
@@ -300,6 +325,24 @@ async def _adopt_unknown_orders(
             await journal.finish(adopted.id, ended, "adopted from the broker", kind, alert=final_alert)
         elif not await runner.adopt(await journal.entry(adopted.id), order):
             report.unexpected.append(f"#{adopted.id} adopted while another entry runs")
+    return beside
+
+
+async def _entry_in_same_legs(journal: Journal, strategy: str, day: date, order: BrokerOrder) -> int | None:
+    """An entry of this journal whose legs are the broker order's (same contracts, same sides),
+    so the adopted order's legs are known; None when the order carries no legs or none match."""
+    if not order.legs:
+        return None
+    wanted: dict[int, int] = {}
+    for leg in order.legs:
+        wanted[leg.con_id] = wanted.get(leg.con_id, 0) + (leg.ratio if leg.action == "BUY" else -leg.ratio)
+    candidates = {t.id: t for t in await journal.entries_on(strategy, day)}
+    for t in await journal.traded_entries(strategy):
+        candidates.setdefault(t.id, t)
+    for entry_id in sorted(candidates):
+        if _leg_signs(await journal.entry_legs(entry_id)) == wanted:
+            return entry_id
+    return None
 
 
 async def _adopt_unknown_exit(
@@ -420,7 +463,6 @@ async def _absent(
     journal: Journal,
     broker: Broker,
     trade: TradeView,
-    today: date,
     report: ReconcileReport,
     on_alert: Callable[[], None],
 ) -> None:
@@ -428,9 +470,11 @@ async def _absent(
     if not trade.status.is_live:
         return  # unknown or fills missing: nothing new; looked up again on the next pass
     detail = await journal.entry_detail(trade.id)
-    if not detail["limits"] or (trade.status is EntryStatus.CLAIMED and trade.trading_day == today):
-        # Limits are journaled before the order is written: none means it never left. A claim of
-        # today that the complete look-up does not know never reached the broker.
+    if not detail["limits"]:
+        # Limits are journaled before the order is written: none means it never left. With a
+        # limit journaled the order may have reached the broker, even as a claim of today: a
+        # gateway restart can forget a completed order and its executions, so absence settles
+        # nothing and the positions decide below.
         await journal.finish(
             trade.id,
             EntryStatus.NEVER_SENT,

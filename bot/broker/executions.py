@@ -18,9 +18,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from bot.broker.protocol import ExecutionRecord
+from bot.broker.protocol import ExecutionRecord, OrderLeg
 
-__all__ = ["ComboLegRef", "RawExecution", "combo_units"]
+__all__ = ["RawExecution", "combo_units"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,17 +38,8 @@ class RawExecution:
     perm_id: int
 
 
-@dataclass(frozen=True, slots=True)
-class ComboLegRef:
-    """One leg of the combo as ordered: contract id, ratio and action (BUY/SELL)."""
-
-    con_id: int
-    ratio: int
-    action: str
-
-
 def combo_units(
-    order_ref: str, perm_id: int, executions: Iterable[RawExecution], legs: Sequence[ComboLegRef]
+    order_ref: str, perm_id: int, executions: Iterable[RawExecution], legs: Sequence[OrderLeg]
 ) -> tuple[ExecutionRecord, ...]:
     """The combo's fills as one `ExecutionRecord` per combo unit, in time order.
 
@@ -76,11 +67,11 @@ def _from_bag(order_ref: str, key: int, bags: list[RawExecution]) -> tuple[Execu
 
 
 def _from_legs(
-    order_ref: str, key: int, fills: list[RawExecution], legs: Sequence[ComboLegRef]
+    order_ref: str, key: int, fills: list[RawExecution], legs: Sequence[OrderLeg]
 ) -> tuple[ExecutionRecord, ...]:
     if not legs:
         legs = [
-            ComboLegRef(con_id, 1, "BUY" if side == "BOT" else "SELL")
+            OrderLeg(con_id, 1, "BUY" if side == "BOT" else "SELL")
             for con_id, side in dict.fromkeys((e.con_id, e.side) for e in fills)
         ]
     queues: dict[int, list[list[float]]] = {leg.con_id: [] for leg in legs}

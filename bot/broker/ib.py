@@ -62,7 +62,7 @@ from ib_async.ib import StartupFetch, StartupFetchALL
 from ib_async.objects import OptionChain as IBOptionChain
 
 from bot.broker.errors import DoNotRetry, LinkDown, NoSuchContract, OrderRejected, RetryLater, SetupError
-from bot.broker.executions import ComboLegRef, RawExecution, combo_units
+from bot.broker.executions import RawExecution, combo_units
 from bot.broker.ib_codes import (
     ACK_STATUSES,
     CANCEL_CONFIRMED,
@@ -85,6 +85,7 @@ from bot.broker.protocol import (
     OptionChain,
     OptionContract,
     OptionQuote,
+    OrderLeg,
     OrderState,
     PriceRule,
 )
@@ -1147,7 +1148,7 @@ class IBBroker:
             for f in [*trade.fills, *more_fills]
             if f.execution.execId
         ]
-        legs = [ComboLegRef(leg.conId, leg.ratio, leg.action) for leg in trade.contract.comboLegs or []]
+        legs = [OrderLeg(leg.conId, leg.ratio, leg.action) for leg in trade.contract.comboLegs or []]
         executions = combo_units(ref, perm_id, raw, legs)
         executed = float(len(executions))
         state = order_state_of(trade)
@@ -1179,6 +1180,7 @@ class IBBroker:
             client_id=trade.order.clientId,
             ours=self._is_ours(trade),
             commission=_commission([*trade.fills, *more_fills]),
+            legs=tuple(legs),
         )
 
     # -- lookup --------------------------------------------------------------------------------
@@ -1204,13 +1206,19 @@ class IBBroker:
     async def find_day(self, prefix: str) -> list[BrokerOrder]:
         """Every order whose orderRef starts with `prefix` (one strategy's day), one per permId,
         whichever client placed it, from the same queries as `lookup()`: the broker-side guard."""
+        before = {id(t): len(t.log) for t in self._ib.trades()}
         open_trades, completed, fills = await self._broker_record(last_look=True)
-        # Plus every order this connection has heard of: another client's openOrder can arrive
-        # after the answer's end marker, and a late one still counts. (Only this guard reads
-        # them: a stale "live" here blocks a new order, the safe way round; look-ups use the
-        # gateway's fresh answer.)
+        # Plus every order this connection has heard of: ours (our status reports keep them
+        # current), and another client's heard of while the queries ran (its openOrder can arrive
+        # after the answer's end marker, and a late one still counts). Another client's order
+        # heard of only before them and missing from their answers is stale: this connection
+        # hears no status of another client's order, so it would look live for ever.
         answered = {id(t) for t in open_trades}
-        heard = [t for t in self._ib.trades() if id(t) not in answered]
+        heard = [
+            t
+            for t in self._ib.trades()
+            if id(t) not in answered and (self._is_ours(t) or len(t.log) > before.get(id(t), -1))
+        ]
         out: dict[int, BrokerOrder] = {}
         trades = [t for t in (*open_trades, *heard) if t.orderStatus.status not in DONE_STATUSES] + completed
         for trade in trades:

@@ -24,6 +24,7 @@ __all__ = [
     "OptionChain",
     "OptionContract",
     "OptionQuote",
+    "OrderLeg",
     "OrderState",
     "PriceRule",
     "Right",
@@ -203,6 +204,15 @@ class ExecutionRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class OrderLeg:
+    """One leg of a combo order as the broker lists it: contract id, ratio, BUY or SELL."""
+
+    con_id: int
+    ratio: int
+    action: str
+
+
+@dataclass(frozen=True, slots=True)
 class BrokerOrder:
     """What the broker knows of one order, found by `order_ref` (and `perm_id` once assigned)."""
 
@@ -224,6 +234,8 @@ class BrokerOrder:
     commission: float = 0.0
     """Dollars of commission the broker reported for its executions (IB reports it on the leg
     executions; the BAG-level one carries none)."""
+    legs: tuple[OrderLeg, ...] = field(default=())
+    """The combo's legs as ordered (empty when the broker's record does not carry the contract)."""
 
     @property
     def executed(self) -> float:

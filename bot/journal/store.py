@@ -547,13 +547,16 @@ class Journal:
         alert: tuple[AlertKind, str],
         final: EntryStatus | None = None,
         exit_day: date | None = None,
+        legs_of: int | None = None,
     ) -> TradeView:
         """Journal an order found at the broker under a key this journal does not know (a lost or
         restored journal, another copy of the bot): a new entry with source `broker`, live until
         reconciliation settles it from the broker's record. `replacing` (our own claim for the same
         day, if any) is finished `never_sent` in the same transaction, so the day never has two
         live entries and the claim's requester learns why. An exit's key (`<entry key>:x<n>`) is
-        adopted as an exit of that entry's position, claimed on `exit_day`."""
+        adopted as an exit of that entry's position, claimed on `exit_day`. `legs_of` names an
+        entry of this journal whose legs the broker's order is known to hold (the same contracts
+        and sides): they are recorded for the adopted entry, so its fills explain positions."""
         parsed = parse_key(key)
         exit_of = parse_exit_key(key)
         if parsed is None and exit_of is None:
@@ -583,6 +586,12 @@ class Journal:
                     (strategy, day.isoformat()),
                 )
                 attempt = int(top[0]) + 1 if top is not None and top[0] is not None else 1
+                if legs_of is not None:
+                    same = await tx.fetchone(
+                        "SELECT legs, legs_text, back_expiry FROM intents WHERE id = ?", (legs_of,)
+                    )
+                    if same is not None:
+                        legs = (same[0], same[1], same[2])
             else:
                 assert exit_of is not None  # noqa: S101 -- one of the two parsed
                 entry_key, attempt = exit_of

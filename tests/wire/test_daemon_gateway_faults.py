@@ -70,11 +70,13 @@ async def _trade(d: Daemon) -> Started:
 async def test_drop_before_the_order_is_read_loses_it_and_the_retry_is_the_only_order(
     gw: SimulatedGateway, daemon: Daemon
 ) -> None:
-    """The connection drops before the gateway reads placeOrder: the order never existed; after the
-    reconnect reconciliation marks the claim never_sent and a new attempt sends the only order."""
+    """The connection drops before the gateway reads placeOrder: the order never existed. The bot
+    cannot know that (the frame was written), so after the reconnect the broker's record decides:
+    not listed, and the account's positions show no fill, so the claim ends with no fill
+    (`cancelled`), and a new attempt sends the only order."""
     gw.faults.drop_before_place_read()
     first = await _trade(daemon)
-    assert await entry_final(daemon, first.trade.id) == "never_sent"
+    assert await entry_final(daemon, first.trade.id) == "cancelled"
     assert gw.ledger.orders == []
     await until(lambda: daemon.reconciliation == "done" and not daemon.guard.reconciling)
     gw.fill_model = FillModel.always()

@@ -487,10 +487,10 @@ async def test_another_copys_fill_is_never_taken_for_ours_from_positions(
 ) -> None:
     """Copy A dies with its order working and a gateway restart forgets that order; copy B then
     trades the day and fills. When A starts again, its entry is not listed at the broker and the
-    account's positions show one calendar, which is B's: A adopts B's order first, and since the
-    positions cannot say whose fill it is, A's own entry is left `unknown` (alerted, entries
-    blocked until `bot resolve`), never settled with B's fill. Before the fix: A's entry was
-    settled filled from B's position (chaos seed 1000009)."""
+    account's positions show one calendar, which is B's: A adopts B's order first, with its legs
+    (the same contracts as A's entry), so B's fill explains the positions and A's own entry ends
+    with no fill, never settled with B's fill. Before the fix: A's entry was settled filled from
+    B's position (chaos seed 1000009)."""
     gw.fill_model = FillModel.never()
     settings_a = _settings(gw, tmp_path / "a", client_id=17)
     d = Daemon(
@@ -516,9 +516,7 @@ async def test_another_copys_fill_is_never_taken_for_ours_from_positions(
         adopted = await a.journal.entry_by_key(theirs.trade.idempotency_key)
         assert adopted is not None and adopted.source is Source.BROKER
         assert (own.filled, own.broker_filled) == (0, 0.0), own
-        # `unknown` (alerted) when A's order was acknowledged in its journal; `never_sent` when A
-        # died before it journaled the acknowledgement (the forgotten order: issue 13's open case).
-        assert own.status in (EntryStatus.UNKNOWN, EntryStatus.NEVER_SENT), own
+        assert own.status is EntryStatus.CANCELLED, own
     assert _filled_orders(gw) == [theirs.trade.idempotency_key]
 
 
@@ -546,3 +544,114 @@ async def test_a_lost_journal_and_a_forgetful_gateway_still_never_double_the_day
         assert row is not None and "does not explain" in str(row[0])
     assert _filled_orders(gw) == [first.trade.idempotency_key]
     assert len(gw.ledger.orders) == 1
+
+
+async def _kill(d: Daemon, task: asyncio.Task[object]) -> None:
+    """The daemon dies: no drain, no cancel sent; the kernel closes its socket."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await d.broker.close()
+    await d.journal.close()
+
+
+async def test_todays_order_the_gateway_forgot_after_it_filled_is_settled_from_positions(
+    gw: SimulatedGateway, tmp_path: Path
+) -> None:
+    """The order frame reached the gateway, which booked it and dropped the connection before the
+    acknowledgement; the daemon died with its claim (limits journaled, no acknowledgement); the
+    order filled; the gateway then restarted forgetting everything it had completed, today's
+    order and executions included. Absence proves nothing about a claim whose order may have left:
+    the account's positions show the fill, so the entry is filled, with an alert, and the day is
+    not traded again. Before the fix: `never_sent` "after a complete look-up" (chaos seed 1000914)."""
+    settings = _settings(gw, tmp_path)
+    gw.fill_model = FillModel.always(delay_s=0.5)
+    gw.faults.drop_after_place_read(1)
+    d = Daemon(
+        settings, RuntimeEnv.from_environ({}), SystemClock(), SystemdNotifier(None), handle_signals=False
+    )
+    task: asyncio.Task[object] = asyncio.create_task(d.run(), name="daemon-a")
+    await until(lambda: getattr(d, "reconciliation", "") == "done")
+    first = await _trade(d)
+    await gw.wait_for(lambda: bool(gw.ledger.orders))
+    await _kill(d, task)
+    await gw.wait_for(lambda: _filled_orders(gw) == [first.trade.idempotency_key])
+    await gw.restart(new_day=True)  # forced: forgets what ended before now, today's fill too
+    async with running_daemon(settings) as again:
+        view = await again.journal.entry(first.trade.id)
+        assert view.status is EntryStatus.FILLED, view
+        assert view.broker_filled == 1.0
+        assert AlertKind.FILLS_MISSING.value in await _alert_kinds(again)
+        refused = await again.trade(force=False)
+        assert isinstance(refused, Blocked) and refused.reason is BlockReason.ALREADY_TRADED_TODAY
+    assert [o.order_ref for o in gw.ledger.orders] == [first.trade.idempotency_key]
+
+
+async def test_another_copys_order_working_beside_ours_settles_nothing_from_positions(
+    gw: SimulatedGateway, tmp_path: Path
+) -> None:
+    """Copy A dies with its order working; the order ends unfilled and a gateway restart forgets
+    it; copy B then sends the day's order, which fills one of two and keeps working. When A starts
+    again its entry is not listed at the broker and the account's positions show B's one calendar.
+    While B's order works beside A's entry nothing is settled from the positions; once B's order
+    ends, A adopts it (with its legs) and settles its own entry with no fill. Before the fix: A's
+    entry was settled `partial` with B's fill (chaos seed 1000009)."""
+    gw.fill_model = FillModel.never()
+    settings_a = _two_lots(_settings(gw, tmp_path / "a", client_id=17))
+    d = Daemon(
+        settings_a, RuntimeEnv.from_environ({}), SystemClock(), SystemdNotifier(None), handle_signals=False
+    )
+    task: asyncio.Task[object] = asyncio.create_task(d.run(), name="daemon-a")
+    await until(lambda: getattr(d, "reconciliation", "") == "done")
+    mine = await _trade(d)
+    await until(lambda: bool(gw.ledger.orders) and gw.ledger.orders[0].acked)
+    await until(lambda: _entry_status(settings_a, mine.trade.id) == "working")
+    await _kill(d, task)
+    assert [o.order_ref for o in gw.expire_day_orders()] == [mine.trade.idempotency_key]
+    await gw.restart(new_day=True)  # and the gateway forgets it
+    gw.fill_model = FillModel.always(partial_qty=1)  # one fills, the rest never (under this model)
+    settings_b = _two_lots(_settings(gw, tmp_path / "b", client_id=18), fill_timeout_s=3.0)
+    async with running_daemon(settings_b) as b:
+        theirs = await _trade(b)
+        await gw.wait_for(lambda: _filled_orders(gw) == [theirs.trade.idempotency_key])
+        a = Daemon(
+            settings_a,
+            RuntimeEnv.from_environ({}),
+            SystemClock(),
+            SystemdNotifier(None),
+            handle_signals=False,
+        )
+        again: asyncio.Task[object] = asyncio.create_task(a.run(), name="daemon-a-again")
+        try:
+            await until(lambda: _saw_second_live_order(settings_a))
+            assert gw.ledger.orders[-1].is_working  # A reconciled while B's order works
+            assert a.guard.reconciling  # and keeps entries blocked
+            assert _entry_status(settings_a, mine.trade.id) == "working"
+            assert await entry_final(b, theirs.trade.id) == "partial"
+            await until(lambda: getattr(a, "reconciliation", "") == "done")
+            own = await a.journal.entry(mine.trade.id)
+            assert own.status is EntryStatus.CANCELLED, own
+            assert (own.filled, own.broker_filled) == (0, 0.0), own
+            adopted = await a.journal.entry_by_key(theirs.trade.idempotency_key)
+            assert adopted is not None and adopted.status is EntryStatus.PARTIAL
+        finally:
+            a.stop_requested.set()
+            await asyncio.wait_for(again, 30)
+    assert _filled_orders(gw) == [theirs.trade.idempotency_key]
+
+
+def _entry_status(settings: Settings, entry_id: int) -> str:
+    with contextlib.closing(sqlite3.connect(settings.journal_path)) as db:
+        row = db.execute("SELECT status FROM intents WHERE id = ?", (entry_id,)).fetchone()
+    return str(row[0]) if row else ""
+
+
+def _two_lots(settings: Settings, **strategy: object) -> Settings:
+    changed = settings.strategy.model_copy(update={"quantity": 2, "max_contracts": 2, **strategy})
+    return settings.model_copy(update={"strategy": changed})
+
+
+def _saw_second_live_order(settings: Settings) -> bool:
+    with contextlib.closing(sqlite3.connect(settings.journal_path)) as db:
+        rows = db.execute("SELECT detail FROM actions WHERE kind = 'RECONCILED'").fetchall()
+    return any("second live order" in str(r[0]) for r in rows)
