@@ -110,7 +110,7 @@ FILLS = [
     FaultClass(
         "fill.reject",
         Group.FILL,
-        0.3,
+        0.5,
         "every new order rejected (201) by the fill model; fired when an order was rejected",
         _arm_fill("reject"),
         lambda t: any_order(t, lambda o: o.reject_code is not None),
@@ -408,6 +408,27 @@ def _arm_chain(t: Trial) -> None:
     arm_op(t, "chain_shape", shape=shape)
 
 
+def _holes_at_the_order(t: Trial) -> bool:
+    """An order's legs were chosen where the chain has holes: a strike within 10 points of a
+    leg's strike is missing from that leg's expiry (so the choice had to step around a hole), or
+    a 200 went out (a union strike asked for in an expiry that lacks it)."""
+    if errors_sent(t, 200) > 0:
+        return True
+    market = t.gw.market
+    today = market.today()
+    for order in t.gw.ledger.orders:
+        for leg in order.legs:
+            option = market.option_by_con_id(leg.con_id)
+            if option is None:
+                continue
+            for k in (option.strike + d for d in (-10.0, -5.0, 5.0, 10.0)):
+                if k in market.strikes and not market.listing.lists(
+                    option.trading_class, option.expiry, k, option.right, today
+                ):
+                    return True
+    return False
+
+
 def _arm_no_live_data(t: Trial) -> None:
     """The account has no live option data; the daemons are configured for delayed data (as the
     paper example configuration is) 70% of the time, else left on live (they must fail closed)."""
@@ -571,7 +592,7 @@ HOSTILE = [
     FaultClass(
         "hostile.cancel_10148",
         Group.HOSTILE,
-        1.5,
+        3.0,
         "a cancel that loses the race with the fill (the order fills first), or of an order "
         "already final, answered 10148 (ib_async then marks it Cancelled); fired when a 10148 "
         "went out",
@@ -613,7 +634,7 @@ HOSTILE = [
     FaultClass(
         "hostile.day_expiry",
         Group.HOSTILE,
-        1.5,
+        2.0,
         "the session close while an order works: DAY orders cancelled by the gateway; fired when "
         "an order expired",
         _arm_expiry,
@@ -623,7 +644,7 @@ HOSTILE = [
     FaultClass(
         "hostile.price_increment",
         Group.HOSTILE,
-        1.5,
+        2.2,
         "market rules enforced: limits off the increment refused with 110 (package or legs rule "
         "for combos); fired when a 110 went out",
         _arm_rules,
@@ -653,7 +674,7 @@ HOSTILE = [
     FaultClass(
         "hostile.md_lines",
         Group.HOSTILE,
-        1.2,
+        1.8,
         "only 1-3 market-data lines (error 101 beyond); fired when a 101 went out",
         _arm_lines,
         lambda t: errors_sent(t, 101) > 0,
@@ -674,10 +695,11 @@ HOSTILE = [
         "hostile.chain_holes",
         Group.HOSTILE,
         1.2,
-        "strikes that differ by expiry (far expiries sparse, or random holes): a union strike "
-        "may not exist for an expiry (200); fired when a 200 went out",
+        "strikes that differ by expiry (far expiries sparse, or random holes, at the money too): "
+        "a union strike may not exist for an expiry (200); fired when an order's legs sit beside "
+        "a hole (a strike within 10 points missing from the leg's expiry) or a 200 went out",
         _arm_chain,
-        lambda t: errors_sent(t, 200) > 0,
+        _holes_at_the_order,
         available=_config_has("chain"),
     ),
 ]

@@ -51,7 +51,7 @@ class Group(enum.Enum):
 DRAWN_GROUPS = (Group.GATEWAY, Group.HOSTILE, Group.DAEMON)
 """The groups from which several classes are drawn by weight."""
 
-_DRAWN_COUNTS = (3, 4, 4, 5, 5, 6)
+_DRAWN_COUNTS = (4, 4, 5, 5, 6, 6)
 """How many classes of the drawn groups one trial arms (mean 4.5): with about 45 such classes,
 1000 trials draw each about 100 times, so every class is exercised at least 50 times."""
 
@@ -115,7 +115,7 @@ def draw(
 
     Without `forced`: one fill model, the triggers (each by its probability, at least one that
     starts entries by itself), and
-    three to six classes from the gateway, hostile and daemon groups by weight, skipping any that
+    four to six classes from the gateway, hostile and daemon groups by weight, skipping any that
     cannot share a host with those already drawn. With `forced` (from `--only`): exactly those
     classes, plus a fill model and a trigger drawn as above when none is named; of several named
     fill models one is drawn. `hosts` is what the run allows (only `PROC` with `--daemon-src`);

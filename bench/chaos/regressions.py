@@ -49,4 +49,38 @@ REGRESSIONS: tuple[Regression, ...] = (
         "combo fills reported with leg executions only: the entry was journaled filled with 0 "
         "fills and a later trade entered again",
     ),
+    Regression(
+        "forgotten-claim-filled",
+        1000914,
+        (
+            "fill.delayed",
+            "trigger.burst",
+            "trigger.late",
+            "hostile.price_increment",
+            "gw.restart_new_day",
+            "hostile.status_coalesced",
+            "gw.drop_after_place",
+        ),
+        "the order was booked, the connection dropped before the acknowledgement, the order "
+        "filled and a restart forgot it: the claim was journaled never_sent 'after a complete "
+        "look-up' (a lost fill)",
+        host=Host.INPROC,
+    ),
+    Regression(
+        "other-copys-fill-taken",
+        1000009,
+        (
+            "fill.partial",
+            "trigger.burst",
+            "trigger.scheduler",
+            "daemon.two",
+            "hostile.reject_201",
+            "hostile.status_lost",
+            "gw.restart_new_day",
+            "hostile.price_increment",
+            "hostile.commission_late",
+        ),
+        "our order was rejected and forgotten by a restart while another copy's order filled "
+        "one of two in the same legs: our entry was settled partial from the positions",
+    ),
 )
