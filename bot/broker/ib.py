@@ -36,12 +36,14 @@ ib_async 2.1 behaviours this relies on (see /work/shared/ib-wire-notes.md):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import math
 import random
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from datetime import UTC, date, timedelta
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from typing import Final, TypeVar
 
 from ib_async import (
@@ -219,6 +221,15 @@ class _Pulse:
         await asyncio.shield(self._future)
 
 
+@dataclass(slots=True)
+class _Stream:
+    """One watched contract: its ticker on the current connection and when it last ticked."""
+
+    contract: OptionContract
+    ticker: Ticker | None = None
+    ticked_at: datetime | None = None
+
+
 class IBBroker:
     """The `Broker` protocol over ib_async, and the connection to IB Gateway / TWS.
 
@@ -308,6 +319,10 @@ class IBBroker:
         self._missing: set[tuple[date, float, str, str]] = set()
         self._rule_ids: dict[tuple[date, float, str, str], int | None] = {}
         self._rules: dict[int, PriceRule] = {}
+        self._streams: dict[int, _Stream] = {}
+        """conId -> a watched contract's stream (`watch_quotes`), kept across reconnects."""
+        self._ticked = _Pulse()
+        self._ib.pendingTickersEvent += self._on_tickers
         self.order_id_floor = 0
         """The highest order id known used (the journal's, then every order placed): a gateway
         restart can roll nextValidId back below it (Lean #242), so new ids start above it."""
@@ -491,6 +506,7 @@ class IBBroker:
         self.last_error = None
         self._generation += 1
         self._set_link(LinkState.UP)
+        self._subscribe_streams(again=True)
         log.info(
             "connected to IB Gateway",
             host=self.host,
@@ -565,13 +581,15 @@ class IBBroker:
                 self._set_link(LinkState.DOWN)
         elif code in (LINK_RESTORED_DATA_LOST, LINK_RESTORED):
             if self._session_up and self._link is LinkState.DOWN and self._ib.isConnected():
-                # 1101 means market data subscriptions were lost: this adapter keeps none (it only
-                # takes snapshots), so nothing needs re-requesting; order state is re-read by the
-                # reconciliation the new generation triggers.
+                # 1101: market data subscriptions were lost (IB: "data lost"), so the watched
+                # quotes are requested again; order state is re-read by the reconciliation the
+                # new generation triggers.
                 self.last_error = None
                 self._generation += 1
                 log.info("IB Gateway connection to IB restored", code=code, generation=self._generation)
                 self._set_link(LinkState.UP)
+                if code == LINK_RESTORED_DATA_LOST:
+                    self._subscribe_streams(again=True)
         elif code in MARKET_DATA_REFUSALS:
             self._data_refusals.append((code, message))
             del self._data_refusals[:-20]
@@ -586,6 +604,8 @@ class IBBroker:
         if not self._session_up:
             return  # a failed connect attempt cleaning up
         self._session_up = False
+        for stream in self._streams.values():
+            stream.ticker, stream.ticked_at = None, None  # ib_async dropped them; asked again on connect
         self._trades.clear()
         self._settled.clear()
         if not self._closing:
@@ -738,8 +758,10 @@ class IBBroker:
         """Snapshot `contracts`; `SetupError` when the gateway refused the data for lack of a
         subscription and nothing came back."""
         for contract in contracts:
-            # ib_async reuses a cached Ticker whose old fields stay readable (ib_async #223).
-            self._ib.wrapper.tickers.pop(hash(contract), None)
+            # ib_async reuses a cached Ticker whose old fields stay readable (ib_async #223); a
+            # streamed contract's ticker is current, and is the stream's (cancelled through it).
+            if contract.conId not in self._streams:
+                self._ib.wrapper.tickers.pop(hash(contract), None)
         refusals = len(self._data_refusals)
         tickers: list[Ticker] = await self._request(what, lambda: self._ib.reqTickersAsync(*contracts))
         fresh = self._data_refusals[refusals:]
@@ -894,6 +916,91 @@ class IBBroker:
         for key in [k for k in self._qualified if k[0] < today]:
             del self._qualified[key]  # expired: keep the cache to the listed options
         return out
+
+    # -- streaming quotes (`QuoteStream`) -------------------------------------------------------
+
+    def watch_quotes(self, contracts: Sequence[OptionContract]) -> None:
+        """Stream `contracts` (qualified: `con_id` set) until `unwatch_quotes`; see `QuoteStream`."""
+        for contract in contracts:
+            if contract.con_id is None:
+                raise ValueError(f"{contract.describe()} has no conId: qualify it before watching")
+            if contract.con_id not in self._streams:
+                self._streams[contract.con_id] = _Stream(contract)
+        self._subscribe_streams(again=False)
+
+    def unwatch_quotes(self, con_ids: Sequence[int]) -> None:
+        """Cancel the streams of `con_ids` (their market-data lines are released)."""
+        for con_id in con_ids:
+            stream = self._streams.pop(con_id, None)
+            if stream is None or stream.ticker is None or stream.ticker.contract is None:
+                continue
+            if self._session_up and self._ib.isConnected():
+                with contextlib.suppress(ConnectionError):
+                    self._ib.cancelMktData(stream.ticker.contract)
+
+    @property
+    def watched(self) -> frozenset[int]:
+        """The conIds watched (streaming, or waiting for the link)."""
+        return frozenset(self._streams)
+
+    def streamed_quote(self, con_id: int) -> OptionQuote | None:
+        """The latest streamed quote of `con_id`, stamped with the injected clock's time of its
+        last tick; None before its first tick on this connection."""
+        stream = self._streams.get(con_id)
+        if stream is None or stream.ticker is None or stream.ticked_at is None:
+            return None
+        ticker = stream.ticker
+        delta, underlying = _greeks(ticker)
+        return OptionQuote(
+            contract=stream.contract,
+            bid=price_or_none(ticker.bid),
+            ask=price_or_none(ticker.ask),
+            delta=delta,
+            underlying=underlying,
+            time=stream.ticked_at,
+        )
+
+    async def wait_quotes(self) -> None:
+        """Return at the next tick of any watched contract."""
+        await self._ticked.wait()
+
+    def _subscribe_streams(self, *, again: bool) -> None:
+        """Request the streams not yet requested on this connection (all of them, `again`)."""
+        if not self._session_up or not self._ib.isConnected():
+            return
+        for stream in self._streams.values():
+            if stream.ticker is not None and not again:
+                continue
+            c = stream.contract
+            option = Option(
+                "SPX",
+                c.expiry.strftime("%Y%m%d"),
+                c.strike,
+                c.right.value,
+                "SMART",
+                currency="USD",
+                tradingClass=c.trading_class,
+                conId=c.con_id or 0,
+            )
+            # A fresh ticker each time: after a reconnect ib_async's cache is gone anyway, and
+            # after 1101 the old one's fields are from before the loss.
+            self._ib.wrapper.tickers.pop(hash(option), None)
+            stream.ticked_at = None
+            try:
+                stream.ticker = self._ib.reqMktData(option)
+            except ConnectionError:
+                stream.ticker = None
+                return
+
+    def _on_tickers(self, tickers: set[Ticker]) -> None:
+        now: datetime | None = None
+        for ticker in tickers:
+            stream = self._streams.get(ticker.contract.conId) if ticker.contract else None
+            if stream is not None and stream.ticker is ticker:
+                now = now or self._clock.now()
+                stream.ticked_at = now
+        if now is not None:
+            self._ticked.fire()
 
     # -- orders --------------------------------------------------------------------------------
 

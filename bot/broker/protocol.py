@@ -12,7 +12,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 __all__ = [
     "Broker",
@@ -27,6 +27,7 @@ __all__ = [
     "OrderLeg",
     "OrderState",
     "PriceRule",
+    "QuoteStream",
     "Right",
 ]
 
@@ -309,4 +310,39 @@ class Broker(Protocol):
     async def lookup(self, order_refs: Sequence[str]) -> dict[str, BrokerOrder]:
         """Find orders by `order_ref` across open orders of all clients, completed orders and
         executions. A ref the broker has never seen is absent from the result."""
+        ...
+
+
+@runtime_checkable
+class QuoteStream(Protocol):
+    """Streaming quotes of chosen options (the open positions' legs), kept by the broker adapter.
+
+    Each watched contract holds one of IB's market-data lines (100 by default per client, error
+    101 beyond) until it is unwatched, so the caller watches only what it needs and unwatches a
+    position's legs when it closes. The watch survives reconnects: the adapter subscribes again
+    after every connect and after IB reports the data lost (1101).
+    """
+
+    def watch_quotes(self, contracts: Sequence[OptionContract]) -> None:
+        """Stream `contracts` (each with its `con_id`) from now on; watching one twice is one line.
+        While the link is down the subscription waits for the next connect."""
+        ...
+
+    def unwatch_quotes(self, con_ids: Sequence[int]) -> None:
+        """Stop streaming these contracts and release their lines."""
+        ...
+
+    @property
+    def watched(self) -> frozenset[int]:
+        """The conIds being streamed (or waiting for the link to be streamed)."""
+        ...
+
+    def streamed_quote(self, con_id: int) -> OptionQuote | None:
+        """The latest streamed quote of `con_id`; its `time` is the injected clock's reading when
+        it last ticked (so its age shows a feed that stopped). None before the first tick of the
+        current connection, or when `con_id` is not watched."""
+        ...
+
+    async def wait_quotes(self) -> None:
+        """Return at the next tick of any watched contract."""
         ...

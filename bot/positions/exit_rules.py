@@ -42,7 +42,16 @@ if TYPE_CHECKING:
     from bot.positions.settings import ExitSettings
     from bot.trading_days import TradingCalendar
 
-__all__ = ["ExitDecision", "ExitRule", "ExitTimes", "Upcoming", "evaluate_exit", "exit_times"]
+__all__ = [
+    "ExitDecision",
+    "ExitRule",
+    "ExitTimes",
+    "Upcoming",
+    "evaluate_exit",
+    "exit_times",
+    "in_session",
+    "next_session_open",
+]
 
 
 class ExitRule(enum.StrEnum):
@@ -152,7 +161,8 @@ def exit_times(
     return ExitTimes(time_exit=time_exit, short_expiry=short_expiry, manual_close_deadline=deadline)
 
 
-def _in_session(calendar: TradingCalendar, now: datetime, opens: time) -> bool:
+def in_session(calendar: TradingCalendar, now: datetime, opens: time) -> bool:
+    """True while the regular session (`opens` to the calendar's close) is open at `now`."""
     local = now.astimezone(calendar.tz)
     day = local.date()
     if not calendar.is_trading_day(day):
@@ -160,9 +170,9 @@ def _in_session(calendar: TradingCalendar, now: datetime, opens: time) -> bool:
     return opens <= local.time() < calendar.close_time(day)
 
 
-def _next_open(calendar: TradingCalendar, now: datetime, opens: time) -> datetime:
+def next_session_open(calendar: TradingCalendar, now: datetime, opens: time) -> datetime:
     """The next moment the regular session opens after `now` (now itself if it is in session)."""
-    if _in_session(calendar, now, opens):
+    if in_session(calendar, now, opens):
         return now
     day = now.astimezone(calendar.tz).date()
     while True:
@@ -187,13 +197,13 @@ def evaluate_exit(
     if debit <= 0:
         raise ValueError("a long calendar's debit is positive")
     times = exit_times(opened_at=opened_at, legs=legs, settings=settings, calendar=calendar)
-    in_session = _in_session(calendar, now, settings.session_open)
+    open_now = in_session(calendar, now, settings.session_open)
     due: list[tuple[ExitRule, str]] = []
     pending: list[Upcoming] = []
     for rule, at in ((ExitRule.SHORT_EXPIRY, times.short_expiry), (ExitRule.TIME_EXIT, times.time_exit)):
         if at is None:
             continue
-        if now >= at and in_session:
+        if now >= at and open_now:
             why = (
                 f"a short leg expires next session; the hard rule closes at {at:%Y-%m-%d %H:%M %Z}"
                 if rule is ExitRule.SHORT_EXPIRY
@@ -201,7 +211,9 @@ def evaluate_exit(
             )
             due.append((rule, why))
         else:
-            pending.append(Upcoming(rule, max(at, _next_open(calendar, now, settings.session_open)), None))
+            pending.append(
+                Upcoming(rule, max(at, next_session_open(calendar, now, settings.session_open)), None)
+            )
     prices: list[tuple[ExitRule, float]] = []
     if settings.stop_loss_pct is not None:
         prices.append((ExitRule.STOP_LOSS, debit * (1 - settings.stop_loss_pct / 100)))
@@ -215,7 +227,7 @@ def evaluate_exit(
             and value is not None
             and (value <= trigger + 1e-9 if rule is ExitRule.STOP_LOSS else value >= trigger - 1e-9)
         )
-        if hit and in_session:
+        if hit and open_now:
             word = "stop loss" if rule is ExitRule.STOP_LOSS else "profit target"
             due.append((rule, f"{word}: mark {value:.2f} against debit {debit:.2f} (trigger {trigger:.2f})"))
         else:
@@ -231,6 +243,6 @@ def evaluate_exit(
         also_due=tuple(rule for rule, _ in due[1:]),
         upcoming=tuple(pending),
         times=times,
-        in_session=in_session,
+        in_session=open_now,
         manual_close_due=deadline is not None and now >= deadline,
     )

@@ -69,7 +69,14 @@ class ExitSettings(_Frozen):
     enabled: bool = True
     """Evaluate the open positions against these rules (off: only `bot close` closes)."""
     evaluate_every_s: float = Field(default=60.0, gt=0)
-    """How often the open positions are quoted (snapshots of their legs) and evaluated."""
+    """How often, during the session, the open positions are marked from their legs' streamed
+    quotes and evaluated (also at each time rule's moment, and after an entry fills or a
+    position closes)."""
+    quote_lines: int = Field(default=40, ge=0, le=90)
+    """Market-data lines kept streaming for the open positions' legs (one per contract, however
+    many positions hold it). IB allows a client 100 lines (error 101 beyond); the rest is left
+    for snapshots (a delta-strike search asks for about 45 at once). Legs beyond it are marked
+    from a snapshot at each pass."""
     ledger_check_every_s: float = Field(default=300.0, gt=0)
     """How often the broker's per-leg positions are checked against the ledger (also at every
     start and reconnect)."""

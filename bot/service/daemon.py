@@ -28,7 +28,7 @@ from zoneinfo import ZoneInfo
 from bot.alerts.outbox import AlertSender
 from bot.broker.errors import BrokerError
 from bot.broker.ib import IBBroker
-from bot.broker.protocol import Broker, LinkState, OptionContract, Right
+from bot.broker.protocol import Broker, LinkState, OptionContract, QuoteStream, Right
 from bot.clock import Clock
 from bot.config import RuntimeEnv, Settings, StrategySettings
 from bot.control.server import ControlServer
@@ -39,8 +39,9 @@ from bot.history import history_from_journal
 from bot.journal.identity import JournalIdentity, bind_journal
 from bot.journal.store import Journal, JournalError, JournalTooNew
 from bot.logs import get_logger
-from bot.positions.exit_rules import evaluate_exit
-from bot.positions.marks import LegQuote, MarkGuard, spread_mark
+from bot.positions.exit_rules import evaluate_exit, in_session, next_session_open
+from bot.positions.ledger import PositionView
+from bot.positions.marks import LegQuote, Mark, MarkGuard, pnl, spread_mark
 from bot.progress import ProgressHub
 from bot.reconcile import fetch_missing_executions, reconcile, reconcile_positions
 from bot.runner import IntentRunner
@@ -107,6 +108,12 @@ class Daemon:
         """A second stop signal: wait for nothing more."""
         self._signals = 0
         self._background: set[asyncio.Task[Any]] = set()
+        self._exits_wake = asyncio.Event()
+        """Set when something alert-worthy happened: the exit loop looks again at once."""
+        self._next_rule_at: datetime | None = None
+        """The next moment an exit rule's time (or a manual-close deadline) comes due."""
+        self.marks: dict[int, Mark] = {}
+        """The last mark of each open position (the exit rules' pass), for `bot positions`."""
         # Set in run():
         self.journal: Journal
         self.broker: Any
@@ -128,6 +135,8 @@ class Daemon:
         sender = getattr(self, "alerts", None)
         if sender is not None:
             sender.wake()
+        # Whatever is alerted (an entry filled, a position closed) may change what is open.
+        self._exits_wake.set()
 
     def _on_fatal(self, reason: str) -> None:
         self.last_error = reason
@@ -472,51 +481,120 @@ class Daemon:
     # -- exits -----------------------------------------------------------------------------------
 
     async def _exit_loop(self) -> None:
-        """Evaluate the open positions every `exits.evaluate_every_s` (while the link is up and the
-        journal reconciled) and check the ledger against the broker's per-leg positions every
-        `exits.ledger_check_every_s`. A failed pass is logged and the next one tries again."""
+        """Evaluate the open positions (while the link is up and the journal reconciled): during
+        the session at least every `exits.evaluate_every_s`, at each time rule's moment, and as
+        soon as something alert-worthy happened (an entry filled, a position closed); outside the
+        session it waits for the next open. The broker's per-leg positions are checked against
+        the ledger every `exits.ledger_check_every_s` of session time (and at every start and
+        reconnect, by reconciliation). A failed pass is logged and the next one tries again."""
         x = self.settings.exits
         last_check = self.clock.monotonic()
+        delay_s = x.evaluate_every_s
         while True:
-            await self.clock.sleep(x.evaluate_every_s)
+            await self._exits_pause(delay_s)
+            delay_s = x.evaluate_every_s
             if self.broker.link is not LinkState.UP or self.reconciliation != "done":
                 continue
             try:
+                now = self.clock.now()
+                if not in_session(self.calendar, now, x.session_open):
+                    # Nothing fires outside the session; the streams keep the marks for display.
+                    await self._stream_open_legs(await self.journal.positions(only_open=True))
+                    delay_s = (next_session_open(self.calendar, now, x.session_open) - now).total_seconds()
+                    continue
                 if self.clock.monotonic() - last_check >= x.ledger_check_every_s:
                     last_check = self.clock.monotonic()
                     if not self.runner.running and not await self.journal.unsettled_entries():
                         await reconcile_positions(self.journal, self.broker, on_alert=self._wake_alerts)
                 if x.enabled:
                     await self.evaluate_exits()
+                else:
+                    await self._stream_open_legs(await self.journal.positions(only_open=True))
+                due = [t for t in (self._next_rule_at,) if t is not None]
+                if due:
+                    delay_s = min(delay_s, max(0.0, (min(due) - self.clock.now()).total_seconds()))
+                check_in = x.ledger_check_every_s - (self.clock.monotonic() - last_check)
+                delay_s = max(0.0, min(delay_s, check_in))
             except (BrokerError, TimeoutError, JournalError) as exc:
                 log.warning("exit evaluation incomplete; next pass tries again", error=str(exc))
 
+    async def _exits_pause(self, delay_s: float) -> None:
+        """Wait `delay_s`, or less when an alert-worthy change wakes the exit loop."""
+        if self._exits_wake.is_set():
+            self._exits_wake.clear()
+            return
+        sleeper = asyncio.ensure_future(self.clock.sleep(delay_s))
+        waker = asyncio.ensure_future(self._exits_wake.wait())
+        try:
+            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            waker.cancel()
+        self._exits_wake.clear()
+
+    async def _stream_open_legs(self, positions: list[PositionView]) -> set[int]:
+        """Keep the open positions' legs streaming (oldest position first, at most
+        `exits.quote_lines` contracts) and release every other line; returns the conIds streamed."""
+        stream = self.broker if isinstance(self.broker, QuoteStream) else None
+        if stream is None:
+            return set()
+        wanted: dict[int, OptionContract] = {}
+        for position in positions:
+            for leg in position.legs:
+                if leg.con_id not in wanted and len(wanted) < self.settings.exits.quote_lines:
+                    wanted[leg.con_id] = OptionContract(
+                        leg.expiry, leg.strike, Right(leg.right), leg.con_id, leg.trading_class
+                    )
+        gone = [c for c in stream.watched if c not in wanted]
+        if gone:
+            stream.unwatch_quotes(gone)
+            log.info("market-data lines released", contracts=len(gone))
+        new = [c for con_id, c in wanted.items() if con_id not in stream.watched]
+        if new:
+            stream.watch_quotes(new)
+        return set(wanted)
+
+    async def _leg_quotes(self, positions: list[PositionView]) -> dict[int, LegQuote]:
+        """The legs' quotes: streamed where a line streams them, a snapshot for the rest."""
+        streamed = await self._stream_open_legs(positions)
+        out: dict[int, LegQuote] = {}
+        unstreamed: dict[int, OptionContract] = {}
+        for position in positions:
+            for leg in position.legs:
+                if leg.con_id in streamed:
+                    quote = self.broker.streamed_quote(leg.con_id)
+                    if quote is not None:
+                        out[leg.con_id] = LegQuote(quote.bid, quote.ask, quote.time)
+                else:
+                    unstreamed[leg.con_id] = OptionContract(
+                        leg.expiry, leg.strike, Right(leg.right), leg.con_id, leg.trading_class
+                    )
+        if unstreamed:
+            for q in await self.broker.quotes(list(unstreamed.values()), skip_missing=True):
+                if q.contract.con_id is not None:
+                    out[q.contract.con_id] = LegQuote(q.bid, q.ask, q.time)
+        return out
+
     async def evaluate_exits(self) -> list[int]:
-        """One pass over the open positions: mark each from snapshot quotes of its legs (a snapshot
-        holds a market-data line only until answered, so a pass stays far inside IB's 100 lines
-        and nothing is left subscribed for a closed position), ask the exit rules, and request an
-        exit for each that fires. A position past its manual-close deadline is alerted "MANUAL
-        CLOSE REQUIRED", once. Returns the positions an exit was started for."""
+        """One pass over the open positions: mark each from its legs' quotes (streamed, inside
+        IB's 100 lines, `exits.quote_lines`; lines of closed positions are released here), ask
+        the exit rules, and request an exit for each that fires. A position still open past its
+        manual-close deadline is alerted "MANUAL CLOSE REQUIRED", once, whatever stands in the
+        way (frozen, an exit working or of unknown outcome). Returns the positions an exit was
+        started for."""
         x = self.settings.exits
         started: list[int] = []
         guard = MarkGuard(x.max_quote_age_s, x.max_leg_width_abs, x.max_leg_width_frac)
-        for position in await self.journal.positions(only_open=True):
-            if position.frozen or position.live_exit is not None or not position.legs or not position.debit:
+        held = await self.journal.positions(only_open=True)
+        self.marks = {k: v for k, v in self.marks.items() if k in {p.id for p in held}}
+        quotes = await self._leg_quotes(held)
+        next_rule: datetime | None = None
+        for position in held:
+            if not position.legs or not position.debit:
                 continue
-            if self.guard.current_exit(position.id) is not None or self.stop_requested.is_set():
-                continue
-            contracts = [
-                OptionContract(leg.expiry, leg.strike, Right(leg.right), leg.con_id, leg.trading_class)
-                for leg in position.legs
-            ]
-            quotes = await self.broker.quotes(contracts, skip_missing=True)
-            leg_quotes = {
-                q.contract.con_id: LegQuote(q.bid, q.ask, q.time)
-                for q in quotes
-                if q.contract.con_id is not None
-            }
             now = self.clock.now()
-            mark = spread_mark(position.legs, leg_quotes, now=now, guard=guard)
+            mark = spread_mark(position.legs, quotes, now=now, guard=guard)
+            self.marks[position.id] = mark
             decision = evaluate_exit(
                 opened_at=position.opened_at,
                 debit=position.debit,
@@ -526,7 +604,19 @@ class Daemon:
                 settings=x,
                 calendar=self.calendar,
             )
-            if decision.fire is not None:
+            for moment in (
+                decision.next_time_rule.at if decision.next_time_rule else None,
+                decision.times.manual_close_deadline,
+            ):
+                if moment is not None and moment > now and (next_rule is None or moment < next_rule):
+                    next_rule = moment
+            free = (
+                not position.frozen
+                and position.live_exit is None
+                and self.guard.current_exit(position.id) is None
+                and not self.stop_requested.is_set()
+            )
+            if decision.fire is not None and free:
                 outcome = await self.runner.request_exit(
                     position.id, Source.SCHEDULER, f"{decision.fire.value}: {decision.reason}"
                 )
@@ -542,6 +632,7 @@ class Daemon:
                 if await self.journal.manual_close_required(position.id, text):
                     log.error("manual close required", position=position.id)
                     self._wake_alerts()
+        self._next_rule_at = next_rule
         return started
 
     def _mark_unreconciled(self, why: str) -> None:
@@ -706,17 +797,19 @@ class Daemon:
         for p in await self.journal.positions():
             row: dict[str, Any] = p.to_json()
             if p.open_quantity > 0 and p.debit:
+                mark = self.marks.get(p.id)
                 decision = evaluate_exit(
                     opened_at=p.opened_at,
                     debit=p.debit,
                     legs=p.legs,
-                    mark=None,
+                    mark=mark,
                     now=now,
                     settings=x,
                     calendar=self.calendar,
                 )
                 nxt = decision.next_time_rule
                 row["next_exit"] = nxt.describe() if nxt else None
+                row["pnl"] = _pnl_at(p, mark)
             out.append(row)
         return {
             "positions": out,
@@ -808,6 +901,21 @@ class Daemon:
         await self.journal.log_action(
             ActionKind.PEER_REFUSED, detail={"pid": pid, "uid": uid, "gid": gid, "why": why}
         )
+
+
+def _pnl_at(position: PositionView, mark: Mark | None) -> dict[str, float | None]:
+    """The open position's P&L at `mark` (after the entry's commissions), in dollars and in % of
+    the debit; None while the mark has no value."""
+    if mark is None or mark.value is None or not position.debit or position.open_quantity <= 0:
+        return {"usd": None, "pct": None}
+    share = position.open_quantity / position.entry_quantity if position.entry_quantity else 1.0
+    at = pnl(
+        debit=position.debit,
+        exit_value=mark.value,
+        quantity=position.open_quantity,
+        entry_commission=position.entry_commission * share,
+    )
+    return {"usd": at.net, "pct": round(at.net_pct, 2)}
 
 
 def strategy_params(settings: StrategySettings, *, demo: bool) -> CalendarParams:
