@@ -22,7 +22,8 @@ state directory (another host) would each pass them and send the day's order a s
 
 from __future__ import annotations
 
-from typing import Protocol
+from datetime import date
+from typing import Any, NoReturn, Protocol
 
 from bot.broker.protocol import Broker, BrokerOrder
 from bot.domain import HELD_AT_BROKER, ActionKind, AlertKind
@@ -92,27 +93,59 @@ async def check_before_send(broker: Broker, recorder: IntentRecorder) -> None:
         return
     order = _pick(in_way)
     log.error("the broker holds another order for this day; not sending", ref=order.order_ref)
-    detail = {"perm_id": order.perm_id, "state": order.state.value, "filled": order.filled}
-    alert = (
-        AlertKind.DUPLICATE_AT_BROKER,
+    await _yield_to(
+        recorder,
+        order,
         f"bot: IB already had {order.order_ref} ({order.state.value}, filled {order.filled:g}) for "
         f"{trade.trading_day}; #{trade.id} not sent, that order adopted",
+        legs_of=trade.id if _same_legs(order, await journal.entry_legs(trade.id)) else None,
     )
+
+
+async def _yield_to(
+    recorder: IntentRecorder,
+    order: BrokerOrder,
+    alert_text: str,
+    *,
+    exit_day: date | None = None,
+    legs_of: int | None = None,
+) -> NoReturn:
+    """Our claim yields to `order`, another key at the broker for the same thing (the day's entry,
+    the position's exit): unknown to the journal, it is adopted in our claim's place (with the
+    legs of entry `legs_of` when they are its legs); known, our claim ends quietly and
+    reconciliation corrects that entry from the broker's record (the journal let us through,
+    so its record of it is out of date: a copy restored from before the fill)."""
+    journal = recorder.journal
+    trade = recorder.trade
+    detail = {"perm_id": order.perm_id, "state": order.state.value, "filled": order.filled}
+    alert = (AlertKind.DUPLICATE_AT_BROKER, alert_text)
     known = await journal.entry_by_key(order.order_ref)
     if known is None:
         adopted = await journal.adopt_from_broker(
-            order.order_ref, max(1, round(order.quantity)), replacing=trade.id, detail=detail, alert=alert
+            order.order_ref,
+            max(1, round(order.quantity)),
+            replacing=trade.id,
+            detail=detail,
+            alert=alert,
+            exit_day=exit_day,
+            legs_of=legs_of,
         )
     else:
-        # The journal knows that key, yet its claim let us through: its record of that entry is
-        # out of date (a copy restored from before the fill). Our claim yields; reconciliation
-        # corrects that entry from the broker's record.
-        await recorder.finished_quietly(
-            f"{HELD_AT_BROKER}{order.order_ref} for this day; not doubled", detail, alert
-        )
+        await recorder.finished_quietly(f"{HELD_AT_BROKER}{order.order_ref}; not doubled", detail, alert)
         adopted = known
     await recorder.superseded()
     raise AdoptInstead(adopted, order)
+
+
+def _same_legs(order: BrokerOrder, legs: list[dict[str, Any]]) -> bool:
+    """True when the broker's order is for exactly these legs (contracts and sides)."""
+    if not order.legs:
+        return False
+    ordered: dict[int, int] = {}
+    for leg in order.legs:
+        ordered[leg.con_id] = ordered.get(leg.con_id, 0) + (leg.ratio if leg.action == "BUY" else -leg.ratio)
+    ours = {leg.con_id: (1 if leg.side is LegSide.LONG else -1) for leg in legs_of(legs)}
+    return ordered == ours
 
 
 async def _entries_of_day(broker: Broker, recorder: IntentRecorder) -> list[BrokerOrder]:
@@ -263,29 +296,13 @@ class ExitChecks:
         if in_way:
             order = _pick(in_way)
             log.error("the broker holds another exit of this position; not sending", ref=order.order_ref)
-            detail = {"perm_id": order.perm_id, "state": order.state.value, "filled": order.filled}
-            alert = (
-                AlertKind.DUPLICATE_AT_BROKER,
+            await _yield_to(
+                recorder,
+                order,
                 f"bot: IB already had exit {order.order_ref} ({order.state.value}, filled "
                 f"{order.filled:g}) of position #{self.position.id}; #{trade.id} not sent, that one adopted",
+                exit_day=trade.trading_day,
             )
-            known = await journal.entry_by_key(order.order_ref)
-            if known is None:
-                adopted = await journal.adopt_from_broker(
-                    order.order_ref,
-                    max(1, round(order.quantity)),
-                    replacing=trade.id,
-                    detail=detail,
-                    alert=alert,
-                    exit_day=trade.trading_day,
-                )
-            else:
-                await recorder.finished_quietly(
-                    f"{HELD_AT_BROKER}{order.order_ref}; not doubled", detail, alert
-                )
-                adopted = known
-            await recorder.superseded()
-            raise AdoptInstead(adopted, order)
         held = await broker.positions()
         ledger = await journal.positions(only_open=True)
         fresh = next((p for p in ledger if p.id == self.position.id), None)
