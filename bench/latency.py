@@ -1,31 +1,40 @@
-"""Entry latency: from the scheduled trigger to the BAG order arriving at the gateway, bot vs floor.
+"""Entry latency under IB's latencies: the trigger to the BAG order at the gateway, bot vs floors.
 
-What is measured. Three arms, each timed from just before its trigger (`time.perf_counter()`) to
-the moment the simulated gateway's `place_order` is entered for its orderRef:
+What is measured. The simulated gateway runs in a child process (`bench.simchild`, as IB Gateway is
+another process) with the latency profile `LatencyProfile.ib()` (figures and sources in
+`bot.sim.latency`): requests, snapshots and acknowledgements take IB's time, so what decides the
+time to the order is how many round trips happen one after another, not the CPU. Each arm is timed
+from just before its trigger (`time.perf_counter()`) to the moment the gateway read the order's
+frame from the socket (the child's `perf_counter`: CLOCK_MONOTONIC, one clock for the machine).
 
-* **bot**: `IntentRunner.request(Source.SCHEDULER)` on the whole in-process daemon: guard, risk
-  read, durable same-day claim (`synchronous=FULL`), chain, SPX spot, leg quotes, leg selection,
-  the legs journaled, pricing, `placeOrder`;
-* **floor** (the target's): a bare ib_async script on its own connection that qualifies the same
-  two legs, snapshots them and places the same BAG limit order;
-* **floor+select**: the floor that first reads the chain and the SPX spot and picks the legs with
-  the bot's own rules, i.e. the same broker work as the bot without the bot.
+* **bot, client id 16** (judged): `IntentRunner.request(Source.SCHEDULER)` on the whole daemon,
+  in-process: guard, risk read, durable claim, chain, SPX spot, leg quotes, leg selection, the legs
+  journaled, the price rule, the broker-side check (open orders, completed orders, executions,
+  positions), the limit journaled, `placeOrder`. Client id 16 has broker-check slot 0: no wait.
+* **bot, client id 17** (judged; the default client id): the same daemon in broker-check slot 1,
+  so it waits 0.25 s after choosing its legs before asking the broker: the symmetry breaking
+  between two copies of the bot on one account (`bot.walk.WalkSettings.broker_check_delay_s`).
+* **floor** (the target's): a bare ib_async script doing the same broker work with the most
+  concurrency ib_async allows: the chain, the SPX snapshot and the broker-side questions (open
+  orders of all clients, completed orders, this client's and everyone's executions, positions) all
+  at once; then both legs' contract details at once (conIds and market rule ids); then the legs'
+  snapshot, one more look at the open orders and (first time only) the market rule at once; then
+  the same BAG limit order at mid. It picks the legs with the bot's own rules.
+* **floor, one at a time** (for scale): the same requests, each awaited before the next.
+* **bot, delta strikes** (limits, and its latency for scale): a daemon with `strike_mode = "delta"`,
+  whose leg search snapshots a batch of candidate strikes and refines it.
 
-How. The simulated gateway runs in a child process (as IB Gateway does, on the other core) with a
-`place_order` hook that writes `placed <orderRef> <time.perf_counter()>` to its stdout the moment
-the order frame has been parsed; `perf_counter` is CLOCK_MONOTONIC, one clock for the whole machine,
-so the child's timestamps compare directly with the parent's. All arms live in the parent process
-on one event loop, each with a warm connection (connected once; warm-up rounds are discarded).
+Every bot entry is the first of its trading day, as in production: before each round the bots' and
+the simulator's clocks move to the next trading day (`ShiftedClock`), so each claim finds no row for
+its day and the legs are new (not yet qualified). The fill model is "never" and each order is
+cancelled at once (`max_steps = 0`); the next arm starts only after the entry ended and its alert
+was handled, so nothing overlaps a timed run. The arms' order rotates from round to round.
 
-Every bot entry is the first of its trading day, as in production: before each round the bot's
-clock and the simulator's clock move to the next trading day (`ShiftedClock`), so the claim finds
-no row for the day, the chain is listed relative to that day, and the legs are not yet qualified.
-The fill model is "never" and the bot cancels at once (`max_steps = 0`, short fill timeout); the
-next arm starts only after the entry ended and the alert outbox settled (the floors cancel their
-order and wait for the confirmation too), so nothing overlaps a timed run. The arms' order rotates
-from round to round to cancel drift, and rounds are paced (`PACE_S`) below ib_async's throttle.
+IB's limits: before each entry its client id's counters at the gateway are zeroed; after it, the
+gateway's own count (`bot.sim.limits`) gives the peak messages in any one-second window and the peak
+simultaneous market-data lines of that entry, and any violation.
 
-Run alone: `python -m bench latency` (`python -m bench.latency --sim-child` is the child itself).
+Run alone: `python -m bench latency`.
 """
 
 from __future__ import annotations
@@ -35,163 +44,59 @@ import contextlib
 import importlib
 import logging
 import math
-import os
-import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from datetime import date, timedelta
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from ib_async import IB, ComboLeg, Contract, Index, LimitOrder, Option, Trade
+from ib_async import (
+    IB,
+    ComboLeg,
+    Contract,
+    ContractDetails,
+    ExecutionFilter,
+    Index,
+    LimitOrder,
+    Option,
+    Trade,
+)
 
 from bench.common import Row, ShiftedClock, fmt_ms, median, percentile, progress
+from bench.inproc import STEP_TIMEOUT_S, running_daemon
+from bench.simchild import MSG_NAMES, SimChild
 from bot.broker.protocol import OptionChain
-from bot.config import (
-    BrokerSettings,
-    ControlSettings,
-    RuntimeEnv,
-    ScheduleSettings,
-    Settings,
-    StrategySettings,
-)
 from bot.domain import Source, Started
 from bot.logs import configure_logging
 from bot.service.daemon import Daemon
-from bot.service.sdnotify import SystemdNotifier
-from bot.sim import FillModel, SimConfig, SimulatedGateway
-from bot.sim.market import ContractRef
-from bot.sim.session import PlaceRequest, Session
 from bot.trading_days import calendar_for
 from strategies.calendar_spread.legs import choose_expiries, strike_at_the_money
 from strategies.calendar_spread.pricing import round_to_tick
 
-__all__ = ["ARMS", "LatencyResult", "measure", "rows", "run"]
+__all__ = ["ARMS", "EntryLimits", "LatencyResult", "measure", "rows", "run"]
 
-SIM_SEED = 11
-BOT_CLIENT_ID = 17
-FLOOR_CLIENT_ID = 99
+PROFILE = "ib"
+"""The latency profile every arm runs under (`bot.sim.latency.LatencyProfile.ib`)."""
+BOT_ID = 16
+DEFAULT_ID = 17
+DELTA_ID = 24
+FLOOR_ID = 99
+SEQUENTIAL_ID = 98
 TARGET_RATIO = 1.10
+MAX_MSGS_PER_S = 50
+MAX_LINES = 100
 NEW_YORK = ZoneInfo("America/New_York")
-ROOT = Path(__file__).resolve().parents[1]
-#: Upper bound for one step of a healthy run; a hang becomes an error, never a measurement.
-STEP_TIMEOUT_S = 30.0
-#: ib_async throttles each client to 45 requests per second (`Client.MaxRequests`). A round sends
-#: about ten on the bot's connection, so back-to-back rounds were stalled ~800 ms every 4-5 entries,
-#: which one entry a day never is: each round starts at least this long after the previous one.
+#: ib_async throttles each client to 45 requests per second (`Client.MaxRequests`); a round starts
+#: at least this long after the previous one so no client's requests of two rounds share a second.
 PACE_S = 1.05
 
-
-# -- the simulator child process -------------------------------------------------------------------
-
-
-class _TimedGateway(SimulatedGateway):
-    """The simulated gateway, reporting when each order frame reaches `place_order`."""
-
-    def place_order(self, session: Session, req: PlaceRequest, contract: ContractRef | str) -> None:
-        arrived = time.perf_counter()
-        super().place_order(session, req, contract)
-        os.write(1, f"placed {req.order_ref} {arrived!r}\n".encode())
-
-
-async def _sim_child() -> None:
-    clock = ShiftedClock()
-    gw = _TimedGateway(SimConfig(seed=SIM_SEED, strict=False), clock=clock)
-    gw.fill_model = FillModel.never()
-    port = await gw.start("127.0.0.1", 0)
-    os.write(1, f"port {port}\n".encode())
-    loop = asyncio.get_running_loop()
-    stdin = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
-    try:
-        while line := await stdin.readline():
-            cmd, _, arg = line.decode().strip().partition(" ")
-            if cmd == "day":
-                clock.offset = timedelta(days=int(arg))
-                gw.market.expiries("SPXW")  # list the new day's chain now, outside any timed run
-                os.write(1, f"ok day {arg}\n".encode())
-    finally:
-        await gw.stop()
-
-
-class _SimProcess:
-    """The child simulator: its port, the day it lives on, and the arrival time of each orderRef."""
-
-    def __init__(self) -> None:
-        self.port = 0
-        self._proc: asyncio.subprocess.Process | None = None
-        self._placed: dict[str, asyncio.Future[float]] = {}
-        self._acks: asyncio.Queue[str] = asyncio.Queue()
-        self._reader: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        self._proc = await asyncio.create_subprocess_exec(
-            *(sys.executable, "-m", "bench.latency", "--sim-child"),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            cwd=ROOT,
-            env=env,
-        )
-        self._reader = asyncio.create_task(self._read(), name="sim-child-reader")
-        async with asyncio.timeout(STEP_TIMEOUT_S):
-            line = await self._acks.get()
-        self.port = int(line.removeprefix("port "))
-
-    async def _read(self) -> None:
-        assert self._proc is not None
-        assert self._proc.stdout is not None
-        while line := await self._proc.stdout.readline():
-            text = line.decode().strip()
-            if text.startswith("placed "):
-                _, ref, stamp = text.split(" ")
-                self._future(ref).set_result(float(stamp))
-            else:
-                await self._acks.put(text)
-
-    def _future(self, ref: str) -> asyncio.Future[float]:
-        if ref not in self._placed:
-            self._placed[ref] = asyncio.get_running_loop().create_future()
-        return self._placed[ref]
-
-    async def placed(self, ref: str) -> float:
-        """The perf_counter reading when the order `ref` reached the gateway."""
-        async with asyncio.timeout(STEP_TIMEOUT_S):
-            return await self._future(ref)
-
-    async def set_day(self, offset_days: int) -> None:
-        """Move the simulator's wall clock `offset_days` days from today (and list that chain)."""
-        assert self._proc is not None
-        assert self._proc.stdin is not None
-        self._proc.stdin.write(f"day {offset_days}\n".encode())
-        await self._proc.stdin.drain()
-        async with asyncio.timeout(STEP_TIMEOUT_S):
-            await self._acks.get()
-
-    async def stop(self) -> None:
-        if self._proc is None:
-            return
-        if self._proc.stdin is not None:
-            self._proc.stdin.close()
-        try:
-            async with asyncio.timeout(10):
-                await self._proc.wait()
-        except TimeoutError:
-            self._proc.kill()
-            await self._proc.wait()
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-
-
-# -- the arms ---------------------------------------------------------------------------------------
-
-ARMS = ("bot", "floor", "floor+select")
-"""The bot; the floor the target is about; the floor that also reads the chain and spot itself."""
+ARMS = ("bot", "bot, client id 17", "floor", "floor, one at a time", "bot, delta strikes")
+"""The judged bot, the bot with the default client id, the floor the target is about, the floor
+without concurrency, and the bot choosing strikes by delta."""
+_BOT_ARMS = {"bot": BOT_ID, "bot, client id 17": DEFAULT_ID, "bot, delta strikes": DELTA_ID}
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,44 +104,6 @@ class _Legs:
     front: date
     back: date
     strike: float
-
-
-async def _until(predicate: Callable[[], bool]) -> None:
-    """Poll a set-up condition (the daemon has no public event for it); not a measurement."""
-    async with asyncio.timeout(STEP_TIMEOUT_S):
-        while not predicate():  # noqa: ASYNC110 -- no event to wait on; bounded set-up poll
-            await asyncio.sleep(0.01)
-
-
-@contextlib.asynccontextmanager
-async def _daemon(state: Path, port: int, clock: ShiftedClock) -> AsyncIterator[Daemon]:
-    settings = Settings(
-        state_dir=state,
-        broker=BrokerSettings(
-            mode="paper",
-            port=port,
-            client_id=BOT_CLIENT_ID,
-            connect_timeout_s=5.0,
-            request_timeout_s=5.0,
-            reconnect_min_s=0.1,
-        ),
-        # Entries only on request (the benchmark is the trigger); production's settings otherwise,
-        # except that the order is cancelled at once instead of walked for two minutes.
-        schedule=ScheduleSettings(enabled=False),
-        strategy=StrategySettings(max_steps=0, fill_timeout_s=0.01),
-        control=ControlSettings(socket_path=state / "bot.sock"),
-    )
-    daemon = Daemon(settings, RuntimeEnv.from_environ({}), clock, SystemdNotifier(None), handle_signals=False)
-    task = asyncio.create_task(daemon.run(), name="daemon")
-    try:
-        await _until(lambda: daemon.reconciliation == "done" or task.done())
-        if task.done():
-            task.result()
-        yield daemon
-    finally:
-        daemon.stop_requested.set()
-        async with asyncio.timeout(STEP_TIMEOUT_S):
-            await task
 
 
 def _option(expiry: date, strike: float) -> Option:
@@ -250,69 +117,161 @@ def _contract(result: object) -> Contract:
     return result
 
 
+def _details(rows: list[ContractDetails]) -> tuple[Contract, int | None]:
+    """The contract and its first market rule id from one contract-details answer."""
+    if not rows or rows[0].contract is None or not rows[0].contract.conId:
+        raise RuntimeError("the simulator did not describe the option")
+    ids = [int(i) for i in (rows[0].marketRuleIds or "").split(",") if i.strip().isdigit()]
+    return rows[0].contract, ids[0] if ids else None
+
+
 async def _until_trade(trade: Trade, done: Callable[[], bool]) -> None:
     async with asyncio.timeout(STEP_TIMEOUT_S):
         while not done():
             await trade.statusEvent
 
 
+@dataclass
+class EntryLimits:
+    """One entry's use of IB's limits, as the gateway counted it."""
+
+    peak_msgs_per_s: int
+    peak_lines: int
+    violations: int
+
+
+@dataclass
+class LatencyResult:
+    """Per-run latencies (seconds) of every arm, in run order, and what each bot entry used."""
+
+    samples: dict[str, list[float]] = field(default_factory=lambda: {arm: [] for arm in ARMS})
+    limits: dict[str, list[EntryLimits]] = field(default_factory=lambda: {arm: [] for arm in _BOT_ARMS})
+    timelines: dict[str, list[list[tuple[float, int]]]] = field(
+        default_factory=lambda: {arm: [] for arm in ARMS}
+    )
+
+
 class _Arms:
     """One timed entry per arm; each returns seconds from its trigger to the order at the gateway."""
 
-    def __init__(self, daemon: Daemon, ib: IB, sim: _SimProcess, spx: Contract, profiler: Any) -> None:
-        self.daemon = daemon
+    def __init__(self, daemons: dict[str, Daemon], ib: IB, seq: IB, sim: SimChild, spx: Contract) -> None:
+        self.daemons = daemons
         self.ib = ib
+        self.seq = seq
         self.sim = sim
         self.spx = spx
-        self.profiler = profiler
+        self.rules: dict[int, object] = {}
+        self.profiler: Any = None
+        self.limits: dict[str, EntryLimits] = {}
+        self.timeline: dict[str, list[tuple[float, int]]] = {}
 
-    async def bot(self, i: int, day: date, legs: _Legs) -> float:
+    async def bot(self, arm: str, day: date, legs: _Legs, ref_suffix: str) -> float:
         """The scheduler's trigger through the whole daemon."""
-        del i, day, legs  # the bot finds all of it itself
-        if self.profiler is not None:
+        del day, legs, ref_suffix  # the bot finds all of it itself
+        daemon = self.daemons[arm]
+        cid = _BOT_ARMS[arm]
+        await self.sim.reset(cid)
+        if self.profiler is not None and arm == "bot":
             self.profiler.start()
         start = time.perf_counter()
-        outcome = await self.daemon.runner.request(Source.SCHEDULER)
-        assert isinstance(outcome, Started), f"the bot did not start an entry: {outcome}"
+        outcome = await daemon.runner.request(Source.SCHEDULER)
+        if not isinstance(outcome, Started):
+            raise TypeError(f"the bot ({arm}) did not start an entry: {outcome}")
         arrived = await self.sim.placed(outcome.trade.idempotency_key)
-        if self.profiler is not None:
+        if self.profiler is not None and arm == "bot":
             self.profiler.stop()
         # Untimed: the entry ends (cancelled, no fill) and its alert is handled before the next run.
         async with asyncio.timeout(STEP_TIMEOUT_S):
-            await self.daemon.runner.wait_idle()
-            await self.daemon.alerts.settle()
+            await daemon.runner.wait_idle()
+            await daemon.alerts.settle()
+        stats = await self.sim.stats(cid)
+        self.limits[arm] = EntryLimits(
+            stats["peak_msgs_per_s"],
+            stats["peak_market_data_lines"],
+            stats["pacing_violations"] + stats["line_violations"],
+        )
+        self.timeline[arm] = await self.sim.frames(cid, start, arrived)
         return arrived - start
 
-    async def floor(self, i: int, day: date, legs: _Legs) -> float:
-        """Qualify the two legs, snapshot them, place the BAG at mid."""
-        del day
+    async def floor(self, arm: str, day: date, legs: _Legs, ref_suffix: str) -> float:
+        """The same broker work as the bot, as concurrently as ib_async allows."""
+        ib = self.ib
+        ref = f"floor:{ref_suffix}"
         start = time.perf_counter()
-        return await self._qualify_quote_place(start, legs, f"floor:{i}")
+        ib.wrapper.tickers.pop(hash(self.spx), None)  # no stale cached ticker (ib_async #223)
+        chain_f = asyncio.ensure_future(ib.reqSecDefOptParamsAsync("SPX", "", "IND", self.spx.conId))
+        spot_f = asyncio.ensure_future(ib.reqTickersAsync(self.spx))
+        since = _since(day)
+        checks = asyncio.ensure_future(
+            asyncio.gather(
+                ib.reqAllOpenOrdersAsync(),
+                ib.reqCompletedOrdersAsync(False),
+                ib.reqExecutionsAsync(ExecutionFilter(clientId=FLOOR_ID, time=since)),
+                ib.reqExecutionsAsync(ExecutionFilter(time=since)),
+                ib.reqPositionsAsync(),
+            )
+        )
+        chain_rows, (index,) = await asyncio.gather(chain_f, spot_f)
+        chosen = self._choose(chain_rows, index.last, day)
+        if chosen != legs:
+            raise RuntimeError(f"the floor chose {chosen}, the bot's rules {legs}")
+        (front, front_rule), (back, _) = [
+            _details(d)
+            for d in await asyncio.gather(
+                ib.reqContractDetailsAsync(_option(chosen.front, chosen.strike)),
+                ib.reqContractDetailsAsync(_option(chosen.back, chosen.strike)),
+            )
+        ]
+        await checks  # answered long before (gateway-local), and needed before the last look
+        waits: list[Awaitable[Any]] = [ib.reqTickersAsync(front, back), ib.reqAllOpenOrdersAsync()]
+        if front_rule is not None and front_rule not in self.rules:
+            waits.append(ib.reqMarketRuleAsync(front_rule))
+        tickers, _last_look, *rule = await asyncio.gather(*waits)
+        if rule and front_rule is not None:
+            self.rules[front_rule] = rule[0]
+        return await self._place(arm, ib, start, front, back, tickers, ref)
 
-    async def floor_select(self, i: int, day: date, legs: _Legs) -> float:
-        """As `floor`, after reading the chain and the SPX spot and choosing the legs from them."""
+    async def floor_sequential(self, arm: str, day: date, legs: _Legs, ref_suffix: str) -> float:
+        """The same requests, each awaited before the next."""
+        ib = self.seq
+        ref = f"seq:{ref_suffix}"
         start = time.perf_counter()
-        rows = await self.ib.reqSecDefOptParamsAsync("SPX", "", "IND", self.spx.conId)
-        row = next(r for r in rows if r.tradingClass == "SPXW" and r.exchange == "SMART")
+        ib.wrapper.tickers.pop(hash(self.spx), None)
+        chain_rows = await ib.reqSecDefOptParamsAsync("SPX", "", "IND", self.spx.conId)
+        (index,) = await ib.reqTickersAsync(self.spx)
+        chosen = self._choose(chain_rows, index.last, day)
+        if chosen != legs:
+            raise RuntimeError(f"the sequential floor chose {chosen}, the bot's rules {legs}")
+        front, front_rule = _details(await ib.reqContractDetailsAsync(_option(chosen.front, chosen.strike)))
+        back, _ = _details(await ib.reqContractDetailsAsync(_option(chosen.back, chosen.strike)))
+        tickers = await ib.reqTickersAsync(front, back)
+        if front_rule is not None and front_rule not in self.rules:
+            self.rules[front_rule] = await ib.reqMarketRuleAsync(front_rule)
+        since = _since(day)
+        await ib.reqAllOpenOrdersAsync()
+        await ib.reqCompletedOrdersAsync(False)
+        await ib.reqExecutionsAsync(ExecutionFilter(clientId=SEQUENTIAL_ID, time=since))
+        await ib.reqExecutionsAsync(ExecutionFilter(time=since))
+        await ib.reqPositionsAsync()
+        await ib.reqAllOpenOrdersAsync()
+        return await self._place(arm, ib, start, front, back, tickers, ref)
+
+    def _choose(self, chain_rows: list[Any], spot: float, day: date) -> _Legs:
+        row = next(r for r in chain_rows if r.tradingClass == "SPXW" and r.exchange == "SMART")
         chain = OptionChain(
             "SPXW",
             frozenset(date(int(e[:4]), int(e[4:6]), int(e[6:8])) for e in row.expirations),
             frozenset(float(k) for k in row.strikes),
         )
-        (index,) = await self.ib.reqTickersAsync(self.spx)
-        s = self.daemon.settings.strategy
-        expiries = choose_expiries(chain, day, self.daemon.calendar, s.front_dte, s.back_dte, s.dte_tolerance)
-        chosen = _Legs(expiries.front, expiries.back, strike_at_the_money(chain, index.last))
-        if chosen != legs:
-            raise RuntimeError(f"floor+select chose {chosen}, the bot's rules {legs}")
-        return await self._qualify_quote_place(start, chosen, f"select:{i}")
+        daemon = self.daemons["bot"]
+        s = daemon.settings.strategy
+        expiries = choose_expiries(chain, day, daemon.calendar, s.front_dte, s.back_dte, s.dte_tolerance)
+        return _Legs(expiries.front, expiries.back, strike_at_the_money(chain, spot))
 
-    async def _qualify_quote_place(self, start: float, legs: _Legs, ref: str) -> float:
-        results = await self.ib.qualifyContractsAsync(
-            _option(legs.front, legs.strike), _option(legs.back, legs.strike)
-        )
-        front, back = (_contract(r) for r in results)
-        front_t, back_t = await self.ib.reqTickersAsync(front, back)
+    async def _place(
+        self, arm: str, ib: IB, start: float, front: Contract, back: Contract, tickers: list[Any], ref: str
+    ) -> float:
+        front_t, back_t = tickers
         mid = (back_t.bid + back_t.ask) / 2 - (front_t.bid + front_t.ask) / 2
         bag = Contract(
             symbol="SPX",
@@ -324,13 +283,21 @@ class _Arms:
                 ComboLeg(conId=back.conId, ratio=1, action="BUY", exchange="SMART"),
             ],
         )
-        trade = self.ib.placeOrder(bag, LimitOrder("BUY", 1, round_to_tick(mid), orderRef=ref, tif="DAY"))
+        trade = ib.placeOrder(bag, LimitOrder("BUY", 1, round_to_tick(mid), orderRef=ref, tif="DAY"))
         arrived = await self.sim.placed(ref)
+        self.timeline[arm] = await self.sim.frames(ib.client.clientId, start, arrived)
         # Untimed: cancel it, as the bot does, and wait for the gateway to confirm.
         await _until_trade(trade, lambda: bool(trade.order.permId) or trade.isDone())
-        self.ib.cancelOrder(trade.order)
+        ib.cancelOrder(trade.order)
         await _until_trade(trade, trade.isDone)
         return arrived - start
+
+
+def _since(day: date) -> str:
+    """The executions filter's time: a week before `day` (as the bot asks)."""
+    return (datetime.combine(day, datetime.min.time(), tzinfo=UTC) - timedelta(days=7)).strftime(
+        "%Y%m%d-%H:%M:%S"
+    )
 
 
 async def _legs_for(daemon: Daemon, day: date) -> _Legs:
@@ -342,18 +309,8 @@ async def _legs_for(daemon: Daemon, day: date) -> _Legs:
     return _Legs(expiries.front, expiries.back, strike_at_the_money(chain, spot))
 
 
-# -- the run ----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class LatencyResult:
-    """Per-run latencies (seconds) of every arm, in run order."""
-
-    samples: dict[str, list[float]]
-
-
 async def _pace(previous_start: float) -> None:
-    """Keep both clients under ib_async's request throttle (see `PACE_S`); not a measurement."""
+    """Keep every client under ib_async's request throttle (see `PACE_S`); not a measurement."""
     wait_s = previous_start + PACE_S - time.perf_counter()
     if wait_s > 0:
         await asyncio.sleep(wait_s)
@@ -373,77 +330,161 @@ def _trading_days(count: int) -> list[date]:
     return days[:count]
 
 
-async def measure(pairs: int, warmup: int, profiler: Any = None) -> LatencyResult:
-    """Run `warmup` + `pairs` rounds of the three arms, in rotating order; keep the measured ones.
+async def measure(
+    rounds: int, warmup: int, arms: tuple[str, ...] = ARMS, profiler: Any = None
+) -> LatencyResult:
+    """`warmup` + `rounds` rounds of `arms`, in rotating order; keep the measured ones.
 
-    `profiler` (a pyinstrument `Profiler`, optional) is started and stopped around each timed
-    bot entry.
+    `profiler` (a pyinstrument `Profiler`, optional) is started and stopped around each timed entry
+    of the judged bot.
     """
-    samples: dict[str, list[float]] = {arm: [] for arm in ARMS}
-    sim = _SimProcess()
-    await sim.start()
+    result = LatencyResult()
+    sim = await SimChild(PROFILE).start()
     clock = ShiftedClock()
-    ib = IB()
+    ib, seq = IB(), IB()
     with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
-        state = Path(tmp)
+        root = Path(tmp)
         # Production logs INFO to stdout (journald); here to a file, at the same level.
-        with (state / "daemon.log").open("w", encoding="utf-8") as log_file:
+        with (root / "daemon.log").open("w", encoding="utf-8") as log_file:
             configure_logging("INFO", stream=log_file, force_json=True)
             try:
-                async with _daemon(state, sim.port, clock) as daemon:
-                    await ib.connectAsync("127.0.0.1", sim.port, clientId=FLOOR_CLIENT_ID, timeout=10)
+                async with contextlib.AsyncExitStack() as stack:
+                    daemons: dict[str, Daemon] = {}
+                    for arm, cid in _BOT_ARMS.items():
+                        if arm not in arms:
+                            continue
+                        strategy: dict[str, Any] = {"name": f"cal{cid}"}
+                        if cid == DELTA_ID:
+                            strategy["strike_mode"] = "delta"
+                        daemons[arm] = await stack.enter_async_context(
+                            running_daemon(root / str(cid), sim.port, clock, client_id=cid, strategy=strategy)
+                        )
+                    await ib.connectAsync("127.0.0.1", sim.port, clientId=FLOOR_ID, timeout=10)
+                    await seq.connectAsync("127.0.0.1", sim.port, clientId=SEQUENTIAL_ID, timeout=10)
                     (spx,) = await ib.qualifyContractsAsync(Index("SPX", "CBOE", "USD"))
-                    arms = _Arms(daemon, ib, sim, _contract(spx), profiler)
-                    run_arm = {"bot": arms.bot, "floor": arms.floor, "floor+select": arms.floor_select}
-                    days = _trading_days(warmup + pairs)
+                    runner = _Arms(daemons, ib, seq, sim, _contract(spx))
+                    runner.profiler = profiler
+                    run_arm = {
+                        "floor": runner.floor,
+                        "floor, one at a time": runner.floor_sequential,
+                        **dict.fromkeys(_BOT_ARMS, runner.bot),
+                    }
+                    days = _trading_days(warmup + rounds)
                     round_started = -math.inf
                     for i, day in enumerate(days):
                         offset = (day - today_ny()).days
                         clock.offset = timedelta(days=offset)
                         await sim.set_day(offset)
-                        legs = await _legs_for(daemon, day)
+                        legs = await _legs_for(daemons["bot"], day)
                         await _pace(round_started)
                         round_started = time.perf_counter()
-                        order = ARMS[i % len(ARMS) :] + ARMS[: i % len(ARMS)]
+                        order = arms[i % len(arms) :] + arms[: i % len(arms)]
                         for arm in order:
-                            seconds = await run_arm[arm](i, day, legs)
+                            seconds = await run_arm[arm](arm, day, legs, str(i))
                             if i >= warmup:
-                                samples[arm].append(seconds)
-                        if (i + 1) % 50 == 0:
-                            progress(f"latency: {i + 1}/{len(days)} rounds")
+                                result.samples[arm].append(seconds)
+                                if arm in runner.limits:
+                                    result.limits[arm].append(runner.limits.pop(arm))
+                                if arm in runner.timeline:
+                                    result.timelines[arm].append(runner.timeline.pop(arm))
+                        progress(f"latency: round {i + 1}/{len(days)}")
             finally:
                 ib.disconnect()
+                seq.disconnect()
                 await sim.stop()
                 logging.getLogger().handlers.clear()
-    return LatencyResult(samples)
+    return result
+
+
+def _ratio_rows(name: str, bot_arm: str, result: LatencyResult) -> list[Row]:
+    bot = result.samples[bot_arm]
+    floor = result.samples["floor"]
+    out = []
+    for label, pct in (("p50", 50.0), ("p99", 99.0)):
+        b, f = percentile(bot, pct), percentile(floor, pct)
+        out.append(
+            Row(
+                name,
+                f"{label} trigger -> order at gateway ({bot_arm} vs floor)",
+                fmt_ms(b),
+                fmt_ms(f),
+                b / f,
+                f"<= {TARGET_RATIO:.2f}x",
+                b / f <= TARGET_RATIO,
+            )
+        )
+    return out
 
 
 def rows(result: LatencyResult) -> list[Row]:
-    """p50 and p99 of the bot against both floors; the target is judged against `floor`."""
-    bot = result.samples["bot"]
-    n = len(bot)
-    name = f"entry latency (n={n} each)"
+    """Latency of the bots against the floor (judged), the informational arms, and IB's limits."""
+    n = len(result.samples["floor"])
+    name = f"entry latency, IB profile (n={n})"
     out: list[Row] = []
-    for floor_arm, judged in (("floor", True), ("floor+select", False)):
-        floor = result.samples[floor_arm]
-        for label, pct in (("p50", 50.0), ("p99", 99.0)):
-            b = percentile(bot, pct)
-            f = percentile(floor, pct)
-            out.append(
-                Row(
-                    name,
-                    f"{label} trigger -> order at gateway, vs {floor_arm}",
-                    fmt_ms(b),
-                    fmt_ms(f),
-                    b / f,
-                    f"<= {TARGET_RATIO:.2f}x" if judged else "",
-                    (b / f <= TARGET_RATIO) if judged else None,
-                )
-            )
-    for floor_arm in ("floor", "floor+select"):
-        diffs = [b - f for b, f in zip(bot, result.samples[floor_arm], strict=True)]
-        out.append(Row(name, f"median per-round (bot - {floor_arm})", fmt_ms(median(diffs))))
+    for arm in ("bot", "bot, client id 17"):
+        if result.samples[arm]:
+            out += _ratio_rows(name, arm, result)
+    floor_p50 = percentile(result.samples["floor"], 50.0)
+    if result.samples["floor, one at a time"]:
+        seq = percentile(result.samples["floor, one at a time"], 50.0)
+        what = "p50 trigger -> order (floor, one request at a time, vs floor)"
+        out.append(Row(name, what, fmt_ms(seq), fmt_ms(floor_p50), seq / floor_p50))
+    if result.samples["bot, delta strikes"]:
+        delta = percentile(result.samples["bot, delta strikes"], 50.0)
+        out.append(Row(name, "p50 trigger -> order (bot, delta strikes; no floor)", fmt_ms(delta)))
+    for arm in ("bot", "floor"):
+        if result.timelines[arm]:
+            counts = [len(t) for t in result.timelines[arm]]
+            out.append(Row(name, f"requests sent before the order ({arm}, median)", f"{median(counts):g}"))
+    for arm, label in (("bot", "ATM strike"), ("bot, delta strikes", "delta strikes")):
+        used = result.limits.get(arm) or []
+        if not used:
+            continue
+        out += limit_rows(f"IB limits, one entry ({label}, n={len(used)})", used)
     return out
+
+
+def limit_rows(name: str, used: list[EntryLimits]) -> list[Row]:
+    """Peak messages per second and market-data lines (the worst of `used`), with the headroom."""
+    msgs = max(u.peak_msgs_per_s for u in used)
+    lines = max(u.peak_lines for u in used)
+    violations = sum(u.violations for u in used)
+    return [
+        Row(
+            name,
+            "peak messages in any 1-s window (headroom)",
+            f"{msgs} ({MAX_MSGS_PER_S - msgs} left)",
+            f"{MAX_MSGS_PER_S} (IB)",
+            msgs / MAX_MSGS_PER_S,
+        ),
+        Row(
+            name,
+            "peak simultaneous market-data lines (headroom)",
+            f"{lines} ({MAX_LINES - lines} left)",
+            f"{MAX_LINES} (IB)",
+            lines / MAX_LINES,
+        ),
+        Row(name, "violations (pacing 100, lines 101)", str(violations), target="= 0", met=violations == 0),
+    ]
+
+
+def timeline_text(result: LatencyResult) -> str:
+    """The median round's requests of the judged bot and of the floor, as the gateway saw them."""
+    lines: list[str] = []
+    for arm in ("bot", "bot, client id 17", "floor", "floor, one at a time", "bot, delta strikes"):
+        samples = result.samples[arm]
+        timelines = result.timelines[arm]
+        if not samples or not timelines:
+            continue
+        i = sorted(range(len(samples)), key=samples.__getitem__)[len(samples) // 2]
+        lines.append(
+            f"{arm}: the median round ({fmt_ms(samples[i])} to the order), frames as they reached the gateway"
+        )
+        for t, msg in timelines[i]:
+            lines.append(f"  +{t * 1000:7.1f} ms  {MSG_NAMES.get(msg, str(msg))}")
+        lines.append(f"  +{samples[i] * 1000:7.1f} ms  placeOrder (the order)")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def _profiler() -> Any:
@@ -451,28 +492,33 @@ def _profiler() -> Any:
     try:
         pyinstrument = importlib.import_module("pyinstrument")
     except ImportError:
-        progress("latency: pyinstrument is not installed (pip install pyinstrument); no profile")
+        progress("latency: pyinstrument is not installed (pip install pyinstrument); no CPU profile")
         return None
     return pyinstrument.Profiler(interval=0.001, async_mode="disabled")
 
 
 async def run(*, quick: bool, profile_dir: Path | None = None) -> list[Row]:
-    """The benchmark as `python -m bench` runs it; `profile_dir` gets the bot arm's profile."""
-    pairs, warmup = (8, 2) if quick else (200, 10)
-    progress(f"latency: {pairs} rounds of {', '.join(ARMS)} after {warmup} warm-up rounds")
+    """The benchmark as `python -m bench` runs it; `profile_dir` gets the request timelines (and a
+    CPU profile of the judged bot, when pyinstrument is installed)."""
+    rounds, warmup = (2, 1) if quick else (20, 2)
+    progress(
+        f"latency: {rounds} rounds of {len(ARMS)} arms after {warmup} warm-up round(s), profile {PROFILE}"
+    )
     profiler = _profiler() if profile_dir is not None else None
-    result = await measure(pairs, warmup, profiler)
-    if profiler is not None and profile_dir is not None:
-        path = profile_dir / "latency-bot.txt"
-        path.write_text(profiler.output_text(unicode=False, color=False, show_all=False), encoding="utf-8")
-        progress(f"latency: profile of the bot arm in {path}")
+    result = await measure(rounds, warmup, ARMS, profiler)
+    if profile_dir is not None:
+        path = profile_dir / "latency-timeline.txt"
+        path.write_text(timeline_text(result), encoding="utf-8")
+        progress(f"latency: request timelines in {path}")
+        if profiler is not None:
+            cpu = profile_dir / "latency-bot.txt"
+            cpu.write_text(profiler.output_text(unicode=False, color=False, show_all=False), encoding="utf-8")
     return rows(result)
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--sim-child"]:
-        asyncio.run(_sim_child())
-    else:
-        from bench.common import table
+    import sys
 
-        print(table(asyncio.run(run(quick="--quick" in sys.argv))))
+    from bench.common import table
+
+    print(table(asyncio.run(run(quick="--quick" in sys.argv))))

@@ -6,8 +6,11 @@ calendar above), sent as one BAG so both calendars fill together or not at all.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import date
+from typing import TypeVar
 
 from bot.broker.errors import NoSuchContract
 from bot.broker.protocol import (
@@ -40,6 +43,9 @@ from strategies.calendar_spread.pricing import Unpriceable, combo_price, exit_la
 __all__ = ["CalendarParams", "CalendarSpread"]
 
 log = get_logger(__name__)
+
+A = TypeVar("A")
+B = TypeVar("B")
 
 _PAIR_CANDIDATES = 6
 """Strikes tried, nearest first, for one listed in both expiries (one batch of quotes)."""
@@ -194,11 +200,11 @@ class CalendarSpread:
 
     async def _choose(self, ctx: IntentContext) -> tuple[list[OptionQuote], list[OptionQuote]]:
         p = self.params
-        chain = await ctx.broker.chain()
+        # Two independent round trips (IB takes ~0.2 s for the chain, a snapshot longer): at once.
+        chain, spot = await _both(ctx.broker.chain(), ctx.broker.spot())
         expiries = choose_expiries(
             chain, ctx.trade.trading_day, self._calendar, p.front_dte, p.back_dte, p.dte_tolerance
         )
-        spot = await ctx.broker.spot()
         rights = {"call": [Right.CALL], "put": [Right.PUT], "double": [Right.PUT, Right.CALL]}[p.shape]
         sells: list[OptionQuote] = []
         buys: list[OptionQuote] = []
@@ -241,6 +247,19 @@ class CalendarSpread:
                 return by_key[(front, strike)], by_key[(back, strike)]
         tried = ", ".join(f"{k:g}" for k in strikes) or "none"
         raise NoLegs(f"no strike listed in both {front} and {back} (tried {tried}{right.value})")
+
+
+async def _both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
+    """Await two independent requests at once; if either fails, the other is cancelled and the
+    failure is raised as it is (not wrapped, so callers match it as for one request)."""
+    tasks = (asyncio.ensure_future(first), asyncio.ensure_future(second))
+    try:
+        return await tasks[0], await tasks[1]
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 def _describe(sells: list[OptionQuote], buys: list[OptionQuote]) -> str:
