@@ -34,7 +34,9 @@ from bot.positions.ledger import (
     close_quantity_problem,
     exit_prefix,
     expected_by_con_id,
+    leg_signs,
     legs_of,
+    order_leg_signs,
 )
 from bot.positions.marks import LegSide
 from bot.recorder import AdoptInstead, IntentRecorder
@@ -139,13 +141,7 @@ async def _yield_to(
 
 def _same_legs(order: BrokerOrder, legs: list[dict[str, Any]]) -> bool:
     """True when the broker's order is for exactly these legs (contracts and sides)."""
-    if not order.legs:
-        return False
-    ordered: dict[int, int] = {}
-    for leg in order.legs:
-        ordered[leg.con_id] = ordered.get(leg.con_id, 0) + (leg.ratio if leg.action == "BUY" else -leg.ratio)
-    ours = {leg.con_id: (1 if leg.side is LegSide.LONG else -1) for leg in legs_of(legs)}
-    return ordered == ours
+    return bool(order.legs) and order_leg_signs(order.legs) == leg_signs(legs)
 
 
 async def _entries_of_day(broker: Broker, recorder: IntentRecorder) -> list[BrokerOrder]:

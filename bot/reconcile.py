@@ -37,7 +37,14 @@ from bot.broker.protocol import Broker, BrokerOrder
 from bot.domain import ActionKind, AlertKind, EntryStatus, IntentKind, TradeView
 from bot.journal.store import Journal, parse_key
 from bot.logs import get_logger
-from bot.positions.ledger import LedgerCheck, PositionView, explain, parse_exit_key
+from bot.positions.ledger import (
+    LedgerCheck,
+    PositionView,
+    explain,
+    leg_signs,
+    order_leg_signs,
+    parse_exit_key,
+)
 from bot.runner import IntentRunner
 from bot.settle import final_action, final_status
 
@@ -333,14 +340,12 @@ async def _entry_in_same_legs(journal: Journal, strategy: str, day: date, order:
     so the adopted order's legs are known; None when the order carries no legs or none match."""
     if not order.legs:
         return None
-    wanted: dict[int, int] = {}
-    for leg in order.legs:
-        wanted[leg.con_id] = wanted.get(leg.con_id, 0) + (leg.ratio if leg.action == "BUY" else -leg.ratio)
+    wanted = order_leg_signs(order.legs)
     candidates = {t.id: t for t in await journal.entries_on(strategy, day)}
     for t in await journal.traded_entries(strategy):
         candidates.setdefault(t.id, t)
     for entry_id in sorted(candidates):
-        if _leg_signs(await journal.entry_legs(entry_id)) == wanted:
+        if leg_signs(await journal.entry_legs(entry_id)) == wanted:
             return entry_id
     return None
 
@@ -524,32 +529,13 @@ async def _absent(
     on_alert()
 
 
-def _leg_signs(legs: list[dict[str, object]]) -> dict[int, int]:
-    """conId → +1 (bought) or -1 (sold) for a calendar's legs: per right and strike, the earliest
-    expiry is the sold front leg (an explicit "action" wins when recorded)."""
-    signs: dict[int, int] = {}
-    groups: dict[tuple[object, object], list[dict[str, object]]] = {}
-    for leg in legs:
-        groups.setdefault((leg.get("right"), leg.get("strike")), []).append(leg)
-    for group in groups.values():
-        front = min(str(leg.get("expiry")) for leg in group)
-        for leg in group:
-            con_id = leg.get("con_id")
-            if not isinstance(con_id, int):
-                continue
-            action = leg.get("action")
-            sold = action == "SELL" if action else str(leg.get("expiry")) == front
-            signs[con_id] = signs.get(con_id, 0) + (-1 if sold else 1)
-    return signs
-
-
 async def _filled_by_positions(
     journal: Journal, broker: Broker, trade: TradeView, legs: list[dict[str, object]]
 ) -> int | None:
     """How many units of `trade` the account's per-leg positions show filled (0..quantity), or
     None when they do not settle it (no legs known, or positions that no count explains: IB nets
     legs across trades, so the other entries' legs are taken out first)."""
-    signs = _leg_signs(legs)
+    signs = leg_signs(legs)
     if not signs:
         return None
     held = await broker.positions()
@@ -558,7 +544,7 @@ async def _filled_by_positions(
         if other.id == trade.id:
             continue
         units = max(float(other.filled), other.broker_filled)
-        other_signs = _leg_signs(await journal.entry_legs(other.id) or [])
+        other_signs = leg_signs(await journal.entry_legs(other.id) or [])
         if not other_signs:
             # A traded entry whose legs the journal does not know (adopted from the broker: a
             # lost journal or another copy's order) may hold any of these contracts: the

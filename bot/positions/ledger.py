@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
+from bot.broker.protocol import OrderLeg
 from bot.positions.marks import MULTIPLIER, LegSide, PositionLeg
 
 __all__ = [
@@ -35,7 +36,9 @@ __all__ = [
     "exit_prefix",
     "expected_by_con_id",
     "explain",
+    "leg_signs",
     "legs_of",
+    "order_leg_signs",
     "parse_exit_key",
 ]
 
@@ -66,6 +69,35 @@ def parse_exit_key(key: str) -> tuple[str, int] | None:
     if not sep or not entry_key or not rest.isdigit():
         return None
     return entry_key, int(rest)
+
+
+def leg_signs(raw: Sequence[Mapping[str, Any]]) -> dict[int, int]:
+    """conId → units bought (+) or sold (-) per calendar unit, for the legs recorded for an entry:
+    a leg's recorded action decides; without one, the earliest expiry per (right, strike) is the
+    sold front leg. Legs without a conId are left out."""
+    groups: dict[tuple[object, object], list[Mapping[str, Any]]] = {}
+    for leg in raw:
+        groups.setdefault((leg.get("right"), leg.get("strike")), []).append(leg)
+    signs: dict[int, int] = {}
+    for group in groups.values():
+        front = min(str(leg.get("expiry")) for leg in group)
+        for leg in group:
+            con_id = leg.get("con_id")
+            if not isinstance(con_id, int):
+                continue
+            action = leg.get("action")
+            sold = action == "SELL" if action else str(leg.get("expiry")) == front
+            signs[con_id] = signs.get(con_id, 0) + (-1 if sold else 1)
+    return signs
+
+
+def order_leg_signs(legs: Sequence[OrderLeg]) -> dict[int, int]:
+    """conId → units bought (+) or sold (-) per unit of a combo order, from its legs as the broker
+    lists them (comparable with `leg_signs` for a BUY combo)."""
+    signs: dict[int, int] = {}
+    for leg in legs:
+        signs[leg.con_id] = signs.get(leg.con_id, 0) + (leg.ratio if leg.action == "BUY" else -leg.ratio)
+    return signs
 
 
 def legs_of(raw: Sequence[Mapping[str, Any]]) -> tuple[PositionLeg, ...]:
