@@ -30,7 +30,19 @@ SYSTEM_SOCKET = Path("/run/bot/bot.sock")
 #: Commands that talk to a running daemon or read its journal: they validate only what they use
 #: (no SMS credentials needed), and `--json` wraps their errors in the envelope too.
 CLIENT_COMMANDS = frozenset(
-    {"schedule", "trade", "status", "history", "pause", "resume", "resolve", "alerts", "positions", "close"}
+    {
+        "schedule",
+        "trade",
+        "status",
+        "history",
+        "pause",
+        "resume",
+        "resolve",
+        "alerts",
+        "positions",
+        "close",
+        "dashboard",
+    }
 )
 
 
@@ -121,6 +133,9 @@ def _parser() -> argparse.ArgumentParser:
     cl.add_argument("--yes", action="store_true", help="do not ask to confirm")
     cl.add_argument("--no-wait", action="store_true", help="return once the exit started")
     cl.add_argument("--json", action="store_true", help="one JSON event per line")
+
+    da = sub.add_parser("dashboard", help="print the dashboard's URL with its access token")
+    da.add_argument("--json", action="store_true", help="JSON output")
 
     rs = sub.add_parser("resolve", help="record what happened to an entry whose outcome is unknown")
     rs.add_argument("entry_id", type=int, help="the entry's id (#N in alerts and `bot history`)")
@@ -329,6 +344,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings, runtime: RuntimeEnv)
         )
     if command == "history":
         return asyncio.run(_history(settings, path, args.days, as_json=args.json))
+    if command == "dashboard":
+        return asyncio.run(commands.dashboard(path, as_json=args.json, out=out, err=sys.stderr))
     if command == "pause":
         return asyncio.run(commands.pause(path, out, as_json=args.json))
     if command == "resume":

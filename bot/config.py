@@ -32,6 +32,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from bot.dashboard.settings import DashboardSettings
 from bot.errors import ExitCode, UserError
 from bot.positions.settings import ExitSettings
 
@@ -267,6 +268,7 @@ class Settings(BaseSettings):
     alerts: AlertSettings = AlertSettings()
     service: ServiceSettings = ServiceSettings()
     exits: ExitSettings = ExitSettings()
+    dashboard: DashboardSettings = DashboardSettings()
 
     @model_validator(mode="after")
     def _live_needs_consent(self) -> Settings:

@@ -46,6 +46,10 @@ class DaemonApi(Protocol):
         """Entries and blocked attempts by day for the last `days` days."""
         ...
 
+    async def dashboard(self) -> dict[str, Any]:
+        """The dashboard's state (`state`, `url`, `reason`) and `url_with_token`."""
+        ...
+
     async def pause(self, by: str) -> dict[str, Any]:
         """Stop scheduled and manual entries until resumed (persisted, journaled)."""
         ...

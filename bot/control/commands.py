@@ -1,5 +1,5 @@
-"""The client-side commands behind `bot trade`, `bot status`, `bot history`, `bot pause|resume`
-and `bot alerts test`: talk to the daemon over the control socket, render, choose the exit code.
+"""The client-side commands behind `bot trade`, `bot status`, `bot history`, `bot pause|resume`,
+`bot dashboard`, `bot alerts test`: talk to the daemon over the control socket, render, choose the exit code.
 
 Each command writes to the streams it is given and returns its exit code. Problems reaching the
 daemon, and requests it refuses, are raised as `UserError` (one line and the exit code for it;
@@ -34,6 +34,7 @@ __all__ = [
     "OUTPUT_VERSION",
     "alerts_test",
     "close",
+    "dashboard",
     "envelope",
     "history",
     "pause",
@@ -548,6 +549,31 @@ async def history(path: Path, *, days: int, as_json: bool, out: TextIO) -> int:
     if as_json:
         return write_envelope(out, "history", ExitCode.OK, result=result)
     render_history(result, out)
+    return int(ExitCode.OK)
+
+
+# -- bot dashboard -----------------------------------------------------------------------------
+
+
+async def dashboard(path: Path, *, as_json: bool, out: TextIO, err: TextIO) -> int:
+    """`bot dashboard`: the page's URL with its access token, on `out` alone (so
+    `xdg-open "$(bot dashboard)"` works); on a terminal, how to open it from another machine on
+    `err`. Raises `UserError` (69) when the daemon is down or its dashboard is not serving."""
+    result = client.check(await client.request(path, "dashboard"))
+    url = result.get("url_with_token")
+    if result.get("state") != "serving" or not isinstance(url, str):
+        why = result.get("reason") or result.get("state")
+        raise UserError(f"the dashboard is not serving: {_show(why)}", ExitCode.UNAVAILABLE)
+    if as_json:
+        return write_envelope(out, "dashboard", ExitCode.OK, result=result)
+    out.write(url + "\n")
+    out.flush()
+    if _is_tty(out):
+        port = url.split("://", 1)[-1].split("/", 1)[0].rpartition(":")[2]
+        err.write(
+            "open it in a browser on this machine; from another one, tunnel first: "
+            f"ssh -L {port}:127.0.0.1:{port} THIS-HOST\n"
+        )
     return int(ExitCode.OK)
 
 

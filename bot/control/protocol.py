@@ -11,6 +11,7 @@ Commands and their `args` (every field optional, unknown fields refused):
 * ``history``: ``days`` (int 1..3660, default 7)
 * ``resolve``: ``entry_id`` (int), ``filled`` (int >= 0 units found filled, or null: all)
 * ``positions``: none
+* ``dashboard``: none; the result carries the dashboard's URL with its access token
 * ``close``: ``position_id`` (int) or ``all`` (bool), ``wait`` (bool, default true); progress
   events as for ``trade`` (each names its exit in ``trade``); the reply's result is
   ``{"results": [{"position_id": N, "outcome": ..., "reason": ..., "trade": {...}}, ...]}``
@@ -65,6 +66,7 @@ __all__ = [
     "AlertsTestRequest",
     "CloseArgs",
     "CloseRequest",
+    "DashboardRequest",
     "ErrorCode",
     "HistoryArgs",
     "HistoryRequest",
@@ -104,6 +106,7 @@ COMMANDS: Final = (
     "resolve",
     "positions",
     "close",
+    "dashboard",
 )
 """Every command the daemon answers."""
 
@@ -260,6 +263,13 @@ class CloseRequest(_Request):
     args: CloseArgs
 
 
+class DashboardRequest(_Request):
+    """The dashboard's state and its URL with the access token (`bot dashboard`)."""
+
+    cmd: Literal["dashboard"]
+    args: NoArgs = Field(default_factory=NoArgs)
+
+
 class AlertsTestRequest(_Request):
     """Send one test SMS."""
 
@@ -277,7 +287,8 @@ Request = Annotated[
     | AlertsTestRequest
     | ResolveRequest
     | PositionsRequest
-    | CloseRequest,
+    | CloseRequest
+    | DashboardRequest,
     Field(discriminator="cmd"),
 ]
 """A validated request, discriminated by `cmd`."""

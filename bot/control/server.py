@@ -43,6 +43,7 @@ from bot.control.api import DaemonApi
 from bot.control.protocol import (
     AlertsTestRequest,
     CloseRequest,
+    DashboardRequest,
     ErrorCode,
     HistoryRequest,
     PauseRequest,
@@ -576,6 +577,8 @@ class ControlServer:
                 result = await self._api.positions()
             case HistoryRequest():
                 result = await self._api.history(request.args.days)
+            case DashboardRequest():
+                result = await self._api.dashboard()
             case PauseRequest():
                 result = await self._api.pause(await self._by(peer))
             case ResumeRequest():

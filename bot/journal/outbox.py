@@ -38,6 +38,7 @@ __all__ = [
     "OutboxSummary",
     "PendingAlert",
     "PendingBatch",
+    "RecentAlert",
     "end_round",
     "fold",
     "insert_alert",
@@ -46,6 +47,7 @@ __all__ = [
     "mark_logged",
     "outcome",
     "read_pending",
+    "recent",
     "record_attempt",
     "summary",
 ]
@@ -110,6 +112,31 @@ class AlertOutcome:
     last_error: str | None
     sent_at: datetime | None
     folded_into: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class RecentAlert:
+    """One alert as the dashboard lists it: what it said, and where its delivery stands."""
+
+    id: int
+    kind: str
+    body: str
+    state: str
+    created_at: datetime
+    sent_at: datetime | None
+    attempts: int
+
+    def to_json(self) -> dict[str, object]:
+        """JSON-ready."""
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "body": self.body,
+            "state": self.state,
+            "created_at": self.created_at.isoformat(),
+            "sent_at": self.sent_at.isoformat() if self.sent_at else None,
+            "attempts": self.attempts,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,3 +387,24 @@ async def summary(journal: Journal) -> OutboxSummary:
         error = unreadable[0][0] if unreadable else None
     sent_at = last_sent[0][0] if last_sent else None
     return OutboxSummary(counts, datetime.fromisoformat(sent_at) if sent_at else None, error, error_at)
+
+
+async def recent(journal: Journal, limit: int = 20) -> list[RecentAlert]:
+    """The latest `limit` alerts, newest first (folded ones included: their follow-up says so)."""
+    rows = await _read(
+        journal,
+        "SELECT id, kind, body, state, created_at, sent_at, attempts FROM alerts ORDER BY id DESC LIMIT ?",
+        (limit,),
+    )
+    return [
+        RecentAlert(
+            int(alert_id),
+            str(kind),
+            str(body),
+            str(state),
+            datetime.fromisoformat(created_at),
+            datetime.fromisoformat(sent_at) if sent_at else None,
+            int(attempts),
+        )
+        for alert_id, kind, body, state, created_at, sent_at, attempts in rows
+    ]

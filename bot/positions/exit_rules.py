@@ -117,6 +117,27 @@ class ExitDecision:
         """The next time rule to fire (for `bot positions`)."""
         return next((u for u in self.upcoming if u.at is not None), None)
 
+    def to_json(self) -> dict[str, object]:
+        """What fires now and, for every other rule, when (time rules) or at which mark (price
+        rules) it will: for `bot positions --json` and the dashboard."""
+        deadline = self.times.manual_close_deadline
+        return {
+            "fires": self.fire.value if self.fire is not None else None,
+            "reason": self.reason,
+            "upcoming": [
+                {
+                    "rule": u.rule.value,
+                    "at": u.at.isoformat() if u.at is not None else None,
+                    "trigger_mark": u.trigger_mark,
+                    "text": u.describe(),
+                }
+                for u in self.upcoming
+            ],
+            "in_session": self.in_session,
+            "manual_close_deadline": deadline.isoformat() if deadline is not None else None,
+            "manual_close_due": self.manual_close_due,
+        }
+
 
 def _session_time(calendar: TradingCalendar, day: date, at: time, before_close: timedelta) -> datetime:
     """`at` on `day` in exchange time, moved to `before_close` ahead of the day's close if later."""

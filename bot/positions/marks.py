@@ -152,6 +152,16 @@ class Mark:
             return f"{self.value:.2f}"
         return "unusable: " + ", ".join(p.value for p in self.problems)
 
+    def to_json(self) -> dict[str, object]:
+        """JSON-ready: the value (points per unit), whether a price rule may use it, and why not."""
+        return {
+            "value": self.value,
+            "usable": self.usable,
+            "problems": [p.value for p in self.problems],
+            "as_of": self.as_of.isoformat() if self.as_of is not None else None,
+            "text": self.describe(),
+        }
+
 
 def _side(price: float | None) -> float | None:
     """`price` if it is a real quote side, else None."""

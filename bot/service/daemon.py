@@ -32,6 +32,7 @@ from bot.broker.protocol import Broker, LinkState, OptionContract, QuoteStream, 
 from bot.clock import Clock
 from bot.config import RuntimeEnv, Settings, StrategySettings
 from bot.control.server import ControlServer
+from bot.dashboard.server import Dashboard, daemon_dashboard
 from bot.domain import ActionKind, AlertKind, Blocked, BlockReason, Skipped, Source, Started
 from bot.errors import ExitCode, UserError
 from bot.guard import IntentGuard
@@ -123,6 +124,7 @@ class Daemon:
         self._days: HandledDays
         self.alerts: AlertSender
         self.control: ControlServer
+        self.web: Dashboard
         self._sim: Any = None
 
     # -- helpers -------------------------------------------------------------------------------
@@ -294,9 +296,13 @@ class Daemon:
             clock=self.clock,
         )
         await self.control.start()
+        # The page is read-only and optional: it never stops the daemon from starting or trading.
+        self.web = daemon_dashboard(self)
+        await self.web.start()
         try:
             await self._supervise()
         finally:
+            await self.web.close()
             await self.control.close()
             await self._close_broker()
             await self.journal.set_state(RUNNING_KEY, "0", ActionKind.DAEMON_STOPPED, {})
@@ -352,6 +358,7 @@ class Daemon:
                     tg.create_task(self._status_loop(), name="status"),
                     tg.create_task(self._ready(), name="ready"),
                     tg.create_task(self._exit_loop(), name="exits"),
+                    tg.create_task(self.web.run(), name="dashboard"),
                 ]
                 interval = self.notifier.watchdog_interval_s
                 if interval is not None:
@@ -809,6 +816,8 @@ class Daemon:
                 )
                 nxt = decision.next_time_rule
                 row["next_exit"] = nxt.describe() if nxt else None
+                row["exit_rules"] = decision.to_json()
+                row["mark"] = mark.to_json() if mark is not None else None
                 row["pnl"] = _pnl_at(p, mark)
             out.append(row)
         return {
@@ -856,7 +865,12 @@ class Daemon:
             "alerts": alert_status,
             "last_error": self.last_error,
             "healthy": healthy,
+            "dashboard": self.web.describe(),
         }
+
+    async def dashboard(self) -> dict[str, Any]:
+        """The dashboard's state and its URL with the access token (`bot dashboard`)."""
+        return self.web.access()
 
     async def history(self, days: int) -> dict[str, Any]:
         """Entries and blocked attempts by day."""

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 
 from bot.clock import Clock, SystemClock
 from bot.config import RuntimeEnv, Settings
+from bot.dashboard.settings import DEFAULT_PORT
 from bot.service.daemon import Daemon
 from bot.service.sdnotify import SystemdNotifier
 
@@ -31,8 +32,13 @@ async def running_daemon(settings: Settings, clock: Clock | None = None) -> Asyn
     """A daemon on `settings`, ready (first reconciliation done); stopped cleanly afterwards.
 
     Any day may trade (the demo flag) but the demo entry itself is a day away, so only the test
-    triggers entries.
+    triggers entries. A dashboard left on its default port takes a free one instead, so daemons
+    side by side never compete for it.
     """
+    if settings.dashboard.port == DEFAULT_PORT:
+        settings = settings.model_copy(
+            update={"dashboard": settings.dashboard.model_copy(update={"port": 0})}
+        )
     d = Daemon(
         settings,
         RuntimeEnv.from_environ({}),

@@ -147,8 +147,13 @@ class DaemonProcess:
         )
         self.config.write_text(f'state_dir = "{self.state_dir}"\n' + broker + extra_config)
         self.demo_s = demo_s
-        # The socket path goes through the environment, so a test's own [control] table is free.
-        self.extra_env = {"BOT_CONTROL__SOCKET_PATH": str(self.socket), **(env or {})}
+        # The socket path goes through the environment, so a test's own [control] table is free;
+        # the dashboard takes a free port, so daemons side by side never compete for one.
+        self.extra_env = {
+            "BOT_CONTROL__SOCKET_PATH": str(self.socket),
+            "BOT_DASHBOARD__PORT": "0",
+            **(env or {}),
+        }
         if demo_s is None:
             # Without a demo entry the daily schedule would fire whenever the test happens to run
             # inside 09:45-10:30 New York time; tests trigger entries themselves.

@@ -89,6 +89,9 @@ class FakeApi:
     status_result: dict[str, Any] = field(default_factory=lambda: {"running": True, "healthy": True})
     history_result: dict[str, Any] = field(default_factory=lambda: {"days": []})
     positions_result: dict[str, Any] = field(default_factory=lambda: {"positions": [], "realized": 0.0})
+    dashboard_result: dict[str, Any] = field(
+        default_factory=lambda: {"state": "off", "url": None, "reason": "turned off", "url_with_token": None}
+    )
     fail_status: bool = False
     hub: ProgressHub = field(default_factory=ProgressHub)
     calls: list[tuple[str, Any]] = field(default_factory=list)
@@ -148,6 +151,10 @@ class FakeApi:
     async def history(self, days: int) -> dict[str, Any]:
         self.calls.append(("history", days))
         return self.history_result
+
+    async def dashboard(self) -> dict[str, Any]:
+        self.calls.append(("dashboard", None))
+        return self.dashboard_result
 
     async def pause(self, by: str) -> dict[str, Any]:
         self.calls.append(("pause", by))
