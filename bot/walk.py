@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bot.broker.errors import BrokerError, DoNotRetry, LinkDown, OrderRejected, RetryLater
+from bot.broker.errors import BrokerError, DoNotRetry, LinkDown, LookItUp, OrderRejected, RetryLater
 from bot.broker.protocol import Broker, BrokerOrder, ComboOrderRequest, LinkState, OrderState, PriceRule
 from bot.broker_guard import SendChecks
 from bot.clock import Clock
@@ -305,8 +305,9 @@ async def _step(
             # Final meanwhile (filled, cancelled elsewhere): read what the broker has.
             await walk.reread()
             return False
-        except RetryLater:
-            # It may have been sent: look the order up before doing anything else.
+        except (LookItUp, RetryLater):
+            # LookItUp: the change may have reached the gateway; RetryLater: the question before
+            # it went unanswered. Either way the order is looked up before anything else.
             await walk.reread()
             return False
         await walk.absorb(changed)
@@ -396,8 +397,19 @@ async def _settle(walk: _Walk, recorder: IntentRecorder, quantity: int, reason: 
     await finish_from_broker(recorder, order, quantity, reason)
 
 
+_CANCEL_TRIES = 3
+"""How often a cancel answered "unknown" while the broker still lists the order working is sent."""
+
+
 async def _cancel_confirmed(walk: _Walk, broker: Broker) -> BrokerOrder:
-    """Cancel and return the confirmed final state; retry across a link loss."""
+    """Cancel and return the confirmed final state; retry across a link loss.
+
+    A cancel answered "unknown" (IB: 10147, and no record in the gateway's answers) is looked up
+    once more: listed and final, that is the end; not listed, it is returned as unknown (the
+    entry is left live for reconciliation, never concluded from absence); listed and still
+    working, the cancel did not take and is sent again, a few times, then `LookItUp` is raised
+    (the runner's backstop leaves it live). A working order is never returned as the end."""
+    unconfirmed = 0
     while True:
         try:
             final = await broker.cancel(walk.ref)
@@ -414,6 +426,17 @@ async def _cancel_confirmed(walk: _Walk, broker: Broker) -> BrokerOrder:
                 return found[walk.ref]
             raise
         if final.state is OrderState.UNKNOWN:
-            found = await broker.lookup([walk.ref])
-            return found.get(walk.ref, final)
+            listed = (await broker.lookup([walk.ref])).get(walk.ref)
+            if listed is None:
+                return final
+            if listed.state.is_final:
+                return listed
+            unconfirmed += 1
+            if unconfirmed >= _CANCEL_TRIES:
+                raise LookItUp(
+                    f"cancel of {walk.ref} not confirmed: answered unknown {unconfirmed} times while "
+                    f"the broker lists the order {listed.state.value}"
+                )
+            await walk.absorb(listed)
+            continue
         return final

@@ -1,12 +1,16 @@
 """A small in-memory broker behind our own `Broker` protocol, for tests of the core.
 
 It is a fake at our own seam (never a mock of ib_async): orders are counted here, fills come
-after a delay on the injected clock, and the link can be dropped and restored.
+after a delay on the injected clock, and the link can be dropped and restored. It can fail where
+the real broker can: every order operation attempted while the link is down is recorded (and
+refused), a cancel can be answered "unknown" (IB's 10147 with no record in the look-up) or lose
+the race with a fill, and look-ups can raise.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -94,6 +98,18 @@ class FakeBroker:
         self.quotes_started = asyncio.Event()
         self.lookup_error: Exception | None = None
         """Raised by `lookup` and `find_day` (an incomplete look-up) while set."""
+        self.lookup_failures: list[Exception] = []
+        """Raised by the next `lookup` or `find_day` calls, one each (a look-up that fails once)."""
+        self.attempted_while_down: list[tuple[str, str]] = []
+        """(operation, orderRef) of every place/modify/cancel tried while the link was not UP:
+        each was refused with `LinkDown`, but a caller that tries at all ignored the link."""
+        self.cancel_unknown = False
+        """A cancel is answered with state UNKNOWN (the gateway answered 10147 "not found" and
+        its look-up had no record), whatever the order's real state."""
+        self.fill_on_cancel = False
+        """The fill wins the race with the cancel: a working order fills as the cancel arrives."""
+        self.cancels: list[str] = []
+        """orderRefs of every cancel that reached the broker, in order."""
         self.held_positions: dict[int, float] = {}
         self.rule = PriceRule()
 
@@ -154,7 +170,7 @@ class FakeBroker:
         return out
 
     async def place(self, request: ComboOrderRequest) -> BrokerOrder:
-        self._check_link()
+        self._check_link("place", request.order_ref)
         self.place_started.set()
         order = FakeOrder(request, next(self._ids), next(self._perm), limits=[request.limit])
         self.orders[request.order_ref] = order
@@ -171,18 +187,23 @@ class FakeBroker:
         return order.view()
 
     async def modify(self, order_ref: str, limit: float) -> BrokerOrder:
-        self._check_link()
+        self._check_link("modify", order_ref)
         order = self.orders[order_ref]
         order.limits.append(limit)
         await self._changed(order)
         return order.view()
 
     async def cancel(self, order_ref: str) -> BrokerOrder:
-        self._check_link()
+        self._check_link("cancel", order_ref)
+        self.cancels.append(order_ref)
         order = self.orders[order_ref]
-        if not order.state.is_final:
+        if self.fill_on_cancel:
+            await self.fill(order_ref)
+        if not order.state.is_final and not self.cancel_unknown:
             order.state = OrderState.CANCELLED
         await self._changed(order)
+        if self.cancel_unknown:
+            return dataclasses.replace(order.view(), state=OrderState.UNKNOWN, filled=0.0, executions=())
         return order.view()
 
     async def wait_order_change(self, order_ref: str, after_version: int) -> BrokerOrder:
@@ -192,14 +213,12 @@ class FakeBroker:
 
     async def lookup(self, order_refs: Sequence[str]) -> dict[str, BrokerOrder]:
         self._check_link()
-        if self.lookup_error is not None:
-            raise self.lookup_error
+        self._maybe_fail_lookup()
         return {r: self.orders[r].view() for r in order_refs if r in self.orders}
 
     async def find_day(self, prefix: str) -> list[BrokerOrder]:
         self._check_link()
-        if self.lookup_error is not None:
-            raise self.lookup_error
+        self._maybe_fail_lookup()
         return [o.view() for ref, o in self.orders.items() if ref.startswith(prefix)]
 
     async def positions(self) -> dict[int, float]:
@@ -249,6 +268,14 @@ class FakeBroker:
         async with self._cond:
             self._cond.notify_all()
 
-    def _check_link(self) -> None:
+    def _maybe_fail_lookup(self) -> None:
+        if self.lookup_failures:
+            raise self.lookup_failures.pop(0)
+        if self.lookup_error is not None:
+            raise self.lookup_error
+
+    def _check_link(self, operation: str | None = None, order_ref: str = "") -> None:
         if self._link is not LinkState.UP:
+            if operation is not None:
+                self.attempted_while_down.append((operation, order_ref))
             raise LinkDown("fake link down")

@@ -1,14 +1,21 @@
 """Broker errors, named by what the caller should do.
 
     BrokerError
-    ├── RetryLater        the link or the gateway will likely recover: back off and try again
-    │   └── LinkDown      not connected right now (socket closed, 1100, reconnecting)
+    ├── RetryLater        nothing was sent, or only a question: back off and ask again
+    │   └── LinkDown      not connected right now (socket closed, 1100, reconnecting, refused)
+    ├── LookItUp          an order, a modification or a cancel left for the gateway and was not
+    │                     confirmed: it may have taken effect. Look the order up before acting on
+    │                     it; never send it again on the strength of this error alone
     └── DoNotRetry        retrying cannot help; stop and tell a human
         ├── OrderRejected the gateway refused the order (201, 103, ...)
         ├── NoSuchContract the contract is not listed (error 200, ambiguous, strike not in an expiry)
-        └── SetupError    wrong port, client id held, live account without consent
+        └── SetupError    live account without consent, an account the gateway does not manage,
+                          market data the account does not have
 
-The IB adapter translates every ib_async and socket error into one of these with `raise ... from`.
+`LookItUp` is deliberately not a `RetryLater`: code that retries what failed transiently must not
+retry an order that may already be at the broker. The IB adapter translates every ib_async and
+socket error into one of these with `raise ... from`; its connection loop retries `RetryLater` and
+never `DoNotRetry`.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ __all__ = [
     "BrokerError",
     "DoNotRetry",
     "LinkDown",
+    "LookItUp",
     "NoSuchContract",
     "OrderRejected",
     "RetryLater",
@@ -34,6 +42,12 @@ class RetryLater(BrokerError):
 
 class LinkDown(RetryLater):
     """The gateway link is down; nothing was sent by this call."""
+
+
+class LookItUp(BrokerError):
+    """Something was sent and the gateway did not confirm it (the link dropped, or no answer in
+    time): the order may exist, be modified or be cancelled at the broker. The caller looks the
+    order up (`Broker.lookup`) before it does anything else with it."""
 
 
 class DoNotRetry(BrokerError):

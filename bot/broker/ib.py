@@ -12,7 +12,7 @@ doubt (an order marked cancelled by an error, a cancel answered 10147) it is con
 `lookup()` across the gateway's open orders of all clients, completed orders and executions,
 matched by `orderRef` and `permId`, never by `orderId` alone.
 
-ib_async 2.1 behaviours this relies on (see /work/shared/ib-wire-notes.md):
+ib_async 2.1 behaviours this relies on (sections of docs/ib-behaviours.md, with their sources):
 
 * `connectAsync(..., raiseSyncErrors=True)` raises `ConnectionError([...])` when a startup sync
   request times out (§1, §3 "Startup sync timeouts"); a duplicate client id (326) surfaces only as a
@@ -63,7 +63,15 @@ from ib_async import (
 from ib_async.ib import StartupFetch, StartupFetchALL
 from ib_async.objects import OptionChain as IBOptionChain
 
-from bot.broker.errors import DoNotRetry, LinkDown, NoSuchContract, OrderRejected, RetryLater, SetupError
+from bot.broker.errors import (
+    DoNotRetry,
+    LinkDown,
+    LookItUp,
+    NoSuchContract,
+    OrderRejected,
+    RetryLater,
+    SetupError,
+)
 from bot.broker.executions import RawExecution, combo_units
 from bot.broker.ib_codes import (
     ACK_STATUSES,
@@ -375,7 +383,14 @@ class IBBroker:
             while not self._closing:
                 try:
                     await self.connect_once()
-                except (RetryLater, DoNotRetry) as exc:
+                except DoNotRetry as exc:
+                    # Retrying cannot help (a live account without consent, an account the
+                    # gateway does not manage): the link stays down, named in `last_error` for
+                    # `bot status`, until a person fixes it and restarts the bot.
+                    log.error("IB Gateway session refused; not retrying", reason=str(exc))
+                    await self._closed_event.wait()
+                    break
+                except RetryLater as exc:
                     pause = self._jitter(delay)
                     # The first failure in a row is a warning; the retries after it are info, so
                     # `journalctl -p warning` shows one line per outage, not one per attempt.
@@ -434,8 +449,9 @@ class IBBroker:
             closed.cancel()
 
     async def connect_once(self) -> None:
-        """Connect and run ib_async's startup sync once; raise `SetupError`/`RetryLater` with one
-        clear line on failure. Does nothing when already connected."""
+        """Connect and run ib_async's startup sync once; raise `RetryLater` (the gateway may come
+        back: not reachable, client id still held, no answer) or `SetupError` (it will not by itself)
+        with one clear line on failure. Does nothing when already connected."""
         if self._closing:
             raise LinkDown("the IB connection was closed")
         if self._session_up:
@@ -522,12 +538,12 @@ class IBBroker:
     ) -> RetryLater | DoNotRetry:
         where = f"IB Gateway at {self.host}:{self.port}"
         if self._saw_326 or reason == "326":
-            return SetupError(
+            return RetryLater(
                 f"{where} refused client id {self.client_id}: it is already in use (error 326) - "
                 "set broker.client_id to an unused id, or wait until the gateway releases it"
             )
         if isinstance(error, ConnectionRefusedError):
-            return SetupError(
+            return LinkDown(
                 f"cannot reach IB Gateway at {self.host}:{self.port}: connection refused - "
                 "is IB Gateway running and the API port enabled?"
             )
@@ -660,7 +676,7 @@ class IBBroker:
     def _raise_id_floor(self, fills: Iterable[Fill]) -> None:
         """Keep ib_async's next order id above every id of ours in today's executions.
 
-        A gateway restart can roll nextValidId back (ib-wire-notes §3, Lean #242) while completed
+        A gateway restart can roll nextValidId back (ib-behaviours §3, Lean #242) while completed
         orders come back with orderId 0, so only executions still show the ids used today; ib_async
         already does the same for the open orders it sees. We still never choose an id ourselves.
         """
@@ -701,22 +717,23 @@ class IBBroker:
     async def _wait(self, what: str, done: Callable[[], bool], *, sent: bool) -> None:
         """Wait (bounded) until `done()`; a link loss meanwhile raises.
 
-        With `sent`, something already left for the gateway, so a loss is `RetryLater` (look the
-        order up before doing anything), not `LinkDown` (which promises nothing was sent).
+        With `sent`, something already left for the gateway, so a loss or no answer in time is
+        `LookItUp` (look the order up before doing anything), not `LinkDown` (which promises
+        nothing was sent) nor `RetryLater` (which invites sending it again).
         """
         try:
             async with asyncio.timeout(self._request_timeout_s):
                 while not done():
                     if self._link is not LinkState.UP:
                         if sent:
-                            raise RetryLater(
+                            raise LookItUp(
                                 f"the IB Gateway link went {self._link.value} before it confirmed {what}; "
                                 "look the order up before acting on it"
                             )
                         raise LinkDown(f"the IB Gateway link went {self._link.value} during {what}")
                     await self._pulse.wait()
         except TimeoutError as exc:
-            raise RetryLater(
+            raise LookItUp(
                 f"IB Gateway did not confirm {what} within {self._request_timeout_s:g} s; "
                 "look the order up before acting on it"
             ) from exc
@@ -1129,7 +1146,7 @@ class IBBroker:
         code, message = problems[-1]
         if trade.isDone():
             # ib_async marked the order Cancelled on the error; only the gateway can say whether
-            # it still works the order (ib-wire-notes §2.5).
+            # it still works the order (ib-behaviours §2.5).
             found = await self.lookup([order_ref])
             if order_ref in found and found[order_ref].state.is_final:
                 return found[order_ref]
@@ -1160,7 +1177,7 @@ class IBBroker:
         ended = _ended_by_error(trade)
         if ended is not None and ended[0] != CANCEL_CONFIRMED and _acknowledged(trade):
             # ib_async marks the trade Cancelled on 10147 (or any error) even when the gateway
-            # still works the order (ib-wire-notes §2.5): ask the gateway.
+            # still works the order (ib-behaviours §2.5): ask the gateway.
             log.warning(
                 "cancel answered with an error; confirming at the gateway", ref=order_ref, code=ended[0]
             )
@@ -1169,7 +1186,7 @@ class IBBroker:
                 return self._unknown(order_ref)
             confirmed = found[order_ref]
             if not confirmed.state.is_final:
-                raise RetryLater(
+                raise LookItUp(
                     f"cancel of {order_ref} not confirmed: the gateway answered {ended[0]} "
                     f"({ended[1]}) but still lists the order as {confirmed.state.value}"
                 )

@@ -126,7 +126,7 @@ def order_state(status: str, *, ended_by_error: int | None, acknowledged: bool) 
     status message did). An order cancelled by an error before the gateway acknowledged it was
     refused: REJECTED (201, 103, ...). One cancelled by an error other than 202 after an
     acknowledgement stays WORKING: ib_async marks a live order `Cancelled` on any error for its
-    id (10147, a refused modify) while the gateway may still be working it (ib-wire-notes §2.5),
+    id (10147, a refused modify) while the gateway may still be working it (ib-behaviours §2.5),
     so only the gateway's own record may call it final.
     """
     state = IB_STATES.get(status, OrderState.UNKNOWN)

@@ -137,6 +137,25 @@ async def test_connectivity_lost_and_restored_no_modify_while_down(
     assert len(gw.ledger.orders) == 1
 
 
+async def test_a_link_loss_refuses_entries_until_reconciled(gw: SimulatedGateway, daemon: Daemon) -> None:
+    """1100 with no entry running: from the moment the daemon hears it, a trade is refused as
+    `reconciling` (journaled), not started and left to fail on the dead link; after 1102 and the
+    reconciliation the next trade is the day's only order."""
+    await until(lambda: daemon.reconciliation == "done" and not daemon.guard.reconciling)
+    await gw.connectivity(lost=True)
+    await until(lambda: daemon.broker.link is not LinkState.UP and daemon.reconciliation == "pending")
+    refused = await daemon.trade(force=False)
+    assert isinstance(refused, Blocked) and refused.reason is BlockReason.RECONCILING
+    assert len(await daemon.journal.actions(kinds=[ActionKind.RECONCILING_BLOCKED])) == 1
+    assert gw.ledger.orders == []
+    await gw.connectivity(restored=True, data_maintained=True)
+    await until(lambda: daemon.reconciliation == "done" and not daemon.guard.reconciling)
+    gw.fill_model = FillModel.always()
+    started = await _trade(daemon)
+    assert await entry_final(daemon, started.trade.id) == "filled"
+    assert [o.order_ref for o in gw.ledger.orders] == [started.trade.idempotency_key]
+
+
 async def test_client_id_held_on_reconnect(gw: SimulatedGateway, daemon: Daemon) -> None:
     """After a drop the gateway still holds client id 17 (326) for a few attempts: the bot backs
     off, reconnects, reconciles and adopts its order; one order in all."""

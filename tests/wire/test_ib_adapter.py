@@ -1,6 +1,6 @@
 """The real `IBBroker` and the real ib_async against the simulated gateway on 127.0.0.1:0.
 
-Citations (§) are to /work/shared/ib-wire-notes.md. Timing comes from events (link changes,
+Citations (§) are to docs/ib-behaviours.md. Timing comes from events (link changes,
 order versions, `gateway.wait_for`); `asyncio.timeout` is only ever an upper bound.
 """
 
@@ -19,7 +19,15 @@ import pytest
 from ib_async import LimitOrder, OrderStatus
 from structlog.testing import capture_logs
 
-from bot.broker.errors import DoNotRetry, LinkDown, NoSuchContract, OrderRejected, RetryLater, SetupError
+from bot.broker.errors import (
+    DoNotRetry,
+    LinkDown,
+    LookItUp,
+    NoSuchContract,
+    OrderRejected,
+    RetryLater,
+    SetupError,
+)
 from bot.broker.ib import IBBroker
 from bot.broker.ib_codes import IB_STATES, order_state
 from bot.broker.protocol import (
@@ -164,9 +172,10 @@ async def test_connects_with_the_full_startup_sync(gateway: SimulatedGateway, br
 
 
 async def test_refused_port_is_one_clear_line(make_broker: BrokerFactory) -> None:
-    """Nothing listening: a SetupError that names the address and the likely fix."""
+    """Nothing listening: LinkDown (the gateway may be in its nightly restart: run() retries),
+    one line that names the address and the likely fix."""
     broker = await make_broker(run=False, port=_free_port())
-    err = await _raises(broker.connect_once(), SetupError)
+    err = await _raises(broker.connect_once(), LinkDown)
     assert str(err).startswith("cannot reach IB Gateway at 127.0.0.1:")
     assert "connection refused - is IB Gateway running and the API port enabled?" in str(err)
     assert broker.last_error == str(err)
@@ -220,7 +229,7 @@ async def test_client_id_in_use_is_named_and_the_reconnect_succeeds_once_release
     gateway.faults.hold_client_id(CLIENT_ID)
     broker = await make_broker(run=False, connect_timeout_s=120.0)
     started = time.monotonic()
-    err = await _raises(broker.connect_once(), SetupError)
+    err = await _raises(broker.connect_once(), RetryLater)  # the gateway lets the id go in time
     assert time.monotonic() - started < 60.0  # not the 120 s connect timeout, even on a busy machine
     assert f"client id {CLIENT_ID}" in str(err)
     assert "326" in str(err)
@@ -500,12 +509,13 @@ async def test_an_order_sent_just_before_a_drop_is_found_not_resent(
     gateway: SimulatedGateway, broker: IBBroker
 ) -> None:
     """The gateway books the order and drops before acknowledging (§3 "placed while
-    disconnected"): place() raises RetryLater (not LinkDown: something was sent), and the
-    lookup after the reconnect finds and adopts it."""
+    disconnected"): place() raises LookItUp (something was sent: neither LinkDown, which says
+    nothing was, nor RetryLater, which invites sending it again), and the lookup after the
+    reconnect finds and adopts it."""
     gateway.fill_model = FillModel(mode=FillMode.NEVER)
     gateway.faults.drop_after_place_read()
-    err = await _raises(broker.place(_calendar("cal-lost-ack", 5.0)), RetryLater)
-    assert not isinstance(err, LinkDown)
+    err = await _raises(broker.place(_calendar("cal-lost-ack", 5.0)), LookItUp)
+    assert not isinstance(err, RetryLater)
     async with asyncio.timeout(5):
         await broker.wait_connected(1)
     found = await broker.lookup(["cal-lost-ack"])
