@@ -184,7 +184,8 @@ def test_fast_clock_stretches_ticks_and_polls() -> None:
 
 
 def test_simulator_cli_options() -> None:
-    """`--walk`, `--clock-speed`, `--clock-start`, `--no-settlement` become run_simulator arguments."""
+    """`--walk`, `--clock-speed`, `--clock-start`, `--no-settlement`, `--latency` become
+    run_simulator arguments (no latency profile unless asked for)."""
     parser = argparse.ArgumentParser()
     add_market_arguments(parser)
     assert market_options(parser.parse_args([])) == {
@@ -192,6 +193,7 @@ def test_simulator_cli_options() -> None:
         "clock": None,
         "settle_expiries": True,
         "settlement_delay_s": 0.0,
+        "latency": None,
     }
     opts = market_options(
         parser.parse_args(
