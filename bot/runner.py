@@ -214,7 +214,8 @@ class IntentRunner:
             return None
 
     async def drain(self, timeout_s: float) -> bool:
-        """Stop starting entries; let a running one reach a safe end within `timeout_s`.
+        """Stop starting entries; let a running one reach a safe end within `timeout_s` (clock
+        seconds).
 
         Returns True when every entry ended in time. On timeout the tasks are cancelled and
         their entries stay live in the journal, to be reconciled on the next start.
@@ -224,10 +225,19 @@ class IntentRunner:
         tasks = list(self._tasks.values())
         if not tasks:
             return True
-        _done, pending = await asyncio.wait(tasks, timeout=timeout_s)
+        # The bound is on the injected clock, like every other wait of an entry.
+        timer = asyncio.ensure_future(self._clock.sleep(timeout_s))
+        ended = asyncio.ensure_future(asyncio.wait(tasks))  # cancelling it leaves the tasks be
+        try:
+            await asyncio.wait({timer, ended}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            timer.cancel()
+            ended.cancel()
+        pending = [t for t in tasks if not t.done()]
         for task in pending:
             task.cancel()
         if pending:
+            # Cancelled, they end at their next await; a real-time bound only against a hang.
             await asyncio.wait(pending, timeout=5)
         return not pending
 

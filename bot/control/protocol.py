@@ -44,7 +44,7 @@ import enum
 import json
 from datetime import date, datetime
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, assert_never
 
 from pydantic import (
     BaseModel,
@@ -437,3 +437,5 @@ def trade_result(outcome: Started | Blocked | Skipped, now: datetime) -> dict[st
                 "forced": False,
                 "action_id": outcome.action_id,
             }
+        case _:
+            assert_never(outcome)  # a new outcome without its reply fails the type check

@@ -4,7 +4,7 @@ The server only parses, authorises and forwards to `DaemonApi`; it holds no trad
 can never take it down: every malformed, oversized, slow or abandoned input ends in an error reply
 and/or a closed connection, and an exception inside a command is logged and answered `internal`.
 
-Access has two layers (see ops-notes §3):
+Access has two layers (the facts behind them: docs/operations-facts.md §3):
 
 1. the file system: the socket is mode 0660 (group `allowed_group` when set) inside a directory
    that is 0750, so the kernel refuses `connect()` to anyone else with EACCES;
@@ -35,7 +35,7 @@ import termios
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, assert_never
 
 from bot import __version__
 from bot.clock import Clock, SystemClock
@@ -593,6 +593,8 @@ class ControlServer:
                 except ValueError as exc:  # no such entry, or not unknown: the operator's mistake
                     await self._send(writer, error_reply(request.id, ErrorCode.BAD_REQUEST, str(exc)))
                     return
+            case _:
+                assert_never(request)  # a new request type without its case fails the type check
         await self._send(writer, ok_reply(request.id, result))
 
     async def _by(self, peer: Peer) -> str:
