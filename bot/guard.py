@@ -20,7 +20,6 @@ Every refusal is journaled, and the two that matter to the trader (`in_progress`
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import date
@@ -49,54 +48,6 @@ log = get_logger(__name__)
 
 #: How long (clock seconds) a refused requester waits to learn the id of a claim being written.
 _CLAIM_INFO_WAIT_S = 5.0
-
-
-#: A burst of refusals is logged as its first one, then one summary line per this many seconds.
-_REFUSAL_LOG_EVERY_S = 1.0
-
-
-class _RefusalLog:
-    """The log of refused entries, without a line per refusal in a storm of `bot trade`.
-
-    The first refusal after a quiet second is logged at once; those that follow within the second
-    are counted and logged as one summary line ("entries refused", how many, why, from where, the
-    trade in the way) a second after the first. The log is for operators; the record of every
-    refusal is its journal row (durable before its requester is answered), its alert and its
-    answer. The cadence is the event loop's (real time, not the injected clock): it only shapes
-    log lines and decides nothing.
-    """
-
-    def __init__(self) -> None:
-        self._quiet_at = 0.0
-        self._counts: Counter[str] = Counter()
-        self._existing: int | None = None
-        self._summary: asyncio.TimerHandle | None = None
-
-    def refused(self, reason: BlockReason, source: Source, existing: TradeView | None) -> None:
-        """Log (or count) one refusal."""
-        loop = asyncio.get_running_loop()
-        existing_id = existing.id if existing else None
-        if self._summary is None and loop.time() >= self._quiet_at:
-            log.info("entry refused", reason=reason.value, source=source.value, existing=existing_id)
-            self._quiet_at = loop.time() + _REFUSAL_LOG_EVERY_S
-            return
-        self._counts[f"{reason.value} ({source.value})"] += 1
-        self._existing = existing_id
-        if self._summary is None:
-            self._summary = loop.call_at(self._quiet_at, self._flush)
-
-    def _flush(self) -> None:
-        self._summary = None
-        if not self._counts:
-            return
-        log.info(
-            "entries refused",
-            count=sum(self._counts.values()),
-            why=dict(self._counts),
-            existing=self._existing,
-        )
-        self._counts.clear()
-        self._quiet_at = asyncio.get_running_loop().time() + _REFUSAL_LOG_EVERY_S
 
 
 @dataclass(slots=True)
@@ -138,7 +89,6 @@ class IntentGuard:
         """The exit lanes: position id → the exit running for it."""
         self.paused = False
         self.reconciling = True
-        self._refusals = _RefusalLog()
 
     @property
     def current(self) -> InProgress | None:
@@ -343,5 +293,10 @@ class IntentGuard:
         action_id = await self._journal.record_blocked(reason, self._strategy, day, source, existing, alert)
         if alert is not None:
             self._on_alert()
-        self._refusals.refused(reason, source, existing)
+        log.info(
+            "entry refused",
+            reason=reason.value,
+            source=source.value,
+            existing=existing.id if existing else None,
+        )
         return Blocked(reason, existing, action_id)
