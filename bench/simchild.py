@@ -13,6 +13,7 @@ The parent steers it with one command per line on its stdin; each is answered wi
     shift S            move the gateway's wall clock S seconds from now (and list that day's chain)
     stats CID          that client id's counters against IB's limits (JSON), since its last reset
     reset CID          zero that client id's counters
+    sent CID           how many frames the gateway has written to that client id
     frames CID T0 T1   the client's frames that arrived between perf_counter readings T0 and T1,
                        as JSON [[seconds after T0, msg id], ...]
     fill MODE          the fill model: never | always (every order fills at its limit at once)
@@ -31,7 +32,7 @@ import json
 import os
 import sys
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import asdict, replace
 from datetime import timedelta
 from pathlib import Path
@@ -77,9 +78,12 @@ class _TimedGateway(SimulatedGateway):
     def __init__(self, config: SimConfig, clock: ShiftedClock) -> None:
         super().__init__(config, clock=clock)
         self.arrivals: deque[tuple[float, int, int]] = deque(maxlen=200_000)
+        self.sent: Counter[int] = Counter()
         self._placed: set[str] = set()
 
     def record(self, direction: Direction, client_id: int | None, msg: list[object] | list[str]) -> None:
+        if direction == "out" and client_id is not None:
+            self.sent[client_id] += 1
         if direction == "in" and msg and client_id is not None:
             arrived = time.perf_counter()
             head = str(msg[0])
@@ -120,6 +124,8 @@ async def _serve(profile: LatencyProfile) -> None:
                     _answer("ok shift")
                 case "stats":
                     _answer(json.dumps(asdict(gw.limits.stats(int(args[0])))))
+                case "sent":
+                    _answer(str(gw.sent[int(args[0])]))
                 case "reset":
                     gw.limits.by_client.pop(int(args[0]), None)
                     _answer("ok reset")
@@ -238,6 +244,10 @@ class SimChild:
         """One client id's counters against IB's limits since its last reset."""
         stats: dict[str, int] = json.loads(await self.command(f"stats {client_id}"))
         return stats
+
+    async def sent(self, client_id: int) -> int:
+        """How many frames the gateway has written to `client_id` so far."""
+        return int(await self.command(f"sent {client_id}"))
 
     async def reset(self, client_id: int) -> None:
         """Zero one client id's counters."""

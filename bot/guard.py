@@ -20,6 +20,7 @@ Every refusal is journaled, and the two that matter to the trader (`in_progress`
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import date
@@ -48,6 +49,55 @@ log = get_logger(__name__)
 
 #: How long (clock seconds) a refused requester waits to learn the id of a claim being written.
 _CLAIM_INFO_WAIT_S = 5.0
+
+
+#: A burst of refusals is logged as its first one, then one summary line per this many seconds.
+_REFUSAL_LOG_EVERY_S = 1.0
+
+
+class _RefusalLog:
+    """The log of refused entries, without a line per refusal in a storm of `bot trade`.
+
+    A refusal after a quiet period is logged at once and opens a window of `every_s`; those that
+    follow inside it are counted and logged as one summary line when it closes ("entries
+    refused": how many, why and from where, the trade in the way), and a window with refusals in
+    it opens the next. The log is for operators; the record of every refusal is its journal row
+    (durable before its requester is answered), its alert and its answer. The windows are the
+    event loop's time, not the injected clock: they only shape log lines and decide nothing.
+    """
+
+    def __init__(self, every_s: float = _REFUSAL_LOG_EVERY_S) -> None:
+        self._every_s = every_s
+        self._counts: Counter[str] = Counter()
+        self._existing: int | None = None
+        self._window: asyncio.TimerHandle | None = None
+
+    def refused(self, reason: BlockReason, source: Source, existing: TradeView | None) -> None:
+        """Log (or count) one refusal."""
+        existing_id = existing.id if existing else None
+        if self._window is None:
+            log.info("entry refused", reason=reason.value, source=source.value, existing=existing_id)
+            self._open()
+            return
+        self._counts[f"{reason.value} ({source.value})"] += 1
+        self._existing = existing_id
+
+    def _open(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._window = loop.call_at(loop.time() + self._every_s, self._close)
+
+    def _close(self) -> None:
+        self._window = None
+        if not self._counts:
+            return
+        log.info(
+            "entries refused",
+            count=sum(self._counts.values()),
+            why=dict(self._counts),
+            existing=self._existing,
+        )
+        self._counts.clear()
+        self._open()
 
 
 @dataclass(slots=True)
@@ -89,6 +139,7 @@ class IntentGuard:
         """The exit lanes: position id → the exit running for it."""
         self.paused = False
         self.reconciling = True
+        self._refusals = _RefusalLog()
 
     @property
     def current(self) -> InProgress | None:
@@ -293,10 +344,5 @@ class IntentGuard:
         action_id = await self._journal.record_blocked(reason, self._strategy, day, source, existing, alert)
         if alert is not None:
             self._on_alert()
-        log.info(
-            "entry refused",
-            reason=reason.value,
-            source=source.value,
-            existing=existing.id if existing else None,
-        )
+        self._refusals.refused(reason, source, existing)
         return Blocked(reason, existing, action_id)

@@ -41,6 +41,7 @@ This module is pure: parsing, validation and encoding, no I/O.
 from __future__ import annotations
 
 import enum
+import functools
 import json
 from datetime import date, datetime
 from pathlib import Path
@@ -147,7 +148,7 @@ class ProtocolError(Exception):
 
 
 class _Args(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class NoArgs(_Args):
@@ -194,7 +195,7 @@ class CloseArgs(_Args):
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     v: Literal[1]
     id: str = Field(min_length=1, max_length=MAX_ID_CHARS, strict=True)
@@ -293,7 +294,13 @@ Request = Annotated[
 ]
 """A validated request, discriminated by `cmd`."""
 
-_REQUEST: TypeAdapter[Request] = TypeAdapter(Request)
+
+@functools.cache
+def _request_adapter() -> TypeAdapter[Request]:
+    """The request validator, built on first use: building it and the models' schemas takes tens
+    of milliseconds that a daemon's start (before READY) and every `bot` command would pay
+    otherwise (the models are `defer_build` for the same reason)."""
+    return TypeAdapter(Request)
 
 
 def _usable_id(obj: dict[str, Any]) -> str | None:
@@ -349,7 +356,7 @@ def parse_request(line: bytes) -> Request:
             rid,
         )
     try:
-        return _REQUEST.validate_python(obj)
+        return _request_adapter().validate_python(obj)
     except ValidationError as exc:
         raise ProtocolError(ErrorCode.BAD_REQUEST, _describe(exc), rid) from None
 

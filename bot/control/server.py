@@ -392,6 +392,7 @@ class ControlServer:
         # towards the cap.
         self._tasks.add(task)
         cancelled = False
+        ended_by_peer = False
         try:
             if len(self._handlers) >= self._max_connections:
                 self._evict_longest_waiting()
@@ -407,7 +408,7 @@ class ControlServer:
                 )
             else:
                 self._handlers.add(task)
-                await self._serve_connection(reader, writer)
+                ended_by_peer = await self._serve_connection(reader, writer)
         except asyncio.CancelledError:
             cancelled = True
             raise
@@ -420,13 +421,17 @@ class ControlServer:
             self._handlers.discard(task)
             self._waiting.pop(task, None)
             self._evicted.discard(task)
+            # A peer that hung up after its last reply has read it and left nothing unread: it
+            # needs neither the lingering close nor a wait for ours (a storm's thousands of
+            # connections each save a half-close, a read and a loop turn).
+            polite = not cancelled and not ended_by_peer
             try:
-                if not cancelled:
+                if polite:
                     await _linger(reader, writer)
             finally:
                 self._tasks.discard(task)
                 writer.close()
-                if not cancelled:
+                if polite:
                     with contextlib.suppress(OSError, TimeoutError):
                         async with asyncio.timeout(_LINGER_S):
                             await writer.wait_closed()
@@ -466,16 +471,18 @@ class ControlServer:
             # (lingering as for `busy`), so the reply is not lost to a reset.
             writer.write_eof()
 
-    async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        """Serve request lines until either side ends; True when the peer hung up (end of file
+        after its last request), False when the server ended the connection."""
         try:
             peer = _peer_of(writer)
         except OSError:
             log.exception("cannot read the control peer's credentials")
-            return
+            return False
         why = await self._refusal(peer)
         if why is not None:
             await self._refuse_peer(peer, why, writer)
-            return
+            return False
         task = asyncio.current_task()
         assert task is not None  # noqa: S101 -- we run inside the connection's task
         while True:
@@ -492,7 +499,7 @@ class ControlServer:
                         f"no complete request line within {self._read_timeout_s:g} s; closing",
                     ),
                 )
-                return
+                return False
             except ValueError:
                 # readline() turns LimitOverrunError into ValueError; the rest of the line is
                 # still unread, so the connection cannot continue.
@@ -504,16 +511,18 @@ class ControlServer:
                         f"request line longer than {self._max_line_bytes} bytes; closing",
                     ),
                 )
-                return
+                return False
             except ConnectionError:
-                return
+                return False
             finally:
                 self._waiting.pop(task, None)
-            if not line or task in self._evicted:
-                return
+            if task in self._evicted:
+                return False
+            if not line:
+                return True
             await self._handle_line(line, peer, writer)
             if not line.endswith(b"\n"):
-                return  # the client sent its last line without a newline and closed
+                return False  # the client sent its last line without a newline and closed
 
     async def _refusal(self, peer: Peer) -> str | None:
         """None when `peer` may use the socket, else why not (sent to the peer and journaled)."""
@@ -677,6 +686,8 @@ class ControlServer:
             raise _ClientGone
         try:
             writer.write(data)
+            if writer.transport.get_write_buffer_size() == 0:
+                return  # all of it went to the socket at once: nothing to wait for
             async with asyncio.timeout(self._write_timeout_s):
                 await writer.drain()
         except (ConnectionError, TimeoutError) as exc:
