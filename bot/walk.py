@@ -133,9 +133,15 @@ class _Walk:
 
     async def wait_executions(self, seconds: float) -> None:
         """The broker may report "Filled" before the executions (TWS API docs: follow execDetails
-        as well as orderStatus): wait up to `seconds` for them, then look them up once."""
+        as well as orderStatus), and each execution before its commission report: wait up to
+        `seconds` for them (the journal's realised P&L needs the commissions), then look missing
+        executions up."""
         deadline = self.clock.monotonic() + seconds
-        while self.order is not None and self.order.executed < self.order.filled and not self.stop.is_set():
+        while (
+            self.order is not None
+            and (self.order.executed < self.order.filled or self.order.commissions_pending > 0)
+            and not self.stop.is_set()
+        ):
             remaining = deadline - self.clock.monotonic()
             if remaining <= 0 or self.broker.link is not LinkState.UP:
                 break

@@ -49,6 +49,7 @@ from typing import Final, TypeVar
 from ib_async import (
     IB,
     ComboLeg,
+    CommissionReport,
     Contract,
     ContractDetails,
     ExecutionFilter,
@@ -187,6 +188,14 @@ def _commission(fills: Iterable[Fill]) -> float:
     return round(sum(seen.values()), 4)
 
 
+def _commissions_pending(fills: Iterable[Fill]) -> int:
+    """Executions still waiting for their commission report (IB sends it after the execution): the
+    legs' when any leg execution is known (IB charges the legs), else the combo's own."""
+    by_id = {f.execution.execId: f for f in fills if f.execution.execId}
+    legs = [f for f in by_id.values() if not _is_bag_fill(f)]
+    return sum(1 for f in (legs or list(by_id.values())) if not f.commissionReport.execId)
+
+
 def _is_bag_fill(fill: Fill) -> bool:
     return fill.contract.secType == "BAG"
 
@@ -292,6 +301,7 @@ class IBBroker:
         self._ib.orderStatusEvent += self._on_order_status
         self._ib.openOrderEvent += self._on_open_order
         self._ib.execDetailsEvent += self._on_exec_details
+        self._ib.commissionReportEvent += self._on_commission_report
         self._ib.client.apiError += self._on_api_error
         # The logging pipeline masks account-shaped ids in every line, and the configured id
         # whatever its shape; this filter does it at the source too, for any other handler.
@@ -639,6 +649,10 @@ class IBBroker:
         self._touch(trade)
 
     def _on_exec_details(self, trade: Trade, _fill: Fill) -> None:
+        self._touch(trade)
+
+    def _on_commission_report(self, trade: Trade, _fill: Fill, _report: CommissionReport) -> None:
+        # IB sends it after the execution: whoever waits on the order hears of its commission.
         self._touch(trade)
 
     def _touch(self, trade: Trade) -> None:
@@ -1108,6 +1122,13 @@ class IBBroker:
         # Held so that no reqAllOpenOrders is pending meanwhile: while one is, ib_async files the
         # gateway's openOrder echo (our acknowledgement) as a request result, not as an event.
         async with self._lookup_lock:
+            if trade.isDone() or trade.orderStatus.status == "PendingCancel":
+                # It ended while we waited for the lock (a fill, an expiry): nothing is sent. (ib_async
+                # would send the modification and only then find the order done.)
+                raise DoNotRetry(
+                    f"order {order_ref} became {self._view(order_ref).state.value} "
+                    f"({trade.orderStatus.status}) before its modification left; not modified"
+                )
             acks = self._acks.get(order_ref, 0)
             seen = len(trade.log)
             trade.order.lmtPrice = limit
@@ -1305,6 +1326,7 @@ class IBBroker:
             ours=self._is_ours(trade),
             commission=_commission([*trade.fills, *more_fills]),
             legs=tuple(legs),
+            commissions_pending=_commissions_pending([*trade.fills, *more_fills]),
         )
 
     # -- lookup --------------------------------------------------------------------------------

@@ -237,6 +237,9 @@ class BrokerOrder:
     executions; the BAG-level one carries none)."""
     legs: tuple[OrderLeg, ...] = field(default=())
     """The combo's legs as ordered (empty when the broker's record does not carry the contract)."""
+    commissions_pending: int = 0
+    """Executions whose commission report has not come yet (IB sends it after the execution), so
+    `commission` may still grow."""
 
     @property
     def executed(self) -> float:
