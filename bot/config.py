@@ -93,6 +93,10 @@ class BrokerSettings(_Section):
     request_timeout_s: float = Field(default=15.0, gt=0)
     reconnect_min_s: float = Field(default=1.0, gt=0)
     reconnect_max_s: float = Field(default=60.0, gt=0)
+    positions_settle_s: float = Field(default=3.0, ge=0)
+    """How long IB's position reports may trail a fill: an order the broker no longer lists is
+    settled from the account's positions only from a look-up repeated this long after it was
+    first missed."""
 
 
 class SimulatorSettings(_Section):

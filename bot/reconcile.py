@@ -87,12 +87,16 @@ async def reconcile(
     *,
     on_alert: Callable[[], None] = lambda: None,
     sleep: Callable[[float], Awaitable[None]] | None = None,
+    positions_settle_s: float = 0.0,
 ) -> ReconcileReport:
     """Bring the journal in line with the broker. Raises `BrokerError` if the look-up is incomplete
     (then nothing was concluded from absence, and the caller keeps entries blocked).
 
     With `sleep` (the clock's), executions the broker's filled quantity says exist but that did
-    not come with the look-up are asked for again, a few times, before the pass ends."""
+    not come with the look-up are asked for again, a few times, before the pass ends; and an
+    entry the broker does not list, whose order may have left, is settled from the account's
+    positions only after `positions_settle_s` and a second look-up (position reports can trail
+    the fills)."""
     report = ReconcileReport()
     running_ids = runner.guard.running_ids()
     entries: dict[int, TradeView] = {t.id: t for t in await journal.unsettled_entries()}
@@ -108,6 +112,7 @@ async def reconcile(
     # must be among those entries, or its fill would be taken for ours.
     beside = await _adopt_unknown_orders(journal, broker, runner, strategy, today, report, on_alert)
     deferred: list[int] = []
+    absent: list[TradeView] = []
     for trade in sorted(entries.values(), key=lambda t: t.id):
         order = found.get(trade.idempotency_key)
         if order is None:
@@ -115,8 +120,8 @@ async def reconcile(
                 # Another copy's order of this day works at the broker: its fills are still coming
                 # and the positions hold them, so they settle nothing of ours until it ends.
                 deferred.append(trade.id)
-                continue
-            await _absent(journal, broker, trade, report, on_alert)
+            else:
+                absent.append(trade)
             continue
         for ex in order.executions:
             if await journal.record_fill(trade.id, ex.exec_id, ex.quantity, ex.price, ex.time):
@@ -196,6 +201,15 @@ async def reconcile(
             on_alert()
         if order.executed < order.filled:
             report.unexpected.append(f"#{trade.id}: {order.filled:g} filled, {order.executed:g} executions")
+    if absent and sleep is not None and positions_settle_s > 0 and await _may_have_left(journal, absent):
+        # The positions will decide: read them no sooner than a report trailing the last fill
+        # could show it, and only for orders still missing from a look-up made then.
+        await sleep(positions_settle_s)
+        again = await broker.lookup([t.idempotency_key for t in absent])
+        if again:
+            raise RetryLater(f"{', '.join(sorted(again))} listed at the broker again; looked up once more")
+    for trade in absent:
+        await _absent(journal, broker, trade, report, on_alert)
     if sleep is not None:
         missing = [
             t for t in await journal.unsettled_entries() if t.fills_missing > 0 and t.id not in running_ids
@@ -462,6 +476,14 @@ def _found_alert(trade: TradeView, status: EntryStatus) -> tuple[ActionKind, tup
         AlertKind.ENTRY_FAILED,
         f"bot: entry #{trade.id} {status.value}, no fill (found at reconciliation)",
     )
+
+
+async def _may_have_left(journal: Journal, trades: list[TradeView]) -> bool:
+    """True when one of these live intents has a limit journaled (its order may have left)."""
+    for trade in trades:
+        if trade.status.is_live and (await journal.entry_detail(trade.id))["limits"]:
+            return True
+    return False
 
 
 async def _absent(

@@ -664,6 +664,7 @@ class Daemon:
                     self.trading_day(),
                     on_alert=self._wake_alerts,
                     sleep=self.clock.sleep,
+                    positions_settle_s=self.settings.broker.positions_settle_s,
                 )
             except (BrokerError, TimeoutError, JournalError) as exc:
                 self.last_error = f"reconciliation: {exc}"

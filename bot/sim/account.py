@@ -180,6 +180,17 @@ class Account:
         """Non-zero positions, by conId."""
         return [p for _, p in sorted(self.positions.items()) if abs(p.qty) > _EPS]
 
+    def positions_as_of(self, when: datetime) -> list[Position]:
+        """The non-zero positions as they stood at `when` (the bookings up to it replayed): what a
+        position report trailing the fills shows."""
+        replayed: dict[int, Position] = {}
+        for b in self.bookings:
+            if b.time > when or b.con_id not in self.positions:
+                continue
+            position = replayed.setdefault(b.con_id, Position(self.positions[b.con_id].contract))
+            position.apply(b.qty, b.price, self.multiplier, b.commission)
+        return [p for _, p in sorted(replayed.items()) if abs(p.qty) > _EPS]
+
     def holders(self, con_id: int) -> dict[str, float]:
         """Order ref -> its own lots in `con_id` (they sum to the position)."""
         out: dict[str, float] = {}

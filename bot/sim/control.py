@@ -6,7 +6,7 @@ per line in (`{"op": "...", ...}`, an optional `"id"` is echoed), one JSON objec
 socket path. Operations (arguments as in the Python API of `SimulatedGateway` and `Faults`):
 
     ping, status, ledger,
-    drop_after_place_read {count}, drop_before_place_read {count},
+    drop_after_place_read {count}, drop_before_place_read {count}, positions_lag {seconds},
     omit {msg_id, count?, client_id?}, delay {msg_id, seconds, max_seconds?, count?, client_id?},
     duplicate {msg_id, count?, client_id?, gap_s?}, coalesce_order_status {window_s, count?, client_id?},
     leg_executions_only {count?, client_id?},
@@ -188,6 +188,8 @@ class ControlServer:
                 faults.refuse_final_cancel(_opt_int(req, "count"), client_id=_opt_int(req, "client_id"))
             case "fill_before_cancel":
                 faults.fill_before_cancel(_opt_int(req, "count"), client_id=_opt_int(req, "client_id"))
+            case "positions_lag":
+                faults.lag_positions(float(req["seconds"]))
             case "reject_orders":
                 _reject_orders(gw, req)
             case "market_closed":

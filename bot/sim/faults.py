@@ -56,6 +56,8 @@ class Faults:
         self._reject: tuple[Armed, ArmedRejection] | None = None
         self._hold: tuple[Armed, ArmedHold] | None = None
         self._still_processing = 0
+        self.positions_lag_s = 0.0
+        """How far the account's position reports trail the fills (`lag_positions`)."""
 
     def drop_after_place_read(self, count: int = 1) -> None:
         """For the next `count` placeOrders: book the order (IB got it), then drop the connection
@@ -173,6 +175,15 @@ class Faults:
         it is still being processed."); each order keeps working at its previous limit."""
         self._still_processing += count
 
+    def lag_positions(self, seconds: float) -> None:
+        """The account's position reports (reqPositions answers, position and portfolio pushes)
+        trail the fills by `seconds` of gateway clock: a fill shows in them only that long after
+        it happened, as IB promises no moment for it (0 turns it off). Orders and executions are
+        reported as before."""
+        if seconds < 0:
+            raise ValueError("the positions lag must not be negative")
+        self.positions_lag_s = float(seconds)
+
     def clear(self) -> None:
         """Disarm everything."""
         self._drop_after_place = 0
@@ -186,6 +197,7 @@ class Faults:
         self._reject = None
         self._hold = None
         self._still_processing = 0
+        self.positions_lag_s = 0.0
 
     # -- consumed by the gateway ---------------------------------------------------------------
 
@@ -294,6 +306,7 @@ class Faults:
             ),
             "held_client_ids": {str(k): v for k, v in self._held.items()},
             "still_processing": self._still_processing,
+            "positions_lag_s": self.positions_lag_s,
         }
 
 
@@ -302,13 +315,15 @@ FAULT_SPEC_HELP = (
     "delay:MSG_ID:MIN-MAX[:N] | duplicate:MSG_ID[:N] | coalesce-status:WINDOW_S[:N] | "
     "leg-executions-only[:N] | exec-filter:ignore-empty|client-zero[:N] | refuse-final-cancel[:N] | "
     "fill-before-cancel[:N] | reject[:N] | reject-error-first[:N] | market-closed[:N] | "
-    "hold-client-id:ID[:ATTEMPTS] | still-processing[:N]; "
+    "hold-client-id:ID[:ATTEMPTS] | still-processing[:N] | positions-lag:SECONDS; "
     "append @CLIENT_ID to limit any but the drop, hold and still-processing faults to one client"
 )
 """The fault specs `apply_fault_spec` understands (for a repeatable `--fault` CLI flag)."""
 
 # Faults that act on the gateway as a whole: they take no @CLIENT_ID.
-_WHOLE_GATEWAY = frozenset({"drop-after-place", "drop-before-place", "hold-client-id", "still-processing"})
+_WHOLE_GATEWAY = frozenset(
+    {"drop-after-place", "drop-before-place", "hold-client-id", "still-processing", "positions-lag"}
+)
 
 
 def apply_fault_spec(faults: Faults, spec: str) -> None:
@@ -370,6 +385,8 @@ def _arm(faults: Faults, name: str, args: list[str], client_id: int | None) -> b
             faults.hold_client_id(int(args[0]), opt(1))
         case "still-processing", 0 | 1:
             faults.still_processing(opt(0) or 1)
+        case "positions-lag", 1:
+            faults.lag_positions(float(args[0]))
         case _:
             return False
     return True

@@ -1064,11 +1064,28 @@ class SimulatedGateway:
         self.notify()
 
     def _push_positions(self, con_ids: list[int]) -> None:
-        """Tell subscribed clients about changed positions (msg 61, and 7 + 6 for account updates)."""
+        """Tell subscribed clients about changed positions (msg 61, and 7 + 6 for account updates);
+        with the positions lag armed, that much later, as the lagging report then shows them."""
+        lag = self.faults.positions_lag_s
+        if lag > 0:
+
+            async def later() -> None:
+                await self.clock.sleep(lag)
+                self._send_positions(con_ids)
+
+            self.spawn(later(), "sim-positions-lag")
+            return
+        self._send_positions(con_ids)
+
+    def _send_positions(self, con_ids: list[int]) -> None:
         if self.connectivity_lost:
             return
-        positions = self.account.positions
-        changed = [positions[c] for c in dict.fromkeys(con_ids) if c in positions]
+        now = {p.contract.con_id: p for p in self.positions()}
+        changed = [
+            now.get(c) or Position(self.account.positions[c].contract)
+            for c in dict.fromkeys(con_ids)
+            if c in self.account.positions
+        ]
         for s in self._admitted:
             if s.positions_subscribed:
                 for p in changed:
@@ -1127,7 +1144,11 @@ class SimulatedGateway:
         self.notify()
 
     def positions(self) -> list[Position]:
-        """Non-zero positions, by conId."""
+        """Non-zero positions, by conId, as the account's position reports show them (trailing the
+        fills by `faults.positions_lag_s`)."""
+        lag = self.faults.positions_lag_s
+        if lag > 0:
+            return self.account.positions_as_of(self.clock.now() - timedelta(seconds=lag))
         return self.account.open_positions()
 
     def settle_expired(self) -> list[Booking]:

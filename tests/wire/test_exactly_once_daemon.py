@@ -655,3 +655,34 @@ def _saw_second_live_order(settings: Settings) -> bool:
     with contextlib.closing(sqlite3.connect(settings.journal_path)) as db:
         rows = db.execute("SELECT detail FROM actions WHERE kind = 'RECONCILED'").fetchall()
     return any("second live order" in str(r[0]) for r in rows)
+
+
+async def test_a_forgotten_order_is_not_settled_from_positions_that_trail_its_fill(
+    gw: SimulatedGateway, tmp_path: Path
+) -> None:
+    """As in the forgotten-claim case above, but the account's position reports trail the fills
+    by 3 s (IB promises no moment for them) and the daemon is back within that time: positions
+    read at once show no fill. The daemon looks again `positions_settle_s` later, when they show
+    it: filled, never `cancelled`. Before the fix: `cancelled`, a lost fill."""
+    settings = _settings(gw, tmp_path)
+    settings = settings.model_copy(
+        update={"broker": settings.broker.model_copy(update={"positions_settle_s": 4.0})}
+    )
+    gw.fill_model = FillModel.always()
+    gw.faults.drop_after_place_read(1)
+    d = Daemon(
+        settings, RuntimeEnv.from_environ({}), SystemClock(), SystemdNotifier(None), handle_signals=False
+    )
+    task: asyncio.Task[object] = asyncio.create_task(d.run(), name="daemon-a")
+    await until(lambda: getattr(d, "reconciliation", "") == "done")
+    gw.faults.lag_positions(3.0)
+    first = await _trade(d)
+    await gw.wait_for(lambda: _filled_orders(gw) == [first.trade.idempotency_key])
+    await _kill(d, task)
+    await gw.restart(new_day=True)
+    assert gw.positions() == []  # what the report shows for the next 3 s
+    async with running_daemon(settings) as again:
+        view = await again.journal.entry(first.trade.id)
+        assert view.status is EntryStatus.FILLED, view
+        assert view.broker_filled == 1.0
+    assert [o.order_ref for o in gw.ledger.orders] == [first.trade.idempotency_key]

@@ -8,7 +8,9 @@ from __future__ import annotations
 import pytest
 from ib_async import IB, Bag, ComboLeg, Contract, LimitOrder, Option, Trade
 
+from bot.clock import ManualClock
 from bot.sim import FillModel, SimulatedGateway
+from bot.sim.faults import apply_fault_spec
 from tests.wire.conftest import FAR, NEAR, calendar_bag, calendar_legs, sync, until
 
 pytestmark = pytest.mark.wire
@@ -160,3 +162,24 @@ async def test_leg_prices_net_exactly_to_the_combo_price(gateway: SimulatedGatew
     assert legs[far.conId].price - legs[near.conId].price == pytest.approx(1.15, abs=1e-9)
     assert gateway.account.pnl("odd").cash == pytest.approx(-3 * 115.0 - 6.0, abs=1e-6)
     assert NEAR < FAR
+
+
+async def test_position_reports_trail_the_fills_by_the_armed_lag(
+    gateway: SimulatedGateway, ib: IB, clock: ManualClock
+) -> None:
+    """With the positions lag armed (Python, `--fault positions-lag:S`, control op), the fill is
+    reported at once as an order status and executions, while reqPositions answers and position
+    pushes show it only that long after: what a client reading positions right after a fill sees
+    when IB's position report is behind."""
+    apply_fault_spec(gateway.faults, "positions-lag:2.5")
+    assert gateway.faults.describe()["positions_lag_s"] == 2.5
+    gateway.fill_model = FillModel.always()
+    near, far = await calendar_legs(ib)
+    await _fill(ib, calendar_bag(near, far), "BUY", 1, 5.0, "cal:entry:20261217:1")
+    assert [p for p in await ib.reqPositionsAsync() if p.position] == []
+    assert _held(ib) == {}
+    assert gateway.account.open_positions() != []  # the account itself holds it
+    await clock.advance(2.5)
+    await until(lambda: _held(ib) == {near.conId: -1.0, far.conId: 1.0})
+    held = {p.contract.conId: p.position for p in await ib.reqPositionsAsync()}
+    assert held == {near.conId: -1.0, far.conId: 1.0}
