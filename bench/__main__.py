@@ -18,13 +18,14 @@ import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 
-from bench import claim, exits, footprint, latency, storm, streaming
+from bench import claim, exits, footprint, latency, season, storm, streaming
 from bench.common import Row, machine, progress, table
 
 BENCHMARKS: dict[str, Callable[[bool, Path | None], Coroutine[object, object, list[Row]]]] = {
     "latency": lambda quick, profile: latency.run(quick=quick, profile_dir=profile),
     "exits": lambda quick, profile: exits.run(quick=quick, profile_dir=profile),
     "streaming": lambda quick, _profile: streaming.run(quick=quick),
+    "season": lambda quick, _profile: season.run(quick=quick),
     "storm": lambda quick, profile: storm.run(quick=quick, profile_dir=profile),
     "footprint": lambda quick, _profile: footprint.run(quick=quick),
     "claim": lambda quick, _profile: claim.run(quick=quick),

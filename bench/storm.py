@@ -20,10 +20,17 @@ The floor is the same client against a bare asyncio Unix-socket server (a subpro
 one line per connection and writes a fixed `in_progress` reply: no guard, journal, log or alert.
 It is what any asyncio daemon on this machine pays to answer the same storm.
 
-Each variant gets a fresh simulator and daemon. N = 1,000 and 10,000, each with the default
+Each variant gets a fresh simulator and daemon. N = 500, 1,000 and 10,000, each with the default
 connection cap (256) and with the cap raised to 20,000 so every request goes through the guard.
-The alert coalescing window is set longer than any storm here (production's default is 60 s), and
-the run waits for the follow-up SMS before counting.
+The target: each variant's p99 (connect to reply) at most 1.25x the floor's at the same N, with
+exactly one order at the broker and at most two SMS. The alert coalescing window (12 s here,
+production's default is 60 s) is longer than any storm here, and the run waits for the follow-up
+SMS before counting.
+
+Every refused request is journaled (a row and its alert, written in bulk with the other refusals
+waiting for the same group commit, durable before the requester is answered) and answered with
+the trade in the way; the daemon logs the first refusal of a burst and then one summary line a
+second, not a line each.
 
 Why not `bot.control.client.request`: when the backlog is full, a non-blocking `connect()` on a
 Unix socket fails with EAGAIN, which asyncio's `sock_connect` mistakes for "in progress"; the
@@ -59,8 +66,8 @@ from tests.support.procs import DaemonProcess, SimProcess
 
 __all__ = ["StormResult", "rows", "run", "storm"]
 
-TARGET_P99_S = 0.050
-TARGET_AT_N = 10_000
+TARGET_RATIO = 1.25
+"""p99 per request, connect to reply, against the bare asyncio server's at the same N."""
 MAX_SMS = 2
 RAISED_CAP = 20_000
 SID = "AC" + "0" * 32
@@ -373,7 +380,6 @@ def rows(results: list[StormResult], floors: dict[int, tuple[float, list[float]]
     out: list[Row] = []
     for r in results:
         name = f"storm N={r.n} cap={r.cap}"
-        judged = r.n >= TARGET_AT_N
         p50 = percentile(r.e2e_s, 50.0)
         p99 = percentile(r.e2e_s, 99.0)
         floor_total, floor_e2e = floors.get(r.n, (math.nan, [math.nan]))
@@ -389,8 +395,8 @@ def rows(results: list[StormResult], floors: dict[int, tuple[float, list[float]]
                 fmt_ms(p99),
                 fmt_ms(floor_p99),
                 p99 / floor_p99,
-                target=f"<= {TARGET_P99_S * 1000:.0f} ms" if judged else "",
-                met=(p99 <= TARGET_P99_S) if judged else None,
+                target=f"<= {TARGET_RATIO:.2f}x",
+                met=p99 / floor_p99 <= TARGET_RATIO,
             ),
             Row(
                 name,
@@ -415,8 +421,8 @@ def rows(results: list[StormResult], floors: dict[int, tuple[float, list[float]]
 
 async def run(*, quick: bool, profile_dir: Path | None = None) -> list[Row]:
     """The benchmark as `python -m bench` runs it; `profile_dir` gets a daemon profile per storm."""
-    sizes = (500,) if quick else (1_000, 10_000)
-    window_s = 3.0 if quick else 30.0
+    sizes = (500,) if quick else (500, 1_000, 10_000)
+    window_s = 3.0 if quick else 12.0
     results: list[StormResult] = []
     floors: dict[int, tuple[float, list[float]]] = {}
     for n in sizes:
