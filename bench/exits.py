@@ -121,6 +121,9 @@ class _FloorExit:
     async def run(self, day_since: str) -> float:
         """The perf_counter reading when the closing order reached the gateway."""
         ib = self.ib
+        for contract in self.contracts:
+            # A ticker ib_async kept from an earlier subscription shows old prices (ib_async #223).
+            ib.wrapper.tickers.pop(hash(contract), None)
         self.tickers = [ib.reqMktData(c) for c in self.contracts]
         ib.pendingTickersEvent += self._on_ticks
         try:

@@ -66,6 +66,11 @@ _RECONCILE_AGAIN_S = 10.0
 _LAST_FETCH_S = 3.0
 """How often reconciliation runs again while entries are not settled (missing executions)."""
 
+_PRICE_CHECK_S = 0.05
+"""How often (clock seconds, at most) streamed ticks are checked against the price rules."""
+_PRICE_WAKE_EVERY_S = 1.0
+"""At most one price wake-up of the exit loop per position in this many clock seconds."""
+
 PAUSED_KEY = "entries.paused"
 _HALTED = "halt"
 """The paused value the fatal-error halt writes ("1" is an operator's pause)."""
@@ -111,6 +116,10 @@ class Daemon:
         self._background: set[asyncio.Task[Any]] = set()
         self._exits_wake = asyncio.Event()
         """Set when something alert-worthy happened: the exit loop looks again at once."""
+        self._price_watched: list[PositionView] = []
+        """The open positions a price rule may close (as of the last pass), for `_watch_prices`."""
+        self._price_woken: dict[int, float] = {}
+        """Position id -> clock.monotonic() of its last price wake-up of the exit loop."""
         self._next_rule_at: datetime | None = None
         """The next moment an exit rule's time (or a manual-close deadline) comes due."""
         self.marks: dict[int, Mark] = {}
@@ -358,6 +367,7 @@ class Daemon:
                     tg.create_task(self._status_loop(), name="status"),
                     tg.create_task(self._ready(), name="ready"),
                     tg.create_task(self._exit_loop(), name="exits"),
+                    tg.create_task(self._watch_prices(), name="exit-prices"),
                     tg.create_task(self.web.run(), name="dashboard"),
                 ]
                 interval = self.notifier.watchdog_interval_s
@@ -525,6 +535,54 @@ class Daemon:
             except (BrokerError, TimeoutError, JournalError) as exc:
                 log.warning("exit evaluation incomplete; next pass tries again", error=str(exc))
 
+    async def _watch_prices(self) -> None:
+        """Wake the exit loop as soon as a streamed tick takes an open position's mark through its
+        profit target or stop, instead of at its next pass (up to `exits.evaluate_every_s` later).
+
+        Only prices are looked at here: the positions of the last pass, their legs' streamed
+        quotes, the same mark and guard as the pass, at most every `_PRICE_CHECK_S`; the pass
+        that the wake-up starts decides with the exit rules, as after any other wake-up. A position
+        wakes the loop at most once per `_PRICE_WAKE_EVERY_S`, and not while its exit runs."""
+        stream = self.broker if isinstance(self.broker, QuoteStream) else None
+        x = self.settings.exits
+        if stream is None or not x.enabled or (x.profit_target_pct is None and x.stop_loss_pct is None):
+            return
+        guard = MarkGuard(x.max_quote_age_s, x.max_leg_width_abs, x.max_leg_width_frac)
+        while True:
+            await stream.wait_quotes()
+            if not self._exits_wake.is_set() and self._price_crossed(stream, guard):
+                self._exits_wake.set()
+            await self.clock.sleep(_PRICE_CHECK_S)
+
+    def _price_crossed(self, stream: QuoteStream, guard: MarkGuard) -> bool:
+        """True (and noted) when a watched position's streamed mark is at a price rule's trigger."""
+        x = self.settings.exits
+        now = self.clock.now()
+        for position in self._price_watched:
+            debit = position.debit or 0.0
+            quotes: dict[int, LegQuote] = {}
+            for leg in position.legs:
+                quote = stream.streamed_quote(leg.con_id)
+                if quote is not None:
+                    quotes[leg.con_id] = LegQuote(quote.bid, quote.ask, quote.time)
+            mark = spread_mark(position.legs, quotes, now=now, guard=guard)
+            if not mark.usable or mark.value is None:
+                continue
+            # The triggers of `evaluate_exit`'s price rules (it decides; this only wakes the pass).
+            target = x.profit_target_pct is not None and mark.value >= debit * (1 + x.profit_target_pct / 100)
+            stop = x.stop_loss_pct is not None and mark.value <= debit * (1 - x.stop_loss_pct / 100)
+            if not (target or stop) or self.guard.current_exit(position.id) is not None:
+                continue
+            last = self._price_woken.get(position.id)
+            if last is not None and self.clock.monotonic() - last < _PRICE_WAKE_EVERY_S:
+                continue
+            if not in_session(self.calendar, now, x.session_open):
+                return False
+            self._price_woken[position.id] = self.clock.monotonic()
+            log.info("a streamed mark reached an exit price; evaluating now", position=position.id)
+            return True
+        return False
+
     async def _exits_pause(self, delay_s: float) -> None:
         """Wait `delay_s`, or less when an alert-worthy change wakes the exit loop."""
         if self._exits_wake.is_set():
@@ -593,6 +651,7 @@ class Daemon:
         started: list[int] = []
         guard = MarkGuard(x.max_quote_age_s, x.max_leg_width_abs, x.max_leg_width_frac)
         held = await self.journal.positions(only_open=True)
+        self._price_watched = [p for p in held if p.legs and p.debit and not p.frozen and p.live_exit is None]
         self.marks = {k: v for k, v in self.marks.items() if k in {p.id for p in held}}
         quotes = await self._leg_quotes(held)
         next_rule: datetime | None = None
