@@ -337,6 +337,7 @@ class Dashboard:
         """(text to send, text to compare: the same without the moment it was taken)."""
         snap = dict(await self._build())
         snap["started_at"] = self.started_at.isoformat()
+        snap["heartbeat_s"] = self._heartbeat_s
         text = view.encode(snap, self._secrets)
         key = view.encode({**snap, "now": None}, self._secrets)
         return text, key

@@ -169,7 +169,7 @@ class SnapshotBuilder:
         schedule: ScheduleView,
         *,
         history_days: int = 30,
-        alerts_limit: int = 20,
+        alerts_limit: int = 12,
     ) -> None:
         self._views = views
         self._journal = journal

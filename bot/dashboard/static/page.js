@@ -85,11 +85,16 @@
   function when(iso, { date = false, seconds = true } = {}) {
     const d = parse(iso);
     if (!d) return h("span", { class: "muted" }, "–");
-    const opts = { ...(seconds ? TIME : HM), ...(date ? DAY : {}) };
-    const et = fmt(tz, opts).format(d);
-    const local = fmt(localZone, opts).format(d);
+    const clock = seconds ? TIME : HM;
+    const et = fmt(tz, { ...clock, ...(date ? DAY : {}) }).format(d);
+    const localTime = fmt(localZone, clock).format(d);
+    // The local date only when it is another day than the exchange's.
+    const otherDay = fmt(localZone, DAY).format(d) !== fmt(tz, DAY).format(d);
+    const local = date && otherDay ? fmt(localZone, { ...clock, ...DAY }).format(d) : localTime;
     const out = h("span", { class: "when-both" }, h("span", { class: "mono" }, et + " ET"));
-    if (local !== et) put(out, [" ", h("span", { class: "muted mono" }, "(" + local + " local)")]);
+    if (localTime !== fmt(tz, clock).format(d) || otherDay) {
+      put(out, [" ", h("span", { class: "muted mono" }, "(" + local + " local)")]);
+    }
     return out;
   }
   function dayName(isoDay) {
@@ -312,7 +317,9 @@
   }
   function frame(lo, hi, y) {
     const out = [];
-    for (const v of [hi, lo]) out.push(s("text", { x: PAD.l - 6, y: y(v) + 4, "text-anchor": "end" }, compactUsd(v)));
+    for (const v of [hi, lo]) {
+      if (Math.abs(y(v) - y(0)) >= 12) out.push(s("text", { x: PAD.l - 6, y: y(v) + 4, "text-anchor": "end" }, compactUsd(v)));
+    }
     out.push(s("line", { class: "zero", x1: PAD.l, x2: W - PAD.r, y1: y(0), y2: y(0) }));
     out.push(s("text", { x: PAD.l - 6, y: y(0) + 4, "text-anchor": "end" }, "$0"));
     out.push(s("line", { class: "axis", x1: PAD.l, x2: PAD.l, y1: PAD.t, y2: H - PAD.b }));
@@ -324,9 +331,11 @@
     const lo = Math.min(...values), hi = Math.max(...values);
     const y = scaleY(lo, hi);
     const n = trades.length;
-    const x = (i) => PAD.l + (W - PAD.l - PAD.r) * (n === 0 ? 0 : i / n);
+    // Trade i closes at x(i); the curve steps there and runs on to the right edge.
+    const x = (i) => PAD.l + (W - PAD.l - PAD.r) * (i / (n + 0.5));
     let path = "M" + x(0) + " " + y(0);
     trades.forEach((t, i) => { path += " H" + x(i + 1) + " V" + y(t.cumulative); });
+    path += " H" + (W - PAD.r);
     const area = path + " V" + y(0) + " Z";
     const dots = trades.map((t, i) => s("circle", { class: "pt", cx: x(i + 1), cy: y(t.cumulative), r: 3.5 },
       s("title", {}, "#" + t.id + " closed " + dayName(String(t.closed_at).slice(0, 10)) + ": " + usd(t.realized) + ", total " + usd(t.cumulative))));
@@ -391,6 +400,7 @@
     if (!data || data.v !== 1) return;
     snap = data;
     snapshots += 1;
+    if (num(data.heartbeat_s)) heartbeatMs = data.heartbeat_s * 1000;
     const now = parse(data.now);
     if (now) serverOffsetMs = now.getTime() - Date.now();
     render();
@@ -449,6 +459,7 @@
     source.addEventListener("snapshot", (e) => {
       heard();
       apply(JSON.parse(e.data));
+      if (state !== "live" && !performance.getEntriesByName("bot:live").length) performance.mark("bot:live");
       setState("live");
     });
     source.addEventListener("ping", (e) => {
