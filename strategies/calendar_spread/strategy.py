@@ -19,6 +19,7 @@ from bot.broker.protocol import (
     ComboOrderRequest,
     OptionContract,
     OptionQuote,
+    QuoteStream,
     Right,
 )
 from bot.broker_guard import EntryChecks, ExitChecks
@@ -150,7 +151,7 @@ class CalendarSpread:
             for leg in position.legs
         ]
         try:
-            quotes = await ctx.broker.quotes(contracts)
+            quotes = _streamed(ctx, contracts, x.max_quote_age_s) or await ctx.broker.quotes(contracts)
             shorts = [q for q, leg in zip(quotes, position.legs, strict=True) if leg.side is LegSide.SHORT]
             longs = [q for q, leg in zip(quotes, position.legs, strict=True) if leg.side is LegSide.LONG]
             rule = await ctx.broker.price_rule(contracts)
@@ -247,6 +248,27 @@ class CalendarSpread:
                 return by_key[(front, strike)], by_key[(back, strike)]
         tried = ", ".join(f"{k:g}" for k in strikes) or "none"
         raise NoLegs(f"no strike listed in both {front} and {back} (tried {tried}{right.value})")
+
+
+def _streamed(
+    ctx: IntentContext, contracts: list[OptionContract], max_age_s: float
+) -> list[OptionQuote] | None:
+    """The legs' streamed quotes, when every leg streams, quoted on both sides within `max_age_s`
+    (the marks' own staleness limit): a snapshot would cost one of IB's round trips (~0.5 s)
+    between the tick that fired the exit and its order. None otherwise (then a snapshot)."""
+    stream = ctx.broker if isinstance(ctx.broker, QuoteStream) else None
+    if stream is None:
+        return None
+    now = ctx.clock.now()
+    out: list[OptionQuote] = []
+    for contract in contracts:
+        quote = stream.streamed_quote(contract.con_id) if contract.con_id is not None else None
+        if quote is None or quote.bid is None or quote.ask is None:
+            return None
+        if (now - quote.time).total_seconds() > max_age_s:
+            return None
+        out.append(quote)
+    return out
 
 
 async def _both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:

@@ -54,7 +54,8 @@ async def test_a_tick_through_the_profit_target_starts_the_exit_at_once(
     gw: SimulatedGateway, tmp_path: Path
 ) -> None:
     """An open calendar's legs stream; the volatility jumps and the next ticks put its mark past
-    the 50 % target: the exit is claimed and sent (and fills) long before the hourly pass."""
+    the 50 % target: the exit is claimed, priced from those streamed quotes (no snapshot) and sent
+    (and fills) long before the hourly pass."""
     calendar = TradingCalendar("XNYS")
     clock = _ShiftedClock(_next_session_at(calendar, datetime.now(UTC).date(), time(11, 0)))
     (tmp_path / "locks").mkdir()
@@ -75,6 +76,7 @@ async def test_a_tick_through_the_profit_target_starts_the_exit_at_once(
         # The fill woke the exit loop once: its pass streams the new position's legs.
         await until(lambda: legs <= d.broker.watched and all(d.broker.streamed_quote(c) for c in legs))
         assert await d.journal.exits_of(position.id) == []
+        market_data_requests = len(gw.received(1, client_id=17))
         gw.market.set_vol(0.30)  # the calendar is worth ~60 % more on the next ticks
         gw.notify()
 
@@ -86,5 +88,7 @@ async def test_a_tick_through_the_profit_target_starts_the_exit_at_once(
         exits = await d.journal.exits_of(position.id)
         assert [e.status.value for e in exits] == ["filled"]
         assert (await d.journal.position(position.id)).open_quantity == 0
+        # Priced from the streamed quotes that fired it: no snapshot between the tick and the order.
+        assert len(gw.received(1, client_id=17)) == market_data_requests
     assert [o.order_ref for o in gw.ledger.orders if ":x" in o.order_ref] == [exits[0].idempotency_key]
     assert gw.positions() == []
