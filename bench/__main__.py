@@ -1,12 +1,13 @@
-"""`python -m bench [latency] [storm] [footprint] [claim] [--quick] [--profile DIR] [--out FILE]`.
+"""`python -m bench [NAME ...] [--quick] [--profile DIR] [--out FILE] [--check]`.
 
-Runs the chosen benchmarks (all four by default) one after the other, each on its own event loop,
-and prints the machine they ran on and one markdown table on stdout (progress goes to stderr).
-`--quick` uses small sizes (seconds each; what CI runs). A benchmark that fails is reported as a
-row and the others still run; the exit code is then 1. `--profile DIR` also profiles where a
-target is at stake: the bot arm of `latency` with pyinstrument, the daemon during each `storm` with
-py-spy (either is skipped, with a note, when not installed). `--check` exits 1 when a target is
-missed.
+Runs the chosen benchmarks (all by default: latency, exits, streaming, storm, footprint, claim,
+season) one after the other, each on its own event loop, and prints the machine they ran on (with
+its load average, as the benchmarks share it) and one markdown table on stdout (progress goes to
+stderr). `--quick` uses small sizes (what CI runs). A benchmark that fails is reported as a row
+and the others still run; the exit code is then 1. `--profile DIR` also writes what shows where
+the time goes: request timelines of the entry and exit arms (as the gateway saw them), a CPU
+profile of the bot's entries with pyinstrument, and the daemon during each storm with py-spy
+(either is skipped, with a note, when not installed). `--check` exits 1 when a target is missed.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ BENCHMARKS: dict[str, Callable[[bool, Path | None], Coroutine[object, object, li
     "latency": lambda quick, profile: latency.run(quick=quick, profile_dir=profile),
     "exits": lambda quick, profile: exits.run(quick=quick, profile_dir=profile),
     "streaming": lambda quick, _profile: streaming.run(quick=quick),
-    "season": lambda quick, _profile: season.run(quick=quick),
     "storm": lambda quick, profile: storm.run(quick=quick, profile_dir=profile),
     "footprint": lambda quick, _profile: footprint.run(quick=quick),
     "claim": lambda quick, _profile: claim.run(quick=quick),
+    "season": lambda quick, _profile: season.run(quick=quick),
 }
 
 

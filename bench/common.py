@@ -103,12 +103,14 @@ def _cpu_model() -> str:
 
 
 def machine() -> str:
-    """One markdown paragraph naming the machine: cores, CPU model, Python, kernel, date (UTC)."""
+    """One markdown paragraph naming the machine: cores, CPU model, Python, kernel, the load average
+    when the table was printed (others share the machine), date (UTC)."""
     now = datetime.now(UTC)
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return (
         f"Machine: {os.cpu_count()} cores, {_cpu_model()}; Python {platform.python_version()} "
-        f"({platform.python_implementation()}); Linux {platform.release()}; "
-        f"measured {now:%Y-%m-%d %H:%M} UTC."
+        f"({platform.python_implementation()}); Linux {platform.release()}; load average {load} "
+        f"(1, 5, 15 min); measured {now:%Y-%m-%d %H:%M} UTC."
     )
 
 
