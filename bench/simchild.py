@@ -78,12 +78,12 @@ class _TimedGateway(SimulatedGateway):
     def __init__(self, config: SimConfig, clock: ShiftedClock) -> None:
         super().__init__(config, clock=clock)
         self.arrivals: deque[tuple[float, int, int]] = deque(maxlen=200_000)
-        self.sent: Counter[int] = Counter()
+        self.sent_counts: Counter[int] = Counter()
         self._placed: set[str] = set()
 
     def record(self, direction: Direction, client_id: int | None, msg: list[object] | list[str]) -> None:
         if direction == "out" and client_id is not None:
-            self.sent[client_id] += 1
+            self.sent_counts[client_id] += 1
         if direction == "in" and msg and client_id is not None:
             arrived = time.perf_counter()
             head = str(msg[0])
@@ -125,7 +125,7 @@ async def _serve(profile: LatencyProfile) -> None:
                 case "stats":
                     _answer(json.dumps(asdict(gw.limits.stats(int(args[0])))))
                 case "sent":
-                    _answer(str(gw.sent[int(args[0])]))
+                    _answer(str(gw.sent_counts[int(args[0])]))
                 case "reset":
                     gw.limits.by_client.pop(int(args[0]), None)
                     _answer("ok reset")
