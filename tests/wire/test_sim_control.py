@@ -145,15 +145,18 @@ async def test_faults_and_restart_over_the_socket(running: Running, control: Lin
         {"op": "hold_client_id", "client_id": 9},
         {"op": "set_spot", "spot": 6100},
         {"op": "set_vol", "vol": 0.2},
+        {"op": "positions_lag", "seconds": 2.5},
     ):
         assert (await control.call(**request))["ok"], request
     status = await control.call(op="status")
     assert status["faults"]["drop_after_place_read"] == 2
+    assert status["faults"]["positions_lag_s"] == 2.5
     assert status["faults"]["omit"] == {"53": 1}
     assert status["faults"]["delay"] == {"3": {"seconds": 1.5, "remaining": None}}
     assert status["spot"] == pytest.approx(6100.0, rel=0.0011)  # the standalone spot wanders 0.1%
     assert (await control.call(op="clear_faults"))["ok"]
     assert (await control.call(op="status"))["faults"]["held_client_ids"] == {}
+    assert (await control.call(op="status"))["faults"]["positions_lag_s"] == 0.0
 
     ib = IB()
     watch(ib)
@@ -190,6 +193,8 @@ def test_fault_specs() -> None:
     assert described["omit"] == {"53": None}
     assert described["delay"] == {"3": {"seconds": 2.5, "remaining": 1}}
     assert described["held_client_ids"] == {"7": 3}
-    for bad in ("explode", "omit", "delay:3", "omit:x", "hold-client-id:1:2:3"):
+    apply_fault_spec(faults, "positions-lag:1.5")
+    assert faults.describe()["positions_lag_s"] == 1.5
+    for bad in ("explode", "omit", "delay:3", "omit:x", "hold-client-id:1:2:3", "positions-lag:-1"):
         with pytest.raises(ValueError, match="use drop-after-place"):
             apply_fault_spec(faults, bad)
