@@ -154,6 +154,14 @@ class StrategySettings(_Section):
     max_debit: float = Field(default=60.0, gt=0)
     max_contracts: int = Field(default=10, ge=1)
     max_open_calendars: int = Field(default=7, ge=1)
+    on_netting: Literal["shift", "skip", "allow"] = "shift"
+    """A chosen leg that is an open position's leg on the other side (IB nets positions per
+    contract, so the two would cancel at the broker): shift every leg of that strike to the
+    nearest listed strike that nets against nothing, skip the day, or allow it (the netted
+    positions can then only be closed together, by a person: the exits refuse to take a leg
+    through zero)."""
+    netting_max_shift_points: float = Field(default=25.0, gt=0)
+    """`shift` moves a strike at most this many index points; farther means the day is skipped."""
 
     @model_validator(mode="after")
     def _back_after_front(self) -> StrategySettings:
@@ -188,6 +196,9 @@ class AlertSettings(_Section):
     retry_min_s: float = Field(default=2.0, gt=0)
     retry_max_s: float = Field(default=300.0, gt=0)
     link_lost_after_s: float = Field(default=30.0, ge=0)
+    poll_s: float = Field(default=5.0, gt=0)
+    """How often the outbox is read while nothing wakes the sender (every alert the daemon writes
+    wakes it at once; retries keep their own times): a backstop, not the delivery path."""
 
     @field_validator("to")
     @classmethod

@@ -120,6 +120,9 @@ class ActionKind(enum.StrEnum):
     RECONCILING_BLOCKED = "RECONCILING_BLOCKED"
     PAUSED_BLOCKED = "PAUSED_BLOCKED"
     LEGS_CHOSEN = "LEGS_CHOSEN"
+    NETTING = "NETTING"
+    """Leg selection found a candidate leg that would net against an open position's leg at IB,
+    and shifted the strike, skipped the day or allowed it (`strategy.on_netting`)."""
     ORDER_SENDING = "ORDER_SENDING"
     """The order's limit, journaled before the order is written to the broker (write-ahead)."""
     ORDER_PLACED = "ORDER_PLACED"

@@ -129,6 +129,7 @@ class AlertSender:
             retry_min_s=settings.retry_min_s,
             retry_max_s=settings.retry_max_s,
             send_timeout_s=settings.send_timeout_s,
+            poll_s=settings.poll_s,
             rng=rng,
         )
 

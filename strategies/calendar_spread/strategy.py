@@ -23,10 +23,11 @@ from bot.broker.protocol import (
     Right,
 )
 from bot.broker_guard import EntryChecks, ExitChecks
-from bot.domain import EntryStatus
+from bot.domain import ActionKind, EntryStatus
 from bot.logs import get_logger
 from bot.positions.marks import LegSide
-from bot.positions.settings import ExitSettings
+from bot.positions.netting import CandidateLeg, NettingOutcome, OpenLeg, check_netting
+from bot.positions.settings import ExitSettings, NettingSettings, OnNetting
 from bot.strategy import IntentContext
 from bot.trading_days import TradingCalendar
 from bot.walk import WalkSettings, resume_order, work_order
@@ -69,6 +70,9 @@ class CalendarParams:
     max_steps: int = 5
     fill_timeout_s: float = 30.0
     max_debit: float = 60.0
+    on_netting: str = "shift"
+    """What to do with a leg that nets against an open position's (`bot.positions.netting`)."""
+    netting_max_shift_points: float = 25.0
 
 
 class CalendarSpread:
@@ -99,11 +103,13 @@ class CalendarSpread:
             return
         try:
             sells, buys = await self._choose(ctx)
+            sells, buys, note = await self._against_open_positions(ctx, sells, buys)
         except (NoLegs, NoSuchContract, Unpriceable) as exc:
             await recorder.finished(EntryStatus.SKIPPED, str(exc))
             return
         legs = [q.contract for q in sells] + [q.contract for q in buys]
-        await recorder.legs_chosen(legs, _describe(sells, buys), ["SELL"] * len(sells) + ["BUY"] * len(buys))
+        text = _describe(sells, buys) + (f" ({note})" if note else "")
+        await recorder.legs_chosen(legs, text, ["SELL"] * len(sells) + ["BUY"] * len(buys))
         rule = await ctx.broker.price_rule(legs)
         try:
             ladder = price_ladder(combo_price(sells, buys), p.price_step, p.max_steps, p.max_debit, rule)
@@ -234,6 +240,92 @@ class CalendarSpread:
             buys.append(back)
         return sells, buys
 
+    async def _against_open_positions(
+        self, ctx: IntentContext, sells: list[OptionQuote], buys: list[OptionQuote]
+    ) -> tuple[list[OptionQuote], list[OptionQuote], str | None]:
+        """Apply `on_netting` to legs that would net against an open position's legs at IB (the
+        same contract on the other side): shift the strike to the nearest one that nets against
+        nothing and is listed in both expiries, skip the day (`NoLegs`), or allow it. The decision
+        is journaled (`NETTING`); returns the legs to trade and a note for the legs' text."""
+        journal = ctx.recorder.journal
+        open_legs = [
+            OpenLeg(
+                position_id=p.id,
+                con_id=leg.con_id,
+                expiry=leg.expiry,
+                strike=leg.strike,
+                right=leg.right,
+                quantity=(1.0 if leg.side is LegSide.LONG else -1.0) * leg.ratio * p.open_quantity,
+                trading_class=leg.trading_class,
+            )
+            for p in await journal.positions(only_open=True)
+            for leg in p.legs
+        ]
+        if not open_legs:
+            return sells, buys, None
+        p = self.params
+        settings = NettingSettings(
+            on_netting=OnNetting(p.on_netting), max_shift_points=p.netting_max_shift_points
+        )
+        candidates = [_candidate(q, "SELL") for q in sells] + [_candidate(q, "BUY") for q in buys]
+        first_look = check_netting(candidates, open_legs, strikes=(), settings=settings)
+        if first_look.outcome is NettingOutcome.CLEAR:
+            return sells, buys, None
+        strikes = set((await ctx.broker.chain()).strikes)
+        while True:
+            candidates = [_candidate(q, "SELL") for q in sells] + [_candidate(q, "BUY") for q in buys]
+            decision = check_netting(candidates, open_legs, strikes=strikes, settings=settings)
+            if decision.outcome is not NettingOutcome.SHIFTED:
+                break
+            moved = await self._shifted(ctx, sells, buys, decision.legs)
+            if isinstance(moved, float):
+                strikes.discard(moved)  # not listed in both expiries: the next nearest one
+                continue
+            sells, buys = moved
+            break
+        if decision.outcome is NettingOutcome.CLEAR:
+            return sells, buys, None
+        trade = ctx.trade
+        await journal.log_action(
+            ActionKind.NETTING,
+            strategy=trade.strategy,
+            day=trade.trading_day,
+            entry_id=trade.id,
+            detail={
+                "outcome": decision.outcome.value,
+                "note": decision.note,
+                "conflicts": [c.describe() for c in decision.conflicts],
+            },
+        )
+        log.info("netting", entry=trade.id, outcome=decision.outcome.value, note=decision.note)
+        if decision.outcome is NettingOutcome.SKIP:
+            raise NoLegs(f"a leg nets against an open position ({decision.note})")
+        return sells, buys, decision.note
+
+    async def _shifted(
+        self,
+        ctx: IntentContext,
+        sells: list[OptionQuote],
+        buys: list[OptionQuote],
+        legs: tuple[CandidateLeg, ...],
+    ) -> tuple[list[OptionQuote], list[OptionQuote]] | float:
+        """Quotes for the calendars whose strike `legs` moved (sells then buys, in order), or the
+        strike that is not listed in both expiries."""
+        n = len(sells)
+        new_sells, new_buys = list(sells), list(buys)
+        for i, (front, back) in enumerate(zip(sells, buys, strict=True)):
+            strike = legs[i].strike
+            if strike == front.contract.strike:
+                continue
+            try:
+                new_sells[i], new_buys[i] = await self._pair(
+                    ctx, front.contract.expiry, back.contract.expiry, front.contract.right, [strike]
+                )
+            except NoLegs:
+                return strike
+            assert legs[n + i].strike == strike  # noqa: S101 -- a calendar's legs move together
+        return new_sells, new_buys
+
     async def _pair(
         self, ctx: IntentContext, front: date, back: date, right: Right, strikes: list[float]
     ) -> tuple[OptionQuote, OptionQuote]:
@@ -282,6 +374,11 @@ async def _both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
+
+
+def _candidate(quote: OptionQuote, action: str) -> CandidateLeg:
+    c = quote.contract
+    return CandidateLeg(c.expiry, c.strike, c.right.value, action, c.trading_class, c.con_id)
 
 
 def _describe(sells: list[OptionQuote], buys: list[OptionQuote]) -> str:
