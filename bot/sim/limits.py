@@ -37,14 +37,43 @@ from __future__ import annotations
 import logging
 import weakref
 from collections import deque
+from collections.abc import Mapping, Set
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from bot.clock import Clock
-    from bot.sim.session import Session
 
-__all__ = ["ClientLimitStats", "IbLimits", "Limits"]
+__all__ = ["ClientLimitStats", "IbLimits", "LimitedClient", "Limits"]
+
+
+class LimitedClient(Protocol):
+    """What the limits need of a client connection (a session): who it is, the market-data lines
+    it holds, and how to tell it off or close it."""
+
+    @property
+    def cid(self) -> int:
+        """The client id."""
+        ...
+
+    @property
+    def subscriptions(self) -> Mapping[int, object]:
+        """Streaming market-data requests by request id (each holds a line)."""
+        ...
+
+    @property
+    def snapshots(self) -> Set[int]:
+        """Snapshot requests not yet ended (each holds a line meanwhile)."""
+        ...
+
+    def error(self, req_id: int, code: int, text: str) -> None:
+        """Send an error message."""
+        ...
+
+    def close(self) -> None:
+        """Close the connection."""
+        ...
+
 
 _log = logging.getLogger("bot.sim")
 
@@ -117,7 +146,7 @@ class Limits:
         self.pacing_disconnect_within_s = config.pacing_disconnect_within_s
         self.pacing_flood_msgs = config.pacing_flood_msgs
         self.by_client: dict[int, ClientLimitStats] = {}
-        self._pace: weakref.WeakKeyDictionary[Session, _Pace] = weakref.WeakKeyDictionary()
+        self._pace: weakref.WeakKeyDictionary[LimitedClient, _Pace] = weakref.WeakKeyDictionary()
 
     def stats(self, client_id: int) -> ClientLimitStats:
         """The counters of one client id (zeros if it never connected)."""
@@ -134,7 +163,7 @@ class Limits:
 
     # -- pacing --------------------------------------------------------------------------------
 
-    def admit_frame(self, session: Session) -> bool:
+    def admit_frame(self, session: LimitedClient) -> bool:
         """Count one frame from `session`; True to process it, False when it is over the rate.
 
         May report error 100 on `session` and close it.
@@ -176,7 +205,7 @@ class Limits:
 
     # -- market-data lines ---------------------------------------------------------------------
 
-    def admit_line(self, session: Session, req_id: int) -> bool:
+    def admit_line(self, session: LimitedClient, req_id: int) -> bool:
         """True when `session` may hold one more line for `req_id` (a stream or a snapshot).
 
         On False it has answered the request with error 101.

@@ -14,7 +14,7 @@ import logging
 from collections import deque
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
 
 from bot.sim import messages as m
 from bot.sim.delivery import Outbox
@@ -38,13 +38,21 @@ from bot.sim.wire import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Coroutine
+    from datetime import tzinfo
 
-    from bot.sim.book import Position
-    from bot.sim.server import SimulatedGateway
+    from bot.clock import Clock
+    from bot.sim.book import Execution, Ledger, LedgerOrder, Position
+    from bot.sim.config import Direction, SimConfig
+    from bot.sim.faults import Faults
+    from bot.sim.latency import LatencyClock
+    from bot.sim.limits import Limits
+    from bot.sim.market import MarketModel
+    from bot.sim.rules import OrderRules
 
 __all__ = [
     "MIN_SERVER_VERSION",
+    "Gateway",
     "PlaceRequest",
     "Session",
     "WireContract",
@@ -182,12 +190,101 @@ class PlaceRequest:
 _Target: TypeAlias = ContractRef | OptionContract | tuple[LegSpec, ...]
 
 
+class Gateway(Protocol):
+    """What a session needs of the gateway that owns it: its configuration, clock, market, book,
+    faults and limits, and the order engine's operations. Sessions depend on this port, never on
+    `bot.sim.server.SimulatedGateway`, which implements it (so the two modules form no cycle)."""
+
+    config: SimConfig
+    clock: Clock
+    market: MarketModel
+    ledger: Ledger
+    faults: Faults
+    limits: Limits
+    latency: LatencyClock
+    rules: OrderRules
+    time_zone: tzinfo
+    connectivity_lost: bool
+
+    def record(self, direction: Direction, client_id: int | None, msg: list[object] | list[str]) -> None:
+        """Keep a frame in the transcript."""
+        ...
+
+    def protocol_error(self, text: str) -> None:
+        """Note a client's protocol violation (a strict gateway fails the test on it)."""
+        ...
+
+    def spawn(self, coro: Coroutine[object, object, None], name: str) -> asyncio.Task[None]:
+        """Run `coro` as a background task owned by the gateway."""
+        ...
+
+    def notify(self) -> None:
+        """Wake whoever waits for a change of the gateway's state."""
+        ...
+
+    def log_connection(
+        self,
+        client_id: int | None,
+        event: Literal["accepted", "refused_326", "refused_version", "closed"],
+    ) -> None:
+        """Keep a connection event."""
+        ...
+
+    def admit(self, session: Session) -> bool:
+        """Accept a started API session unless its client id is in use or held (326)."""
+        ...
+
+    def session_ended(self, session: Session) -> None:
+        """Forget a closed session."""
+        ...
+
+    def next_order_id(self, client_id: int) -> int:
+        """The nextValidId for `client_id`."""
+        ...
+
+    def visible_completed(self) -> list[LedgerOrder]:
+        """The completed orders clients can see."""
+        ...
+
+    def visible_executions(self) -> list[Execution]:
+        """The executions reqExecutions can return."""
+        ...
+
+    def place_order(self, session: Session, req: PlaceRequest, contract: ContractRef | str) -> None:
+        """Book, modify, refuse or reject one placeOrder."""
+        ...
+
+    def cancel_order(self, session: Session, order_id: int) -> None:
+        """Cancel one of `session`'s orders (or refuse to: 10147/10148)."""
+        ...
+
+    def global_cancel(self) -> None:
+        """Cancel every working order (reqGlobalCancel)."""
+        ...
+
+    def tick_interval_s(self) -> float:
+        """Clock seconds between a stream's ticks now."""
+        ...
+
+    def positions(self) -> list[Position]:
+        """The account's positions as its reports show them."""
+        ...
+
+    def mark_price(self, contract: ContractRef) -> float:
+        """The mark of a contract (portfolio rows)."""
+        ...
+
+    def account_values(self) -> list[tuple[str, str, str]]:
+        """The account values (key, value, currency)."""
+        ...
+
+
 class Session:
     """One client connection; created by the gateway for each accepted socket."""
 
     def __init__(
         self,
-        gateway: SimulatedGateway,
+        gateway: Gateway,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> None:
