@@ -296,6 +296,11 @@ class IBBroker:
         """The latest connection problem in one line (for `bot status`); None while healthy."""
 
         self._ib = IB()
+        if callable(getattr(self._clock, "speed", None)):
+            # ib_async paces requests (45 a second) on the real clock. On a clock that runs faster
+            # (a simulated season) that pacing would hold requests back for real seconds, i.e.
+            # simulated hours; the simulated gateway counts IB's limit on the same clock instead.
+            self._ib.client.MaxRequests = 0
         self._ib.errorEvent += self._on_error
         self._ib.disconnectedEvent += self._on_disconnected
         self._ib.orderStatusEvent += self._on_order_status
