@@ -68,6 +68,9 @@ class ExitSettings(_Frozen):
 
     enabled: bool = True
     """Evaluate the open positions against these rules (off: only `bot close` closes)."""
+    react_to_ticks: bool = True
+    """Evaluate at once when a streamed tick takes a mark through a profit target or stop (off:
+    only every `evaluate_every_s`, at the time rules' moments and after alert-worthy events)."""
     evaluate_every_s: float = Field(default=60.0, gt=0)
     """How often, during the session, the open positions are marked from their legs' streamed
     quotes and evaluated (also at each time rule's moment, and after an entry fills or a

@@ -304,9 +304,10 @@ class Daemon:
             max_connections=s.control.max_connections,
             clock=self.clock,
         )
-        await self.control.start()
         # The page is read-only and optional: it never stops the daemon from starting or trading.
+        # Made before the socket listens, so `bot status` can always describe it.
         self.web = daemon_dashboard(self)
+        await self.control.start()
         await self.web.start()
         try:
             await self._supervise()
@@ -537,7 +538,8 @@ class Daemon:
 
     async def _watch_prices(self) -> None:
         """Wake the exit loop as soon as a streamed tick takes an open position's mark through its
-        profit target or stop, instead of at its next pass (up to `exits.evaluate_every_s` later).
+        profit target or stop, instead of at its next pass (up to `exits.evaluate_every_s` later;
+        `exits.react_to_ticks` turns it off).
 
         Only prices are looked at here: the positions of the last pass, their legs' streamed
         quotes, the same mark and guard as the pass, at most every `_PRICE_CHECK_S`; the pass
@@ -545,7 +547,8 @@ class Daemon:
         wakes the loop at most once per `_PRICE_WAKE_EVERY_S`, and not while its exit runs."""
         stream = self.broker if isinstance(self.broker, QuoteStream) else None
         x = self.settings.exits
-        if stream is None or not x.enabled or (x.profit_target_pct is None and x.stop_loss_pct is None):
+        prices = x.profit_target_pct is not None or x.stop_loss_pct is not None
+        if stream is None or not x.enabled or not x.react_to_ticks or not prices:
             return
         guard = MarkGuard(x.max_quote_age_s, x.max_leg_width_abs, x.max_leg_width_frac)
         while True:
