@@ -60,6 +60,7 @@ from ib_async import (
     OptionComputation,
     Ticker,
     Trade,
+    util,
 )
 from ib_async.ib import StartupFetch, StartupFetchALL
 from ib_async.objects import OptionChain as IBOptionChain
@@ -858,13 +859,7 @@ class IBBroker:
         keys = [(c.expiry, float(c.strike), c.right.value, c.trading_class) for c in contracts]
         unknown = [k for k in dict.fromkeys(keys) if k not in self._qualified and k not in self._missing]
         if unknown:
-            options = [
-                Option("SPX", e.strftime("%Y%m%d"), k, r, "SMART", currency="USD", tradingClass=tc)
-                for e, k, r, tc in unknown
-            ]
-            results = await self._request(
-                f"contract details for {len(options)} options", lambda: self._qualify(*options)
-            )
+            results = await self._describe_options(unknown)
             for key, result in zip(unknown, results, strict=True):
                 if result is None:
                     self._missing.add(key)
@@ -882,8 +877,9 @@ class IBBroker:
         the combo's rule is that finest increment at every level. How IB validates a BAG limit
         is not documented; a 110 refusal is handled by the walk (it steps to a coarser grid)."""
         finest: float | None = None
-        for contract in contracts:
-            rule_id = await self._market_rule_id(contract)
+        # Known from qualifying the legs (`_describe_options`); otherwise asked for all at once.
+        rule_ids = await asyncio.gather(*(self._market_rule_id(c) for c in contracts))
+        for rule_id in rule_ids:
             if rule_id is None:
                 continue
             rule = self._rules.get(rule_id)
@@ -920,25 +916,42 @@ class IBBroker:
             self._rule_ids[key] = _smart_rule_id(details[0]) if details else None
         return self._rule_ids[key]
 
+    async def _describe_options(self, keys: Sequence[tuple[date, float, str, str]]) -> list[Contract | None]:
+        """Qualify options `(expiry, strike, right, trading class)` from their contract details, all
+        at once, as `qualifyContractsAsync` does (None when unknown or ambiguous), keeping each
+        one's SMART market rule id: the combo's price rule then needs no second look-up (a round
+        trip, ~0.2 s at IB, per leg)."""
+        options = [
+            Option("SPX", e.strftime("%Y%m%d"), k, r, "SMART", currency="USD", tradingClass=tc)
+            for e, k, r, tc in keys
+        ]
+        answers: list[list[ContractDetails]] = await self._request(
+            f"contract details for {len(options)} options",
+            lambda: asyncio.gather(*(self._ib.reqContractDetailsAsync(o) for o in options)),
+        )
+        out: list[Contract | None] = []
+        for key, option, answer in zip(keys, options, answers, strict=True):
+            # As ib_async qualifies: one answer, or one of the requested security type.
+            details = (
+                answer
+                if len(answer) <= 1
+                else [d for d in answer if d.contract and d.contract.secType == "OPT"]
+            )
+            found = details[0].contract if len(details) == 1 else None
+            if found is None or not found.conId:
+                out.append(None)
+                continue
+            util.dataclassUpdate(option, found)
+            option.exchange = "SMART"  # a SMART request stays SMART (as ib_async qualifies it)
+            self._rule_ids[key] = _smart_rule_id(details[0])
+            out.append(option)
+        return out
+
     async def _qualify_options(self, contracts: Sequence[OptionContract]) -> list[Contract]:
         keys = [(c.expiry, float(c.strike), c.right.value, c.trading_class) for c in contracts]
         missing = list(dict.fromkeys(k for k in keys if k not in self._qualified))
         if missing:
-            options = [
-                Option(
-                    "SPX",
-                    expiry.strftime("%Y%m%d"),
-                    strike,
-                    right,
-                    "SMART",
-                    currency="USD",
-                    tradingClass=trading_class,
-                )
-                for expiry, strike, right, trading_class in missing
-            ]
-            results = await self._request(
-                f"contract details for {len(options)} options", lambda: self._qualify(*options)
-            )
+            results = await self._describe_options(missing)
             for key, result in zip(missing, results, strict=True):
                 if result is None:
                     expiry, strike, right, trading_class = key
@@ -1398,11 +1411,12 @@ class IBBroker:
         before an order leaves): an order another copy placed while the other queries ran is then
         seen, so the window left is one round trip, not the whole look-up."""
         async with self._lookup_lock:
-            open_trades: list[Trade] = await self._request("the open orders", self._ib.reqAllOpenOrdersAsync)
-            completed: list[Trade] = await self._request(
-                "the completed orders", lambda: self._ib.reqCompletedOrdersAsync(False)
+            # Asked at once: at IB each is a round trip, and one moment's record is what counts.
+            open_trades, completed, fills = await asyncio.gather(
+                self._request("the open orders", self._ib.reqAllOpenOrdersAsync),
+                self._request("the completed orders", lambda: self._ib.reqCompletedOrdersAsync(False)),
+                self._executions(),
             )
-            fills = await self._executions()
             if last_look:
                 again: list[Trade] = await self._request("the open orders", self._ib.reqAllOpenOrdersAsync)
                 known = {id(t) for t in open_trades}
@@ -1421,13 +1435,19 @@ class IBBroker:
         Only the first is required; the completed orders cover other clients' fills."""
         since = (self._clock.now() - _EXECUTIONS_LOOKBACK).astimezone(UTC).strftime("%Y%m%d-%H:%M:%S")
         ours = ExecutionFilter(clientId=self.client_id, acctCode=self._account, time=since)
-        fills: list[Fill] = await self._request("the executions", lambda: self._ib.reqExecutionsAsync(ours))
         everyone = ExecutionFilter(acctCode=self._account, time=since)
-        try:
-            async with asyncio.timeout(min(2.0, self._request_timeout_s)):
-                more: list[Fill] = await self._ib.reqExecutionsAsync(everyone)
-        except (TimeoutError, ConnectionError):
-            more = []
+
+        async def best_effort() -> list[Fill]:
+            try:
+                async with asyncio.timeout(min(2.0, self._request_timeout_s)):
+                    found: list[Fill] = await self._ib.reqExecutionsAsync(everyone)
+                    return found
+            except (TimeoutError, ConnectionError):
+                return []
+
+        fills, more = await asyncio.gather(
+            self._request("the executions", lambda: self._ib.reqExecutionsAsync(ours)), best_effort()
+        )
         seen = {f.execution.execId for f in fills}
         return fills + [f for f in more if f.execution.execId not in seen]
 
