@@ -17,8 +17,8 @@ from typing import Any, Protocol
 import pytest
 from ib_async import IB, Bag, ComboLeg, Contract, LimitOrder, Option, Trade
 
-from bot.clock import ManualClock
-from bot.sim import SimConfig, SimulatedGateway
+from bot.clock import ManualClock, SystemClock
+from bot.sim import FillModel, SimConfig, SimulatedGateway
 from bot.trading_days import TradingCalendar
 
 START = datetime(2026, 12, 17, 15, 0, tzinfo=UTC)
@@ -222,3 +222,17 @@ def errors_of(ib: IB) -> list[tuple[int, int]]:
 
     ib.errorEvent += on_error
     return seen
+
+
+@pytest.fixture
+async def gw() -> AsyncIterator[SimulatedGateway]:
+    """For the daemon wire tests: a strict gateway on the system clock (the daemon's own timers
+    run in real time) filling every order at once. It must end with no protocol errors and with the
+    bot inside IB's limits (50 messages a second, 100 market-data lines) throughout."""
+    gateway = SimulatedGateway(SimConfig(seed=5, strict=True), clock=SystemClock())
+    gateway.fill_model = FillModel.always()
+    await gateway.start(host="127.0.0.1", port=0)
+    yield gateway
+    await gateway.stop()
+    assert gateway.protocol_errors == []
+    assert gateway.limits.violations == 0, gateway.limits.to_dict()

@@ -25,10 +25,7 @@ import pytest
 from bot.broker.protocol import LinkState
 from bot.clock import SystemClock
 from bot.config import (
-    BrokerSettings,
-    ControlSettings,
     RuntimeEnv,
-    ServiceSettings,
     Settings,
     StrategySettings,
 )
@@ -39,6 +36,7 @@ from bot.sim import FillModel, SimConfig, SimulatedGateway
 from bot.sim.chain import ChainMode, ChainShape
 from bot.sim.exec_filter import ExecFilterQuirk
 from bot.sim.rules import ComboIncrements
+from tests.support.daemon_on_sim import daemon_settings
 from tests.support.inproc import entry_final, running_daemon, until
 
 pytestmark = pytest.mark.wire
@@ -46,40 +44,6 @@ pytestmark = pytest.mark.wire
 ORDER_STATUS = 3
 EXEC_DETAILS = 11
 COMPLETED_ORDERS_END = 102
-
-
-@pytest.fixture
-async def gw() -> AsyncIterator[SimulatedGateway]:
-    gateway = SimulatedGateway(SimConfig(seed=5, strict=True), clock=SystemClock())
-    gateway.fill_model = FillModel.always()
-    await gateway.start(host="127.0.0.1", port=0)
-    yield gateway
-    await gateway.stop()
-    assert gateway.protocol_errors == []
-    # The bot stays inside IB's limits (50 messages a second, 100 market-data lines) throughout.
-    assert gateway.limits.violations == 0, gateway.limits.to_dict()
-
-
-def _settings(gw: SimulatedGateway, state: Path, client_id: int = 17) -> Settings:
-    state.mkdir(parents=True, exist_ok=True)
-    (state / "locks").mkdir(exist_ok=True)  # its own: two daemons here model two hosts
-    # (Guarded so this file also runs against older code, to show what it catches there.)
-    extra = {"lock_dir": state / "locks"} if "lock_dir" in ServiceSettings.model_fields else {}
-    return Settings(
-        state_dir=state,
-        broker=BrokerSettings(
-            mode="paper",
-            port=gw.port,
-            client_id=client_id,
-            reconnect_min_s=0.05,
-            reconnect_max_s=0.5,
-            connect_timeout_s=2.0,
-            request_timeout_s=2.0,
-        ),
-        strategy=StrategySettings(step_interval_s=0.3, fill_timeout_s=1.0, max_steps=2),
-        control=ControlSettings(socket_path=state / "bot.sock"),
-        service=ServiceSettings(**extra),
-    )
 
 
 async def _trade(d: Daemon) -> Started:
@@ -104,7 +68,7 @@ async def test_filled_before_its_executions_blocks_a_second_entry(
     broker's quantity, its executions are still journaled when they come, and a plain second
     `trade` is refused as already traded. Before the fix: a second filled order at the broker."""
     gw.faults.delay(EXEC_DETAILS, 0.3)
-    async with running_daemon(_settings(gw, tmp_path)) as d:
+    async with running_daemon(daemon_settings(gw, tmp_path)) as d:
         first = await _trade(d)
         assert await entry_final(d, first.trade.id) == "filled"
         second = await d.trade(force=False)
@@ -118,7 +82,7 @@ async def test_filled_before_its_executions_blocks_a_second_entry(
 async def test_the_journal_deleted_mid_day_adopts_todays_order(gw: SimulatedGateway, tmp_path: Path) -> None:
     """The day traded, then the journal is lost: on the next start the broker's order for the day
     is adopted (never re-sent) and a plain `trade` is refused as already traded; an alert says so."""
-    settings = _settings(gw, tmp_path)
+    settings = daemon_settings(gw, tmp_path)
     async with running_daemon(settings) as d:
         first = await _trade(d)
         assert await entry_final(d, first.trade.id) == "filled"
@@ -139,7 +103,7 @@ async def test_a_journal_restored_from_before_the_entry_adopts_todays_order(
 ) -> None:
     """A copy of the journal taken before the entry replaces it after the fill: the restored
     journal has no entry, the broker has the filled order: adopted, nothing sent again."""
-    settings = _settings(gw, tmp_path)
+    settings = daemon_settings(gw, tmp_path)
     copy = tmp_path / "before.sqlite3"
     async with running_daemon(settings) as d:
         src = sqlite3.connect(settings.journal_path)
@@ -170,8 +134,8 @@ async def test_a_second_daemon_with_its_own_journal_never_doubles_the_day(
     if working:
         gw.fill_model = FillModel.never()
     async with (
-        running_daemon(_settings(gw, tmp_path / "a", client_id=17)) as a,
-        running_daemon(_settings(gw, tmp_path / "b", client_id=18)) as b,
+        running_daemon(daemon_settings(gw, tmp_path / "a", client_id=17)) as a,
+        running_daemon(daemon_settings(gw, tmp_path / "b", client_id=18)) as b,
     ):
         first = await _trade(a)
         if working:
@@ -225,7 +189,7 @@ async def test_a_gateway_that_never_answers_an_empty_executions_filter(
     are still found with a filtered request."""
     gw = await make_gw()
     gw.faults.exec_filter_quirk(ExecFilterQuirk.IGNORE_EMPTY)
-    async with running_daemon(_settings(gw, tmp_path)) as d:
+    async with running_daemon(daemon_settings(gw, tmp_path)) as d:
         first = await _trade(d)
         assert await entry_final(d, first.trade.id) == "filled"
         assert (await d.journal.entry(first.trade.id)).filled == 1
@@ -240,7 +204,7 @@ async def test_executions_lost_live_and_answered_for_client_zero_only_are_still_
     gw = await make_gw()
     gw.faults.exec_filter_quirk(ExecFilterQuirk.CLIENT_ZERO_ONLY)
     gw.faults.omit(EXEC_DETAILS, 3)  # the BAG execution and both legs', as they happen
-    async with running_daemon(_settings(gw, tmp_path)) as d:
+    async with running_daemon(daemon_settings(gw, tmp_path)) as d:
         first = await _trade(d)
         assert await entry_final(d, first.trade.id) == "filled"
         view = await d.journal.entry(first.trade.id)
@@ -255,7 +219,7 @@ async def test_a_delta_search_over_a_chain_whose_strikes_differ_by_expiry(
     200). The search qualifies per expiry and skips what does not exist (before the fix one
     missing contract aborted the entry)."""
     gw = await make_gw(chain=ChainShape(mode=ChainMode.FAR_SPARSE, dense_days=10, band_points=25.0))
-    settings = _settings(gw, tmp_path)
+    settings = daemon_settings(gw, tmp_path)
     settings = settings.model_copy(
         update={"strategy": StrategySettings(strike_mode="delta", step_interval_s=0.3, fill_timeout_s=1.0)}
     )
@@ -273,7 +237,7 @@ async def test_a_price_refused_for_its_increment_steps_to_a_valid_price(
     ending the entry; every limit the gateway accepted conforms."""
     gw = await make_gw(enforce_market_rules=True, combo_increments=ComboIncrements.LEGS)
     gw.fill_model = FillModel.never()
-    async with running_daemon(_settings(gw, tmp_path)) as d:
+    async with running_daemon(daemon_settings(gw, tmp_path)) as d:
         first = await _trade(d)
         assert await entry_final(d, first.trade.id) == "cancelled"
         refused = [a for a in await d.journal.actions() if a.kind == "MODIFY_REFUSED"]
@@ -296,7 +260,7 @@ async def test_an_open_order_answer_missing_our_live_order_concludes_nothing(
     gw.faults.delay(5, 0.85)
     gw.faults.leg_executions_only(4)
     gw.faults.omit(EXEC_DETAILS, 1)
-    settings = _settings(gw, tmp_path)
+    settings = daemon_settings(gw, tmp_path)
     settings = settings.model_copy(
         update={
             "strategy": StrategySettings(step_interval_s=0.15, fill_timeout_s=0.4, max_steps=2, quantity=2)
@@ -317,7 +281,7 @@ async def test_order_ids_never_roll_back_below_the_journals_highest(
     """A gateway restart rolls nextValidId back to 1 and (a new day for what clients see) forgets
     the executions that would show the ids already used: the next order's id still starts above
     the journal's highest, so the gateway never answers 103 (before the fix it did)."""
-    settings = _settings(gw, tmp_path)
+    settings = daemon_settings(gw, tmp_path)
     async with running_daemon(settings) as d:
         first = await _trade(d)
         assert await entry_final(d, first.trade.id) == "filled"
@@ -338,8 +302,8 @@ async def test_two_copies_fired_at_the_same_instant_send_one_order(
     the broker in its own slot, so the later one finds the earlier one's order and adopts it: one
     order at the broker, never two with one orderRef."""
     async with (
-        running_daemon(_settings(gw, tmp_path / "a", client_id=17)) as a,
-        running_daemon(_settings(gw, tmp_path / "b", client_id=18)) as b,
+        running_daemon(daemon_settings(gw, tmp_path / "a", client_id=17)) as a,
+        running_daemon(daemon_settings(gw, tmp_path / "b", client_id=18)) as b,
     ):
         first, second = await asyncio.gather(a.trade(force=False), b.trade(force=False))
         assert isinstance(first, Started) and isinstance(second, Started)
@@ -369,7 +333,7 @@ async def test_a_stale_status_after_filled_never_unfills_the_entry(
     is refused. Before the fix: journaled "cancelled with no fill" and a second order sent."""
     gw.faults.delay(ORDER_STATUS, 0.5, count=1)
     gw.faults.omit(EXEC_DETAILS)
-    async with running_daemon(_settings(gw, tmp_path)) as d:
+    async with running_daemon(daemon_settings(gw, tmp_path)) as d:
         first = await _trade(d)
         assert await entry_final(d, first.trade.id) == "filled"
         await gw.wait_for(lambda: _stale_status_delivered(gw))
@@ -389,7 +353,7 @@ async def test_yesterdays_order_the_gateway_forgot_is_settled_from_positions(
     executions. Today's start must not conclude "expired" from that absence: the account's
     positions in the entry's legs show the fill, so the entry is filled, with an alert. Before the
     fix: finished `cancelled` (a DAY order from an earlier day) and the fill never recorded."""
-    settings = _settings(gw, tmp_path)
+    settings = daemon_settings(gw, tmp_path)
     yesterday = _DayBehind()
     gw.fill_model = FillModel.always(delay_s=1.0)
     d = Daemon(settings, RuntimeEnv.from_environ({}), yesterday, SystemdNotifier(None), handle_signals=False)
@@ -420,7 +384,7 @@ async def test_a_timeout_cancel_that_loses_to_the_fill_settles_filled(
     executions journaled, and a plain second `trade` is refused: one order at the broker."""
     gw.fill_model = FillModel.never()
     gw.faults.fill_before_cancel(count=1)
-    async with running_daemon(_settings(gw, tmp_path)) as d:
+    async with running_daemon(daemon_settings(gw, tmp_path)) as d:
         first = await _trade(d)
         assert await entry_final(d, first.trade.id) == "filled"
         view = await d.journal.entry(first.trade.id)
@@ -445,8 +409,8 @@ async def test_two_copies_that_wait_out_the_same_link_loss_send_one_order(
     on the reconnect and both sent."""
     gw.fill_model = FillModel.never()
     async with (
-        running_daemon(_settings(gw, tmp_path / "a", client_id=17)) as a,
-        running_daemon(_settings(gw, tmp_path / "b", client_id=18)) as b,
+        running_daemon(daemon_settings(gw, tmp_path / "a", client_id=17)) as a,
+        running_daemon(daemon_settings(gw, tmp_path / "b", client_id=18)) as b,
     ):
         first, second = await asyncio.gather(a.trade(force=False), b.trade(force=False))
         assert isinstance(first, Started) and isinstance(second, Started)
@@ -472,8 +436,8 @@ async def test_an_order_placed_while_the_check_runs_is_seen_by_its_last_look(
     Before the fix: B sent its own, the later permId cancelled itself, two orders for the day."""
     gw.fill_model = FillModel.never()
     async with (
-        running_daemon(_settings(gw, tmp_path / "a", client_id=17)) as a,
-        running_daemon(_settings(gw, tmp_path / "b", client_id=16)) as b,
+        running_daemon(daemon_settings(gw, tmp_path / "a", client_id=17)) as a,
+        running_daemon(daemon_settings(gw, tmp_path / "b", client_id=16)) as b,
     ):
         gw.faults.delay(COMPLETED_ORDERS_END, 1.0, client_id=16)
         first, second = await asyncio.gather(a.trade(force=False), b.trade(force=False))
@@ -492,7 +456,7 @@ async def test_another_copys_fill_is_never_taken_for_ours_from_positions(
     with no fill, never settled with B's fill. Before the fix: A's entry was settled filled from
     B's position (chaos seed 1000009)."""
     gw.fill_model = FillModel.never()
-    settings_a = _settings(gw, tmp_path / "a", client_id=17)
+    settings_a = daemon_settings(gw, tmp_path / "a", client_id=17)
     d = Daemon(
         settings_a, RuntimeEnv.from_environ({}), SystemClock(), SystemdNotifier(None), handle_signals=False
     )
@@ -508,7 +472,7 @@ async def test_another_copys_fill_is_never_taken_for_ours_from_positions(
     assert [o.order_ref for o in gw.expire_day_orders()] == [mine.trade.idempotency_key]
     await gw.restart(new_day=True)  # and the gateway forgets it
     gw.fill_model = FillModel.always()
-    async with running_daemon(_settings(gw, tmp_path / "b", client_id=18)) as b:
+    async with running_daemon(daemon_settings(gw, tmp_path / "b", client_id=18)) as b:
         theirs = await _trade(b)
         assert await entry_final(b, theirs.trade.id) == "filled"
     async with running_daemon(settings_a) as a:
@@ -527,7 +491,7 @@ async def test_a_lost_journal_and_a_forgetful_gateway_still_never_double_the_day
     orders and executions. Nothing at the broker names the order any more, but the account still
     holds the calendar in the very legs the next entry would buy: the entry is skipped with the
     reason and an alert, never sent. Before the fix: a second filled calendar (chaos 1000658)."""
-    settings = _settings(gw, tmp_path)
+    settings = daemon_settings(gw, tmp_path)
     async with running_daemon(settings) as d:
         first = await _trade(d)
         assert await entry_final(d, first.trade.id) == "filled"
@@ -564,7 +528,7 @@ async def test_todays_order_the_gateway_forgot_after_it_filled_is_settled_from_p
     order and executions included. Absence proves nothing about a claim whose order may have left:
     the account's positions show the fill, so the entry is filled, with an alert, and the day is
     not traded again. Before the fix: `never_sent` "after a complete look-up" (chaos seed 1000914)."""
-    settings = _settings(gw, tmp_path)
+    settings = daemon_settings(gw, tmp_path)
     gw.fill_model = FillModel.always(delay_s=0.5)
     gw.faults.drop_after_place_read(1)
     d = Daemon(
@@ -597,7 +561,7 @@ async def test_another_copys_order_working_beside_ours_settles_nothing_from_posi
     ends, A adopts it (with its legs) and settles its own entry with no fill. Before the fix: A's
     entry was settled `partial` with B's fill (chaos seed 1000009)."""
     gw.fill_model = FillModel.never()
-    settings_a = _two_lots(_settings(gw, tmp_path / "a", client_id=17))
+    settings_a = _two_lots(daemon_settings(gw, tmp_path / "a", client_id=17))
     d = Daemon(
         settings_a, RuntimeEnv.from_environ({}), SystemClock(), SystemdNotifier(None), handle_signals=False
     )
@@ -610,7 +574,7 @@ async def test_another_copys_order_working_beside_ours_settles_nothing_from_posi
     assert [o.order_ref for o in gw.expire_day_orders()] == [mine.trade.idempotency_key]
     await gw.restart(new_day=True)  # and the gateway forgets it
     gw.fill_model = FillModel.always(partial_qty=1)  # one fills, the rest never (under this model)
-    settings_b = _two_lots(_settings(gw, tmp_path / "b", client_id=18), fill_timeout_s=3.0)
+    settings_b = _two_lots(daemon_settings(gw, tmp_path / "b", client_id=18), fill_timeout_s=3.0)
     async with running_daemon(settings_b) as b:
         theirs = await _trade(b)
         await gw.wait_for(lambda: _filled_orders(gw) == [theirs.trade.idempotency_key])
@@ -664,7 +628,7 @@ async def test_a_forgotten_order_is_not_settled_from_positions_that_trail_its_fi
     by 3 s (IB promises no moment for them) and the daemon is back within that time: positions
     read at once show no fill. The daemon looks again `positions_settle_s` later, when they show
     it: filled, never `cancelled`. Before the fix: `cancelled`, a lost fill."""
-    settings = _settings(gw, tmp_path)
+    settings = daemon_settings(gw, tmp_path)
     settings = settings.model_copy(
         update={"broker": settings.broker.model_copy(update={"positions_settle_s": 4.0})}
     )

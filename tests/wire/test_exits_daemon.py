@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import io
 import sqlite3
-from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
@@ -23,59 +22,28 @@ import pytest
 from bot.broker.protocol import LinkState
 from bot.clock import SystemClock
 from bot.config import (
-    BrokerSettings,
-    ControlSettings,
     RuntimeEnv,
-    ServiceSettings,
     Settings,
-    StrategySettings,
 )
 from bot.control import commands
 from bot.domain import AlertKind, Blocked, BlockReason, Source, Started
 from bot.errors import ExitCode
 from bot.positions.ledger import PositionState
-from bot.positions.settings import ExitSettings
 from bot.reconcile import reconcile_positions
 from bot.service.daemon import Daemon
 from bot.service.sdnotify import SystemdNotifier
-from bot.sim import FillModel, SimConfig, SimulatedGateway
+from bot.sim import FillModel, SimulatedGateway
 from bot.trading_days import TradingCalendar
+from tests.support.daemon_on_sim import daemon_settings
 from tests.support.inproc import entry_final, running_daemon, until
 
 pytestmark = pytest.mark.wire
 
 
-@pytest.fixture
-async def gw() -> AsyncIterator[SimulatedGateway]:
-    gateway = SimulatedGateway(SimConfig(seed=5, strict=True), clock=SystemClock())
-    gateway.fill_model = FillModel.always()
-    await gateway.start(host="127.0.0.1", port=0)
-    yield gateway
-    await gateway.stop()
-    assert gateway.protocol_errors == []
-
-
 def _settings(gw: SimulatedGateway, state: Path, client_id: int = 17, **exits: object) -> Settings:
-    state.mkdir(parents=True, exist_ok=True)
-    (state / "locks").mkdir(exist_ok=True)
-    return Settings(
-        state_dir=state,
-        broker=BrokerSettings(
-            mode="paper",
-            port=gw.port,
-            client_id=client_id,
-            reconnect_min_s=0.05,
-            reconnect_max_s=0.5,
-            connect_timeout_s=2.0,
-            request_timeout_s=2.0,
-        ),
-        strategy=StrategySettings(step_interval_s=0.3, fill_timeout_s=1.0, max_steps=2),
-        control=ControlSettings(socket_path=state / "bot.sock"),
-        service=ServiceSettings(lock_dir=state / "locks"),
-        exits=ExitSettings.model_validate(
-            {"enabled": False, "step_interval_s": 0.3, "fill_timeout_s": 1.0, "max_steps": 2, **exits}
-        ),
-    )
+    """Exits off unless a test turns them on, and walked as fast as the entries."""
+    defaults = {"enabled": False, "step_interval_s": 0.3, "fill_timeout_s": 1.0, "max_steps": 2}
+    return daemon_settings(gw, state, client_id, exits={**defaults, **exits})
 
 
 async def _open_position(d: Daemon) -> int:
