@@ -205,6 +205,7 @@ async def _sample(
     # The move comes at a random moment of the daemon's evaluation cycle, as a market's would.
     await asyncio.sleep(phase_s)
     await sim.reset(BOT_ID)
+    streaming = await sim.lines(BOT_ID)  # held from before the move (the counters start now)
     moved = float((await sim.command(f"vol {MOVED_VOL}")).split()[2])
     _ref, bot_at = await sim.first_placed(exit_prefix(position.entry_key), moved)
     floor_at = await floor_task
@@ -225,7 +226,7 @@ async def _sample(
     stats = await sim.stats(BOT_ID)
     used = EntryLimits(
         stats["peak_msgs_per_s"],
-        stats["peak_market_data_lines"],
+        max(stats["peak_market_data_lines"], streaming),
         stats["pacing_violations"] + stats["line_violations"],
     )
     return bot_at - moved, floor_at - moved, used, timeline

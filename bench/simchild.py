@@ -14,6 +14,7 @@ The parent steers it with one command per line on its stdin; each is answered wi
     stats CID          that client id's counters against IB's limits (JSON), since its last reset
     reset CID          zero that client id's counters
     sent CID           how many frames the gateway has written to that client id
+    lines CID          the market-data lines that client id holds now (streams and snapshots)
     frames CID T0 T1   the client's frames that arrived between perf_counter readings T0 and T1,
                        as JSON [[seconds after T0, msg id], ...]
     fill MODE          the fill model: never | always (every order fills at its limit at once)
@@ -124,6 +125,9 @@ async def _serve(profile: LatencyProfile) -> None:
                     _answer("ok shift")
                 case "stats":
                     _answer(json.dumps(asdict(gw.limits.stats(int(args[0])))))
+                case "lines":
+                    held = [x for x in gw._admitted if x.client_id == int(args[0])]
+                    _answer(str(sum(len(x.subscriptions) + len(x.snapshots) for x in held)))
                 case "sent":
                     _answer(str(gw.sent_counts[int(args[0])]))
                 case "reset":
@@ -244,6 +248,10 @@ class SimChild:
         """One client id's counters against IB's limits since its last reset."""
         stats: dict[str, int] = json.loads(await self.command(f"stats {client_id}"))
         return stats
+
+    async def lines(self, client_id: int) -> int:
+        """The market-data lines `client_id` holds now."""
+        return int(await self.command(f"lines {client_id}"))
 
     async def sent(self, client_id: int) -> int:
         """How many frames the gateway has written to `client_id` so far."""

@@ -111,6 +111,9 @@ class _ClientGone(Exception):
     """The peer stopped reading or went away; the connection ends without a reply."""
 
 
+#: Connections refused at the cap are logged as the first, then one count per this many seconds.
+_BUSY_LOG_EVERY_S = 1.0
+
 #: How long a connection must have been silent before it may be evicted to admit another.
 _MIN_SILENCE_TO_EVICT_S = 0.5
 
@@ -213,6 +216,9 @@ class ControlServer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._state = _State.NEW
         self._closed = asyncio.Event()
+        # Connections refused at the cap: logged as the first of a burst, then one count a second.
+        self._busy_count = 0
+        self._busy_window: asyncio.TimerHandle | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -342,6 +348,9 @@ class ControlServer:
         if self._state is _State.CLOSED:
             return
         self._state = _State.CLOSED
+        if self._busy_window is not None:
+            self._busy_window.cancel()
+            self._close_busy_window()  # the last count, now
         if self._server is not None:
             self._server.close()
         tasks = list(self._tasks)
@@ -397,7 +406,7 @@ class ControlServer:
             if len(self._handlers) >= self._max_connections:
                 self._evict_longest_waiting()
             if len(self._handlers) >= self._max_connections:
-                log.warning("control connection refused: too many", limit=self._max_connections)
+                self._note_busy()
                 await self._send(
                     writer,
                     error_reply(
@@ -435,6 +444,30 @@ class ControlServer:
                     with contextlib.suppress(OSError, TimeoutError):
                         async with asyncio.timeout(_LINGER_S):
                             await writer.wait_closed()
+
+    def _note_busy(self) -> None:
+        """Log a connection refused at the cap: the first of a burst at once, the rest of it as
+        one line a second (a storm of thousands would otherwise be a line each; every one of them
+        is still answered `busy`). The windows are the loop's time: they only shape log lines."""
+        if self._busy_window is not None:
+            self._busy_count += 1
+            return
+        log.warning("control connection refused: too many", limit=self._max_connections)
+        self._open_busy_window()
+
+    def _open_busy_window(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._busy_window = loop.call_later(_BUSY_LOG_EVERY_S, self._close_busy_window)
+
+    def _close_busy_window(self) -> None:
+        self._busy_window = None
+        if self._busy_count:
+            log.warning(
+                "control connections refused: too many", count=self._busy_count, limit=self._max_connections
+            )
+            self._busy_count = 0
+            if self._state is _State.SERVING:
+                self._open_busy_window()
 
     def _evict_longest_waiting(self) -> None:
         """Make room for a new client by closing the served connection that has waited longest
