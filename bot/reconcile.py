@@ -40,6 +40,7 @@ from bot.logs import get_logger
 from bot.positions.ledger import (
     LedgerCheck,
     PositionView,
+    exit_filled_by_positions,
     explain,
     leg_signs,
     order_leg_signs,
@@ -209,7 +210,7 @@ async def reconcile(
         if again:
             raise RetryLater(f"{', '.join(sorted(again))} listed at the broker again; looked up once more")
     for trade in absent:
-        await _absent(journal, broker, trade, report, on_alert)
+        await _absent(journal, broker, trade, today, report, on_alert)
     if sleep is not None:
         missing = [
             t for t in await journal.unsettled_entries() if t.fills_missing > 0 and t.id not in running_ids
@@ -490,6 +491,7 @@ async def _absent(
     journal: Journal,
     broker: Broker,
     trade: TradeView,
+    today: date,
     report: ReconcileReport,
     on_alert: Callable[[], None],
 ) -> None:
@@ -511,7 +513,7 @@ async def _absent(
         report.never_sent.append(trade.id)
         return
     filled = (
-        None
+        await _exit_filled_by_positions(journal, broker, trade, today)
         if trade.kind is IntentKind.EXIT
         else await _filled_by_positions(journal, broker, trade, detail["legs"] or [])
     )
@@ -549,6 +551,22 @@ async def _absent(
     await journal.finish(trade.id, EntryStatus.UNKNOWN, reason, kind, alert=alert)
     report.finished.append(trade.id)
     on_alert()
+
+
+async def _exit_filled_by_positions(
+    journal: Journal, broker: Broker, trade: TradeView, today: date
+) -> int | None:
+    """How many units of the exit `trade` the account's per-leg positions show filled, against the
+    ledger (`exit_filled_by_positions`); None while another intent is unsettled (its fills may
+    be in these contracts) or when they do not say."""
+    if trade.position_id is None or any(t.id != trade.id for t in await journal.unsettled_entries()):
+        return None
+    open_positions = await journal.positions(only_open=True)
+    position = next((p for p in open_positions if p.id == trade.position_id), None)
+    if position is None:
+        return None
+    held = await broker.positions()
+    return exit_filled_by_positions(position, trade.quantity, open_positions, held, today)
 
 
 async def _filled_by_positions(

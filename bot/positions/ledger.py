@@ -12,6 +12,9 @@ the ledger expects over all open positions. `explain` compares the two:
   guess (`frozen`, with the reason);
 * a frozen position whose legs all agree again is released (`agree`).
 
+`exit_filled_by_positions` settles an exit the broker no longer lists (a gateway restart forgot
+the day's orders) from the per-leg positions, when they say it unambiguously.
+
 `close_quantity_problem` is the last check before an exit leaves: the quantity must not exceed
 what the ledger holds open, and closing it must not take any leg through zero at the broker (the
 bot never flips a position). Pure functions, tested without a journal or a gateway.
@@ -33,6 +36,7 @@ __all__ = [
     "PositionState",
     "PositionView",
     "close_quantity_problem",
+    "exit_filled_by_positions",
     "exit_prefix",
     "expected_by_con_id",
     "explain",
@@ -290,3 +294,32 @@ def close_quantity_problem(
         if at_broker * after < -_EPS or (abs(at_broker) <= _EPS and abs(after) > _EPS):
             return f"conId {con_id}: closing {quantity:g} would take {at_broker:g} through zero"
     return None
+
+
+def exit_filled_by_positions(
+    position: PositionView,
+    quantity: int,
+    open_positions: Sequence[PositionView],
+    broker: Mapping[int, float],
+    today: date,
+) -> int | None:
+    """How many units an exit of `position` for `quantity` units filled, as the broker's per-leg
+    positions show it, or None when they do not say unambiguously.
+
+    The ledger still counts the exit's units as held (its fills were never journaled), so exactly
+    one count k in 0..quantity may make every leg of the position equal the ledger's sum over
+    the open positions less k units of this one. Nothing is concluded when a leg has expired or
+    expires today (a settlement empties a leg as a fill would), when the position's legs are not
+    known, or when no count or more than one fits (another trade in these contracts, in TWS or
+    by a position whose own fills are unsettled: the caller leaves those out first)."""
+    held = position.held()
+    if not held or position.open_quantity <= 0 or any(leg.expiry <= today for leg in position.legs):
+        return None
+    expected = expected_by_con_id(open_positions)
+    per_unit = {c: q / position.open_quantity for c, q in held.items()}
+    fits = [
+        k
+        for k in range(min(quantity, round(position.open_quantity)) + 1)
+        if all(abs(broker.get(c, 0.0) - (expected.get(c, 0.0) - per_unit[c] * k)) <= _EPS for c in held)
+    ]
+    return fits[0] if len(fits) == 1 else None

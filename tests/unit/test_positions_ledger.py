@@ -18,6 +18,7 @@ from bot.positions.ledger import (
     PositionState,
     PositionView,
     close_quantity_problem,
+    exit_filled_by_positions,
     expected_by_con_id,
     explain,
     legs_of,
@@ -52,6 +53,24 @@ def _position(pid: int, front: int, back: int, qty: float = 1.0, closed: float =
         opened_at=datetime(2026, 11, 20, 15, tzinfo=UTC),
         closed_at=None,
     )
+
+
+def test_an_exit_the_broker_forgot_is_settled_only_when_the_positions_say_so() -> None:
+    """The ledger still counts the forgotten exit's units: legs gone by exactly them is a fill,
+    legs as held is no fill; a trade in TWS in a leg, a leg that expired (settled) or expires
+    today, or a 2-lot closed by 1 when 2 were asked for partly, each say what they say and no
+    more."""
+    today = date(2026, 12, 1)
+    mine, other = _position(1, 10, 20, qty=2), _position(2, 30, 40)
+    ledger = [mine, other]
+    held = expected_by_con_id(ledger)
+    assert exit_filled_by_positions(mine, 2, ledger, held, today) == 0
+    gone = {**held, 10: 0.0, 20: 0.0}
+    assert exit_filled_by_positions(mine, 2, ledger, gone, today) == 2
+    assert exit_filled_by_positions(mine, 2, ledger, {**held, 10: -1.0, 20: 1.0}, today) == 1
+    assert exit_filled_by_positions(mine, 2, ledger, {**held, 10: 0.0}, today) is None  # TWS
+    assert exit_filled_by_positions(mine, 2, ledger, gone, FRONT) is None  # the short leg settles today
+    assert exit_filled_by_positions(mine, 1, ledger, gone, today) is None  # more gone than the exit asked
 
 
 def test_netted_legs_are_explained_by_the_sum_of_positions() -> None:
