@@ -202,7 +202,7 @@ class Dashboard:
         """The port it listens on, once serving."""
         self._token = ""
         self._runner: web.AppRunner | None = None
-        self._html, self._csp = page_template()
+        self._html, self._csp = "", ""
         self._clients: set[_Client] = set()
         self._dirty = asyncio.Event()
         self._last_key: str | None = None
@@ -222,13 +222,18 @@ class Dashboard:
             log.info("dashboard off (dashboard.enabled = false)")
             return
         try:
+            self._html, self._csp = page_template()
+        except OSError as exc:  # an install without the package's static files
+            self._fail(f"cannot read its page from the installed package: {exc.strerror or exc}")
+            return
+        try:
             self._token = load_or_create(self._token_path)
         except OSError as exc:
             self._fail(f"cannot keep its access token in {self._token_path}: {exc.strerror or exc}")
             return
         app = web.Application(middlewares=[self._guard], client_max_size=4096)
         app.router.add_get("/", self._page)
-        app.router.add_get("/events", self._events)
+        app.router.add_get("/events", self._events, allow_head=False)
         app.on_response_prepare.append(self._headers)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=_CLOSE_WAIT_S)
         await runner.setup()
