@@ -207,15 +207,19 @@ def next_session_open(calendar: TradingCalendar, now: datetime, opens: time) -> 
 def evaluate_exit(
     *,
     opened_at: datetime,
-    debit: float,
+    debit: float | None,
     legs: Sequence[PositionLeg],
     mark: Mark | None,
     now: datetime,
     settings: ExitSettings,
     calendar: TradingCalendar,
 ) -> ExitDecision:
-    """Which rule fires now for a long calendar opened at `opened_at` for `debit` points per unit."""
-    if debit <= 0:
+    """Which rule fires now for a long calendar opened at `opened_at` for `debit` points per unit.
+
+    With the debit unknown (a fill settled from the broker's positions, its price gone with its
+    executions) the price rules cannot judge the position; the time rules and the hard rule
+    still apply."""
+    if debit is not None and debit <= 0:
         raise ValueError("a long calendar's debit is positive")
     times = exit_times(opened_at=opened_at, legs=legs, settings=settings, calendar=calendar)
     open_now = in_session(calendar, now, settings.session_open)
@@ -236,9 +240,9 @@ def evaluate_exit(
                 Upcoming(rule, max(at, next_session_open(calendar, now, settings.session_open)), None)
             )
     prices: list[tuple[ExitRule, float]] = []
-    if settings.stop_loss_pct is not None:
+    if debit is not None and settings.stop_loss_pct is not None:
         prices.append((ExitRule.STOP_LOSS, debit * (1 - settings.stop_loss_pct / 100)))
-    if settings.profit_target_pct is not None:
+    if debit is not None and settings.profit_target_pct is not None:
         prices.append((ExitRule.PROFIT_TARGET, debit * (1 + settings.profit_target_pct / 100)))
     usable = mark is not None and mark.usable and mark.value is not None
     for rule, trigger in prices:

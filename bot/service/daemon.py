@@ -659,8 +659,8 @@ class Daemon:
         quotes = await self._leg_quotes(held)
         next_rule: datetime | None = None
         for position in held:
-            if not position.legs or not position.debit:
-                continue
+            if not position.legs:
+                continue  # nothing to close or to mark (its legs were never recorded)
             now = self.clock.now()
             mark = spread_mark(position.legs, quotes, now=now, guard=guard)
             self.marks[position.id] = mark
@@ -866,7 +866,7 @@ class Daemon:
         out: list[dict[str, Any]] = []
         for p in await self.journal.positions():
             row: dict[str, Any] = p.to_json()
-            if p.open_quantity > 0 and p.debit:
+            if p.open_quantity > 0 and p.legs:
                 mark = self.marks.get(p.id)
                 decision = evaluate_exit(
                     opened_at=p.opened_at,

@@ -228,14 +228,25 @@ async def test_streams_come_back_after_a_reconnect_and_after_data_lost(
         await open_position(d)
         legs = set(d.broker.watched)
         await until(lambda: _lines(gw) == 2 and len(_quotes(d)) == 2)
+
+        def fresh_since(moment: datetime, generation: int) -> bool:
+            quotes = _quotes(d)
+            return (
+                d.broker.link is LinkState.UP
+                and d.broker.connected_generation > generation
+                and _lines(gw) == 2
+                and len(quotes) == 2
+                and all(q.time > moment for q in quotes.values())
+            )
+
+        dropped_at, generation = d.clock.now(), d.broker.connected_generation
         await gw.drop_connections()
-        await until(lambda: d.broker.link is not LinkState.UP)
-        assert _quotes(d) == {}  # nothing from before the drop counts as a quote
-        await until(lambda: d.broker.link is LinkState.UP and _lines(gw) == 2 and len(_quotes(d)) == 2)
+        await until(lambda: fresh_since(dropped_at, generation))
+        lost_at, generation = d.clock.now(), d.broker.connected_generation
         await gw.connectivity(lost=True)
         await until(lambda: d.broker.link is not LinkState.UP)
         await gw.connectivity(restored=True, data_maintained=False)
-        await until(lambda: d.broker.link is LinkState.UP and _lines(gw) == 2 and len(_quotes(d)) == 2)
+        await until(lambda: fresh_since(lost_at, generation))
         assert d.broker.watched == legs
     _within_ib_lines(gw)
     assert gw.limits.stats(CLIENT).peak_market_data_lines <= 4
