@@ -327,9 +327,9 @@ def _dispatch(args: argparse.Namespace, settings: Settings, runtime: RuntimeEnv)
             )
         )
     if command == "status":
-        return asyncio.run(commands.status(path, as_json=args.json, out=out))
+        return asyncio.run(_status(settings, path, as_json=args.json))
     if command == "positions":
-        return asyncio.run(commands.positions(path, as_json=args.json, out=out))
+        return asyncio.run(_positions(settings, path, as_json=args.json))
     if command == "close":
         return asyncio.run(
             commands.close(
@@ -515,8 +515,66 @@ async def _history(settings: Settings, path: Path, days: int, *, as_json: bool) 
     return int(ExitCode.OK)
 
 
-def _readable_journal(journal: Path, state_dir: Path) -> None:
-    """Raise the one line for a journal `bot history` cannot read with the daemon down."""
+async def _status(settings: Settings, path: Path, *, as_json: bool) -> int:
+    """`bot status`; with the daemon down (exit 69, said in one line) what its journal says, read
+    read-only, when the journal can be read at all (never an error of its own)."""
+    from bot.control import commands
+
+    code = await commands.status(path, as_json=as_json, out=sys.stdout)
+    if code != int(ExitCode.UNAVAILABLE) or as_json:
+        return code
+    from bot.journal.store import JournalError
+    from bot.positions.report import journal_summary
+
+    try:
+        _readable_journal(settings.journal_path, settings.state_dir, command="status")
+        seen = await journal_summary(settings.journal_path)
+    except (UserError, JournalError):
+        return code
+    how = "stopped cleanly" if seen["stopped_cleanly"] else "did not stop cleanly: the next start reconciles"
+    positions = ", ".join(f"#{i}" for i in seen["open_positions"]) or "none"
+    lines = [
+        f"  from the journal (read-only): last seen {seen['last_seen'] or '-'}, {how}",
+        f"  entries {'paused' if seen['paused'] else 'not paused'}; open positions: {positions}",
+    ]
+    if seen["unsettled"]:
+        lines.append("  not settled: " + ", ".join(f"#{i}" for i in seen["unsettled"]))
+    print("\n".join(lines))
+    return code
+
+
+async def _positions(settings: Settings, path: Path, *, as_json: bool) -> int:
+    """`bot positions`; with the daemon down, from the journal read-only (no marks: only a running
+    daemon streams quotes)."""
+    from bot.control import commands
+
+    try:
+        return await commands.positions(path, as_json=as_json, out=sys.stdout)
+    except UserError as exc:
+        if exc.code is not ExitCode.UNAVAILABLE:
+            raise
+    from bot.journal.store import JournalError
+    from bot.positions.report import read_positions
+    from bot.trading_days import calendar_for, use_cache_dir
+
+    journal = settings.journal_path
+    _readable_journal(journal, settings.state_dir, command="positions")
+    use_cache_dir(settings.state_dir / "cache")
+    calendar = calendar_for(settings.schedule.exchange_calendar)
+    try:
+        data = await read_positions(journal, settings.exits, calendar)
+    except JournalError as exc:
+        raise UserError(f"the daemon is not running, and {exc}", ExitCode.IOERR) from None
+    if as_json:
+        return commands.write_envelope(sys.stdout, "positions", ExitCode.OK, result=data)
+    print("(daemon not running; read from the journal: no marks)", file=sys.stderr)
+    commands.render_positions(data, sys.stdout)
+    return int(ExitCode.OK)
+
+
+def _readable_journal(journal: Path, state_dir: Path, *, command: str = "history") -> None:
+    """Raise the one line for a journal `bot history` (or `command`) cannot read with the daemon
+    down."""
     import os
 
     try:
@@ -538,7 +596,7 @@ def _readable_journal(journal: Path, state_dir: Path) -> None:
     if not os.access(journal, os.R_OK):
         raise UserError(
             f"the daemon is not running, and its journal {journal} is readable only by the "
-            "service's user: run `sudo -u bot bot history`, or start the daemon",
+            f"service's user: run `sudo -u bot bot {command}`, or start the daemon",
             ExitCode.NOPERM,
         )
 

@@ -641,6 +641,12 @@ def _position_line(p: Mapping[str, Any]) -> str:
     ]
     if p.get("frozen"):
         parts.append(f"FROZEN ({_show(p.get('frozen'))})")
+    mark, at = p.get("mark"), p.get("pnl")
+    if isinstance(mark, Mapping):
+        parts.append(f"mark {_show(mark.get('text'))}")
+    if isinstance(at, Mapping) and _num(at.get("usd")) is not None:
+        usd, pct = _num(at.get("usd")) or 0.0, _num(at.get("pct")) or 0.0
+        parts.append(f"P&L {usd:+.2f} USD ({pct:+.1f}%)")
     if p.get("live_exit") is not None:
         parts.append(f"exit #{_show(p.get('live_exit'))} working")
     if p.get("next_exit"):
@@ -652,10 +658,17 @@ def _position_line(p: Mapping[str, Any]) -> str:
 
 async def positions(path: Path, *, as_json: bool, out: TextIO) -> int:
     """`bot positions`: the open positions (id, legs, quantity, debit, next exit rule), then the
-    closed ones with their realised P&L."""
+    closed ones with their realised P&L. Raises `UserError` (69) when the daemon is down."""
     result = client.check(await client.request(path, "positions"))
     if as_json:
         return write_envelope(out, "positions", ExitCode.OK, result=result)
+    render_positions(result, out)
+    return int(ExitCode.OK)
+
+
+def render_positions(result: Mapping[str, Any], out: TextIO) -> None:
+    """`bot positions` for people; shared by the socket path and the CLI's read-only journal
+    fallback."""
     listed = [p for p in result.get("positions") or [] if isinstance(p, Mapping)]
     open_now = [p for p in listed if p.get("state") == "open"]
     out.write(f"open positions: {len(open_now)}\n")
@@ -668,7 +681,6 @@ async def positions(path: Path, *, as_json: bool, out: TextIO) -> int:
             out.write(f"  {_position_line(p)}\n")
     realized = _num(result.get("realized"))
     out.write(f"realised P&L: {realized:+.2f} USD\n" if realized is not None else "realised P&L: -\n")
-    return int(ExitCode.OK)
 
 
 def _confirm_close(what: str, *, yes: bool, stdin_isatty: bool, stdin: TextIO, err: TextIO) -> None:

@@ -42,7 +42,8 @@ from bot.journal.store import Journal, JournalError, JournalTooNew
 from bot.logs import get_logger
 from bot.positions.exit_rules import evaluate_exit, in_session, next_session_open
 from bot.positions.ledger import PositionView
-from bot.positions.marks import LegQuote, Mark, MarkGuard, pnl, spread_mark
+from bot.positions.marks import LegQuote, Mark, MarkGuard, spread_mark
+from bot.positions.report import position_rows
 from bot.progress import ProgressHub
 from bot.reconcile import fetch_missing_executions, reconcile, reconcile_positions
 from bot.runner import IntentRunner
@@ -859,34 +860,15 @@ class Daemon:
         return await self.runner.request_exit(position_id, Source.MANUAL, "closed by an operator")
 
     async def positions(self) -> dict[str, Any]:
-        """The ledger's positions: the open ones with their next exit rule, and the closed ones
-        with their realised P&L."""
-        now = self.clock.now()
-        x = self.settings.exits
-        out: list[dict[str, Any]] = []
-        for p in await self.journal.positions():
-            row: dict[str, Any] = p.to_json()
-            if p.open_quantity > 0 and p.legs:
-                mark = self.marks.get(p.id)
-                decision = evaluate_exit(
-                    opened_at=p.opened_at,
-                    debit=p.debit,
-                    legs=p.legs,
-                    mark=mark,
-                    now=now,
-                    settings=x,
-                    calendar=self.calendar,
-                )
-                nxt = decision.next_time_rule
-                row["next_exit"] = nxt.describe() if nxt else None
-                row["exit_rules"] = decision.to_json()
-                row["mark"] = mark.to_json() if mark is not None else None
-                row["pnl"] = _pnl_at(p, mark)
-            out.append(row)
-        return {
-            "positions": out,
-            "realized": round(sum(p.realized or 0.0 for p in await self.journal.positions()), 2),
-        }
+        """The ledger's positions: the open ones with their next exit rule, last mark and P&L at
+        it, and the closed ones with their realised P&L (`bot.positions.report`)."""
+        return position_rows(
+            await self.journal.positions(),
+            marks=self.marks,
+            settings=self.settings.exits,
+            calendar=self.calendar,
+            now=self.clock.now(),
+        )
 
     def follow(self, entry_id: int) -> asyncio.Queue[dict[str, Any]]:
         """Progress events of an entry."""
@@ -978,21 +960,6 @@ class Daemon:
         await self.journal.log_action(
             ActionKind.PEER_REFUSED, detail={"pid": pid, "uid": uid, "gid": gid, "why": why}
         )
-
-
-def _pnl_at(position: PositionView, mark: Mark | None) -> dict[str, float | None]:
-    """The open position's P&L at `mark` (after the entry's commissions), in dollars and in % of
-    the debit; None while the mark has no value."""
-    if mark is None or mark.value is None or not position.debit or position.open_quantity <= 0:
-        return {"usd": None, "pct": None}
-    share = position.open_quantity / position.entry_quantity if position.entry_quantity else 1.0
-    at = pnl(
-        debit=position.debit,
-        exit_value=mark.value,
-        quantity=position.open_quantity,
-        entry_commission=position.entry_commission * share,
-    )
-    return {"usd": at.net, "pct": round(at.net_pct, 2)}
 
 
 def strategy_params(settings: StrategySettings, *, demo: bool) -> CalendarParams:
