@@ -27,7 +27,7 @@ from typing import Any, NoReturn, Protocol
 
 from bot.broker.protocol import Broker, BrokerOrder
 from bot.domain import HELD_AT_BROKER, ActionKind, AlertKind
-from bot.journal.store import day_prefix, parse_key
+from bot.journal.store import Journal, day_prefix, parse_key
 from bot.logs import get_logger
 from bot.positions.ledger import (
     PositionView,
@@ -48,6 +48,27 @@ log = get_logger(__name__)
 
 def _blocks(order: BrokerOrder) -> bool:
     return not order.state.is_final or order.filled > 0
+
+
+async def _in_the_way(journal: Journal, orders: list[BrokerOrder]) -> list[BrokerOrder]:
+    """The orders at the broker that stand in the way of a new one for the same thing (the day's
+    entry, the position's exit): working, or with a fill this journal has not accounted for. A
+    final order the journal knows as final with all its fills is history, not in the way: the
+    day's entry before a forced one, an exit that filled part of a position before the next."""
+    out: list[BrokerOrder] = []
+    for order in orders:
+        if not _blocks(order):
+            continue
+        if order.state.is_final:
+            known = await journal.entry_by_key(order.order_ref)
+            if (
+                known is not None
+                and not known.status.is_live
+                and max(float(known.filled), known.broker_filled) >= order.filled - 1e-9
+            ):
+                continue
+        out.append(order)
+    return out
 
 
 def _pick(orders: list[BrokerOrder]) -> BrokerOrder:
@@ -81,16 +102,9 @@ async def check_before_send(broker: Broker, recorder: IntentRecorder) -> None:
             ),
         )
         raise AdoptInstead(trade, order)
-    in_way = [o for o in orders if _blocks(o)]
-    if in_way and await journal.is_forced(trade.id):
-        # `--force` bypasses the same-day rule on purpose, for trades this journal knows of and
-        # that are over; an order it does not know, or one still working, still blocks.
-        by_ref = {o.order_ref: await journal.entry_by_key(o.order_ref) for o in in_way}
-        in_way = [
-            o
-            for o in in_way
-            if not o.state.is_final or (k := by_ref[o.order_ref]) is None or k.status.is_live
-        ]
+    # `--force` bypasses the same-day rule on purpose: the day's earlier entries this journal
+    # has settled are history then; an order it does not know, or one still working, still blocks.
+    in_way = await _in_the_way(journal, orders)
     if not in_way:
         return
     order = _pick(in_way)
@@ -163,7 +177,8 @@ async def later_duplicate(
         return None
     if orders is None:
         orders = await _entries_of_day(broker, recorder)
-    earlier = [o for o in orders if o.perm_id and o.perm_id < placed.perm_id and _blocks(o)]
+    in_way = await _in_the_way(recorder.journal, orders)
+    earlier = [o for o in in_way if o.perm_id and o.perm_id < placed.perm_id]
     if not earlier:
         return None
     other = _pick(earlier)
@@ -288,7 +303,7 @@ class ExitChecks:
             order = _pick(own)
             log.error("the broker already holds this exit's key; adopting it", ref=order.order_ref)
             raise AdoptInstead(trade, order)
-        in_way = [o for o in orders if _blocks(o)]
+        in_way = await _in_the_way(journal, orders)
         if in_way:
             order = _pick(in_way)
             log.error("the broker holds another exit of this position; not sending", ref=order.order_ref)

@@ -650,3 +650,21 @@ async def test_a_forgotten_order_is_not_settled_from_positions_that_trail_its_fi
         assert view.status is EntryStatus.FILLED, view
         assert view.broker_filled == 1.0
     assert [o.order_ref for o in gw.ledger.orders] == [first.trade.idempotency_key]
+
+
+async def test_a_forced_second_entry_of_the_day_is_sent_and_kept(
+    gw: SimulatedGateway, tmp_path: Path
+) -> None:
+    """`bot trade --force` after the day's entry filled: the same-day rule is bypassed on purpose,
+    so the second order is sent, and the check after its acknowledgement does not take the day's
+    first (known, final) order for a duplicate: it fills and stays. Before the fix: it cancelled
+    itself ("another order for the day reached IB first")."""
+    async with running_daemon(daemon_settings(gw, tmp_path)) as d:
+        first = await _trade(d)
+        assert await entry_final(d, first.trade.id) == "filled"
+        gw.fill_model = FillModel.always(delay_s=0.5)  # time for a cancel to land first
+        forced = await d.trade(force=True)
+        assert isinstance(forced, Started), forced
+        assert await entry_final(d, forced.trade.id) == "filled"
+        assert AlertKind.DUPLICATE_AT_BROKER.value not in await _alert_kinds(d)
+    assert _filled_orders(gw) == [first.trade.idempotency_key, forced.trade.idempotency_key]

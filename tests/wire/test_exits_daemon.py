@@ -380,3 +380,29 @@ async def test_the_exit_rules_and_a_manual_close_at_once_send_one_exit(
         assert await d.evaluate_exits() == []
     assert len(_exit_orders(gw)) == 1
     assert _flat(gw)
+
+
+async def test_after_a_partial_exit_the_next_close_sells_the_rest(
+    gw: SimulatedGateway, tmp_path: Path
+) -> None:
+    """Two calendars open; the first close fills one and times out on the other (its exit ends
+    `partial`, final at the broker and in the journal). The next close sells the remaining one:
+    the earlier exit is history the ledger has accounted for, not an exit in the way. Before the
+    fix: the broker check took the partial exit for one in the way and sent nothing."""
+    settings = _settings(gw, tmp_path)
+    settings = settings.model_copy(
+        update={"strategy": settings.strategy.model_copy(update={"quantity": 2, "max_contracts": 2})}
+    )
+    async with running_daemon(settings) as d:
+        position_id = await _open_position(d)
+        gw.fill_model = FillModel.always(partial_qty=1)  # one fills, the rest never
+        first = await d.close(position_id)
+        assert isinstance(first, Started), first
+        assert await _exit_final(d, first.trade.id) == "partial"
+        gw.fill_model = FillModel.always()
+        second = await d.close(position_id)
+        assert isinstance(second, Started), second
+        assert await _exit_final(d, second.trade.id) == "filled"
+        assert (await d.journal.position(position_id)).state is PositionState.CLOSED
+    assert _exit_orders(gw) == [first.trade.idempotency_key, second.trade.idempotency_key]
+    assert _flat(gw)
