@@ -36,6 +36,7 @@ from bot.config import (
     Settings,
     StrategySettings,
 )
+from bot.dashboard.settings import DashboardSettings
 from bot.service.daemon import Daemon
 from bot.service.sdnotify import SystemdNotifier
 
@@ -199,6 +200,7 @@ class InprocHost(DaemonHost):
             ),
             control=ControlSettings(socket_path=self.socket),
             service=ServiceSettings(drain_timeout_s=5.0, **service_extra),
+            dashboard=DashboardSettings(enabled=False),  # two daemons would want one port
         )
         self.daemon: Daemon | None = None
         self.task: asyncio.Task[None] | None = None
@@ -332,6 +334,8 @@ class ProcHost(DaemonHost):
         if "service.lock_dir" in known_keys:
             # Two daemons on one account model two hosts: each has its own per-host lock.
             sections["service"]["lock_dir"] = self.lock_dir
+        if "dashboard.enabled" in known_keys:
+            sections["dashboard"] = {"enabled": False}  # two daemons would want one port
         lines = [f"state_dir = {_toml_value(self.state_dir)}", 'log_level = "INFO"']
         for section, values in sections.items():
             lines.append(f"[{section}]")
