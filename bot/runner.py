@@ -18,7 +18,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from bot.broker.errors import BrokerError, DoNotRetry
-from bot.broker.protocol import Broker, BrokerOrder, OrderState
+from bot.broker.protocol import Broker, BrokerOrder, LinkState, OrderState
 from bot.clock import Clock
 from bot.domain import Blocked, BlockReason, EntryStatus, IntentKind, Skipped, Source, Started, TradeView
 from bot.guard import IntentGuard
@@ -207,6 +207,9 @@ class IntentRunner:
         await finish_from_broker(recorder, final, ctx.trade.quantity, reason)
 
     async def _cancel_quietly(self, ctx: IntentContext) -> BrokerOrder | None:
+        if self._broker.link is not LinkState.UP:
+            log.error("cannot cancel after a failure: the link is down", entry=ctx.trade.id)
+            return None  # nothing can be sent; the entry stays live for reconciliation
         try:
             return await self._broker.cancel(ctx.trade.idempotency_key)
         except (BrokerError, TimeoutError, OSError) as exc:

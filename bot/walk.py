@@ -108,12 +108,14 @@ class _Walk:
         """Absorb order changes for up to `seconds`; return early when done or stopping."""
         deadline = self.clock.monotonic() + seconds
         while not self.done() and not self.stop.is_set():
-            remaining = deadline - self.clock.monotonic()
-            if remaining <= 0:
-                return
+            # The link first: a loss heard in the same instant as the deadline must not leave the
+            # caller to step or cancel on a dead link.
             if self.broker.link is not LinkState.UP:
                 await self.ride_out_link_loss()
                 continue
+            remaining = deadline - self.clock.monotonic()
+            if remaining <= 0:
+                return
             try:
                 which, result = await _first(
                     self.broker.wait_order_change(self.ref, self.order.version if self.order else -1),
@@ -417,13 +419,20 @@ async def _cancel_confirmed(walk: _Walk, broker: Broker) -> BrokerOrder:
     (the runner's backstop leaves it live). A working order is never returned as the end."""
     unconfirmed = 0
     while True:
-        try:
-            final = await broker.cancel(walk.ref)
-        except LinkDown:
+        if broker.link is not LinkState.UP:
             await walk.ride_out_link_loss()
             if walk.done():
                 assert walk.order is not None  # noqa: S101 -- done() implies an order
                 return walk.order
+            if broker.link is not LinkState.UP:
+                # Stopping with the link still down: the cancel cannot be sent. The order is left
+                # to the broker and the entry live in the journal, for reconciliation at the next
+                # start (asking again at once would spin without ever yielding to the loop).
+                raise LinkDown(f"stopping with the link down; {walk.ref} left for reconciliation")
+        try:
+            final = await broker.cancel(walk.ref)
+        except LinkDown:
+            await walk.ride_out_link_loss()  # lost meanwhile
             continue
         except BrokerError:
             # The broker could not confirm; look the order up before deciding anything.

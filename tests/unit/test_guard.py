@@ -108,8 +108,9 @@ async def test_a_refusal_names_the_running_entry_and_alerts_once(
     assert refused.existing == first.trade
     [row] = await journal.actions(kinds=[ActionKind.CONCURRENT_BLOCKED])
     assert refused.action_id == row.id and row.entry_id == first.trade.id
+    assert (row.strategy, row.source) == ("calendar", "manual")
     [text] = await _alerts(journal, AlertKind.CONCURRENT_BLOCKED)
-    assert f"#{first.trade.id} in progress since 3.0s" in text
+    assert f"blocked concurrent manual entry - #{first.trade.id} in progress since 3.0s" in text
     assert alerts == [1]
     guard.finish()
     guard.paused = True
@@ -214,6 +215,62 @@ async def test_a_trigger_during_a_refused_claim_gets_the_same_answer(
         assert isinstance(outcome, Blocked) and outcome.reason is BlockReason.ALREADY_TRADED_TODAY
         assert outcome.existing is not None and outcome.existing.id == filled
     assert guard.current is None
+    texts = await _alerts(journal, AlertKind.DUPLICATE_PREVENTED)
+    assert len(texts) == 2  # one per refused trigger, each naming its source
+    assert any("blocked duplicate scheduler entry" in t for t in texts)
+    assert any(
+        f"blocked duplicate manual entry - already traded {TRADING_DAY}: #{filled}" in t for t in texts
+    )
+
+
+async def test_a_trigger_during_an_unresolved_refusal_gets_it_without_an_alert(
+    journal: Journal, clock: ManualClock
+) -> None:
+    """An earlier entry's outcome is unknown: the claim is refused `unresolved`; a trigger that
+    arrived meanwhile gets the same answer naming it, and no SMS (that refusal has none)."""
+    started = await journal.claim("calendar", date(2026, 12, 1), Source.SCHEDULER, 1)
+    assert isinstance(started, Started)
+    await journal.finish(started.trade.id, EntryStatus.UNKNOWN, "test", ActionKind.UNKNOWN_OUTCOME)
+    gate = asyncio.Event()
+
+    async def precheck() -> str | None:
+        await gate.wait()
+        return None
+
+    guard = _guard(journal, clock, precheck=precheck)
+    first = asyncio.create_task(guard.try_start(Source.SCHEDULER))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(guard.try_start(Source.MANUAL))
+    await asyncio.sleep(0)
+    gate.set()
+    for outcome in (await first, await second):
+        assert isinstance(outcome, Blocked) and outcome.reason is BlockReason.UNRESOLVED
+        assert outcome.existing is not None and outcome.existing.id == started.trade.id
+    assert await _alerts(journal, AlertKind.DUPLICATE_PREVENTED) == []
+    assert await _alerts(journal, AlertKind.CONCURRENT_BLOCKED) == []
+
+
+async def test_a_trigger_during_a_claim_that_ends_in_a_skip_is_told_one_is_starting(
+    journal: Journal, clock: ManualClock
+) -> None:
+    """The holder's risk check declines (no claim at all): a trigger that waited for the claim is
+    refused `in_progress` with no trade, not left hanging and not crashed."""
+    gate = asyncio.Event()
+
+    async def precheck() -> str | None:
+        await gate.wait()
+        return "max_open_calendars reached (1)"
+
+    guard = _guard(journal, clock, precheck=precheck)
+    first = asyncio.create_task(guard.try_start(Source.SCHEDULER))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(guard.try_start(Source.MANUAL))
+    await asyncio.sleep(0)
+    gate.set()
+    assert not isinstance(await first, (Started, Blocked))
+    refused = await second
+    assert isinstance(refused, Blocked) and refused.reason is BlockReason.IN_PROGRESS
+    assert refused.existing is None
 
 
 async def test_an_error_in_the_claim_frees_the_lane(journal: Journal, clock: ManualClock) -> None:
@@ -245,9 +302,11 @@ async def test_an_adopted_entry_holds_the_lane_until_it_finishes(
     guard = _guard(journal, clock)
     claimed = await journal.claim("calendar", TRADING_DAY, Source.SCHEDULER, 1)
     assert isinstance(claimed, Started)
+    await clock.advance(7)
     assert await guard.try_adopt(claimed.trade)
     assert guard.current is not None and guard.current.trade == claimed.trade
     assert guard.current.source is Source.SCHEDULER
+    assert guard.current.started_mono == clock.monotonic()
     assert guard.running_ids() == {claimed.trade.id}
     assert not await guard.try_adopt(claimed.trade)
     refused = await guard.try_start(Source.MANUAL)
@@ -289,15 +348,22 @@ async def test_an_exit_takes_its_lane_and_a_second_close_is_refused(
     up; `finish` frees the lane, and the journal then refuses while the first exit is live."""
     position = await _position(journal, clock, date(2026, 12, 1))
     guard = _guard(journal, clock)
+    await clock.advance(11)
     started = await guard.try_exit(position, Source.SCHEDULER, "profit target")
     assert isinstance(started, Started)
     assert started.trade.idempotency_key.endswith(":x1")
     assert guard.running_ids() == {started.trade.id}
+    flag = guard.current_exit(position)
+    assert flag is not None and flag.source is Source.SCHEDULER
+    assert flag.started_mono == clock.monotonic()
+    [claimed_row] = await journal.actions(kinds=[ActionKind.EXIT_STARTED])
+    assert claimed_row.detail["why"] == "profit target"
     refused = await guard.try_exit(position, Source.MANUAL, "bot close")
     assert isinstance(refused, Blocked) and refused.reason is BlockReason.IN_PROGRESS
     assert refused.existing == started.trade
     [row] = await journal.actions(kinds=[ActionKind.CONCURRENT_BLOCKED])
-    assert row.entry_id == started.trade.id and row.source == "manual"
+    assert refused.action_id == row.id
+    assert (row.entry_id, row.source, row.strategy) == (started.trade.id, "manual", "calendar")
     assert isinstance(await guard.try_start(Source.MANUAL), Started)
     guard.update_current(started.trade)  # an exit's snapshot never touches the entry lane
     assert guard.current is not None and guard.current.trade is not None
@@ -319,7 +385,8 @@ async def test_exits_wait_for_reconciliation_and_refused_claims_free_the_lane(
     guard.reconciling = True
     refused = await guard.try_exit(position, Source.SCHEDULER, "stop")
     assert isinstance(refused, Blocked) and refused.reason is BlockReason.RECONCILING
-    assert refused.action_id is not None
+    [row] = await journal.actions(kinds=[ActionKind.RECONCILING_BLOCKED])
+    assert refused.action_id == row.id and row.strategy == "calendar"
     assert await journal.exits_of(position) == []
     guard.reconciling = False
     gone = await guard.try_exit(position + 100, Source.MANUAL, "bot close")
@@ -345,3 +412,23 @@ async def test_an_updated_exit_snapshot_is_what_a_second_close_sees(
     guard.replace_current(stranger)
     refused = await guard.try_exit(position, Source.MANUAL, "bot close")
     assert isinstance(refused, Blocked) and refused.existing == stranger
+
+
+async def test_an_error_in_an_exit_claim_frees_the_positions_lane(
+    journal: Journal, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The journal fails while claiming an exit: the error reaches the caller and the position's
+    lane is free for the next evaluation."""
+    position = await _position(journal, clock)
+    guard = _guard(journal, clock)
+    real = journal.claim_exit
+
+    async def failing(*args: object, **kwargs: object) -> object:
+        raise RuntimeError("disk I/O error (simulated)")
+
+    monkeypatch.setattr(journal, "claim_exit", failing)
+    with pytest.raises(RuntimeError):
+        await guard.try_exit(position, Source.SCHEDULER, "stop")
+    assert guard.current_exit(position) is None
+    monkeypatch.setattr(journal, "claim_exit", real)
+    assert isinstance(await guard.try_exit(position, Source.SCHEDULER, "stop"), Started)

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Callable
 from datetime import date, timedelta
 
 import pytest
+from structlog.testing import capture_logs
 
 from bot.broker.errors import RetryLater
-from bot.broker.protocol import LinkState, OptionContract, Right
+from bot.broker.protocol import LinkState, OptionContract, OrderState, Right
 from bot.domain import ActionKind, Blocked, BlockReason, EntryStatus, Source, Started
 from bot.reconcile import reconcile
 from strategies.calendar_spread.strategy import CalendarParams
@@ -40,27 +42,61 @@ async def _start(core: Core) -> Started:
 # -- the walk while the link is down --------------------------------------------------------------
 
 
+async def _until(predicate: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    """Wait for a condition other tasks bring about (the journal's writes take real time); the
+    timeout only bounds a broken run."""
+    for _ in range(int(timeout_s / 0.005)):
+        if predicate():
+            return
+        await asyncio.sleep(0.005)
+    raise TimeoutError(f"not true within {timeout_s} s")
+
+
 async def test_the_walk_tries_nothing_while_the_link_is_down(core: Core) -> None:
-    """The link drops after the order is placed and stays down for many step intervals: the walk
-    itself leaves the order alone (no modify or cancel even attempted, no step journaled), then
-    re-reads it when the link is back. The broker refusing a call is not enough: the walk must
-    not try (on IB a call racing the reconnect can reach the new session)."""
+    """The link drops while the walk waits for its next step, and stays down past every step and
+    the fill timeout: the walk itself leaves the order alone (no modify or cancel even attempted,
+    no step journaled), then re-reads it when the link is back. The broker refusing a call is not
+    enough: the walk must not try (on IB a call racing the reconnect can reach the new session)."""
     core.broker.fill_delay_s = None
     started = await _start(core)
     ref = started.trade.idempotency_key
-    await core.broker.place_started.wait()
-    await core.clock.advance(1)
-    await core.broker.set_link(LinkState.DOWN)
-    for _ in range(120):
-        await core.clock.advance(1)
+    await _until(lambda: core.clock.sleepers > 0)  # the walk waits for its first step
+    with capture_logs() as logs:
+
+        def settled() -> bool:
+            """The walk either parked for the outage or tried the broker regardless."""
+            parked = any(e["event"].startswith("gateway link down") for e in logs)
+            return parked or bool(core.broker.attempted_while_down)
+
+        await core.broker.set_link(LinkState.DOWN)
+        for _ in range(12):  # 180 s: every step interval and the fill timeout
+            await core.clock.advance(15)
+            await _until(settled)
     assert core.broker.attempted_while_down == []
     detail = await core.journal.entry_detail(started.trade.id)
-    assert detail["limits"] == core.broker.orders[ref].limits  # no step journaled but unsent
+    assert detail["limits"] == core.broker.orders[ref].limits == [core.broker.orders[ref].limits[0]]
     await core.broker.set_link(LinkState.UP)
     await core.broker.fill(ref)
     await _until_idle(core)
     assert (await core.journal.entry(started.trade.id)).status is EntryStatus.FILLED
     assert core.broker.placed == [ref]
+
+
+async def test_a_stop_while_the_link_is_down_leaves_the_order_to_reconciliation(core: Core) -> None:
+    """SIGTERM (a drain) while the link is down with an order working: the cancel cannot be sent,
+    so the entry ends its task at once, live in the journal for the next start's reconciliation.
+    Before, the walk asked for the cancel again and again without ever yielding: the event loop
+    hung and only SIGKILL stopped the daemon."""
+    core.broker.fill_delay_s = None
+    started = await _start(core)
+    await _until(lambda: core.clock.sleepers > 0)  # the walk waits for its first step
+    await core.broker.set_link(LinkState.DOWN)
+    drained = asyncio.ensure_future(core.runner.drain(timeout_s=60))
+    await _until(drained.done)
+    assert drained.result() is True
+    assert (await core.journal.entry(started.trade.id)).status is EntryStatus.WORKING
+    assert core.broker.attempted_while_down == []
+    assert core.broker.orders[started.trade.idempotency_key].state is OrderState.WORKING
 
 
 # -- a cancel answered "unknown" -------------------------------------------------------------------
