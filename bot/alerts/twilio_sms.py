@@ -2,7 +2,7 @@
 
 It uses the SDK's async client (`AsyncTwilioHttpClient`), created lazily on the first send
 because its aiohttp session must be made inside the running loop. Facts this module relies on
-(verified against twilio 9.13, see ops-notes §2):
+(verified against twilio 9.13, docs/operations-facts.md §2):
 
 * the SDK ignores its own timeouts, so the caller bounds each `send` (`asyncio.timeout`);
 * `TWILIO_REGION` / `TWILIO_EDGE` in the environment rewrite the host, so both are cleared;
@@ -106,7 +106,7 @@ class TwilioNotifier:
                 http_client=self._http,
             )
             # The constructor treats None as "read TWILIO_REGION / TWILIO_EDGE from the environment",
-            # and either one rewrites the host (127.0.0.1 became 127.ie1.0.1 in ops-notes §2.1).
+            # and either one rewrites the host (127.0.0.1 became 127.ie1.0.1 in operations-facts §2.1).
             client.region = None
             client.edge = None
             if self._base_url is not None:

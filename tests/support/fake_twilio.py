@@ -3,7 +3,7 @@
 It serves `POST /2010-04-01/Accounts/{sid}/Messages.json`, records every request (path, form
 fields, basic-auth user and password) and answers from a script: a FIFO of `Reply`s, then a
 `policy` callable, then the default (201 queued). Replies mimic what Twilio sends, as measured
-in ops-notes §2.2::
+in docs/operations-facts.md §2.2::
 
     async with FakeTwilio() as fake:
         fake.script(Reply.rate_limited(), Reply.ok())

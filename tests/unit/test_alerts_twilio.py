@@ -1,6 +1,6 @@
 """The Twilio notifier: the real SDK against a fake Messages API on 127.0.0.1.
 
-Each provider answer (as measured in ops-notes §2.2) must come out as exactly one of our two
+Each provider answer (as measured: docs/operations-facts.md §2.2) must come out as exactly one of our two
 errors, with a text fit for the journal: the status and Twilio code, never the token or URL.
 """
 

@@ -126,7 +126,8 @@ async def test_trade_without_wait_replies_at_once_and_passes_force(sock_path: Pa
 
 
 async def test_blocked_trade_returns_the_existing_trade(sock_path: Path) -> None:
-    """A colliding request gets the trade in the way back: id, status, progress (incident 002)."""
+    """A colliding request gets the trade in the way back: id, status, progress (never a bare
+    refusal that leaves the requester guessing what is running)."""
     existing = make_trade(12, status=EntryStatus.WORKING, last_limit=12.80)
     api = FakeApi(outcome=Blocked(BlockReason.IN_PROGRESS, existing, action_id=7))
     async with serving(api, sock_path):

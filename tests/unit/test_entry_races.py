@@ -1,4 +1,8 @@
-"""Invariant 1 in-process: the four scenarios of incident 004, each raced with many triggers."""
+"""Invariant 1 in-process, each scenario raced with many triggers: the scheduler firing many times
+at once, manual triggers during the automated entry's fill, the same command repeated after the
+fill, and a client retrying throughout the fill (the failure these prevent: a same-day check that
+reads the journal before the order while the trade is written only after a 15 s fill, so a second
+trigger 2 s later trades again)."""
 
 from __future__ import annotations
 
