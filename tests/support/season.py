@@ -306,11 +306,12 @@ async def _skipped(
         key = parse_key(str(o["order_ref"]))
         if key is not None and ":x" not in str(o["order_ref"]):
             traded.add(key[1])
-    actions = await journal.actions(since_day=days[0])
     out: dict[date, str] = {}
     for day in days:
         if day in traded:
             continue
+        # Oldest first from that day on: the day's own rows come first, whatever follows.
+        actions = await journal.actions(since_day=day, limit=2000)
         said = [f"{a.kind}: {json.dumps(a.detail)}" for a in actions if a.trading_day == day.isoformat()]
         out[day] = "; ".join(said) or "nothing journaled"
     return out
