@@ -66,6 +66,32 @@ async def _position(journal: Journal, clock: ManualClock, day: date = TRADING_DA
 # -- the entry lane --------------------------------------------------------------------------------
 
 
+async def test_a_new_guard_refuses_until_the_first_reconciliation(
+    journal: Journal, clock: ManualClock
+) -> None:
+    """A guard starts out reconciling: no entry and no exit until the daemon says the journal
+    agrees with the broker (invariant 3)."""
+    position = await _position(journal, clock, date(2026, 12, 1))
+    guard = IntentGuard(journal, clock, "calendar", 1, trading_day=lambda: TRADING_DAY)
+    assert not guard.paused
+    entry = await guard.try_start(Source.SCHEDULER)
+    assert isinstance(entry, Blocked) and entry.reason is BlockReason.RECONCILING
+    close = await guard.try_exit(position, Source.MANUAL, "bot close")
+    assert isinstance(close, Blocked) and close.reason is BlockReason.RECONCILING
+    guard.reconciling = False
+    assert isinstance(await guard.try_start(Source.SCHEDULER), Started)
+
+
+async def test_the_lane_records_who_started_the_entry_and_when(journal: Journal, clock: ManualClock) -> None:
+    """The in-progress flag carries the trigger's source and the clock's time it started."""
+    guard = _guard(journal, clock)
+    await clock.advance(42)
+    started = await guard.try_start(Source.MANUAL)
+    assert isinstance(started, Started)
+    assert guard.current is not None
+    assert (guard.current.source, guard.current.started_mono) == (Source.MANUAL, clock.monotonic())
+
+
 async def test_a_risk_skip_is_journaled_alerted_and_frees_the_lane(
     journal: Journal, clock: ManualClock
 ) -> None:
@@ -369,6 +395,7 @@ async def test_an_exit_takes_its_lane_and_a_second_close_is_refused(
     assert guard.current is not None and guard.current.trade is not None
     assert guard.current.trade.kind is IntentKind.ENTRY
     guard.finish(started.trade)
+    guard.finish(started.trade)  # finishing twice is harmless
     assert guard.current_exit(position) is None
     again = await guard.try_exit(position, Source.MANUAL, "bot close")
     assert isinstance(again, Blocked) and again.reason is BlockReason.IN_PROGRESS  # the journal's answer
