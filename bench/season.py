@@ -132,7 +132,13 @@ async def measure(days: int) -> dict[str, Any]:
                         task.result()
                     entries = await daemon.journal.entries_since(trading[0])
                     positions = await daemon.journal.positions()
-                    skips = await daemon.journal.actions(kinds=[ActionKind.SKIPPED], since_day=trading[0])
+                    skips = [
+                        a
+                        for a in await daemon.journal.actions(
+                            kinds=[ActionKind.SKIPPED], since_day=trading[0]
+                        )
+                        if a.entry_id is None  # a day skipped (an exit that was not priced has its id)
+                    ]
                 finally:
                     daemon.stop_requested.set()
                     async with asyncio.timeout(60):

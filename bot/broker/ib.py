@@ -106,6 +106,9 @@ from bot.logs import AccountRedactor, get_logger, redact_account
 
 __all__ = ["IBBroker", "order_state_of"]
 
+_MAX_REQUESTS_PER_S = 40
+"""Requests ib_async may send in any second (IB's limit is 50 messages; see `IBBroker.__init__`)."""
+
 log = get_logger(__name__)
 
 T = TypeVar("T")
@@ -297,6 +300,11 @@ class IBBroker:
         """The latest connection problem in one line (for `bot status`); None while healthy."""
 
         self._ib = IB()
+        # IB refuses more than 50 messages in a second (error 100, then it disconnects). ib_async
+        # paces at 45 in any second of its own loop, but the gateway counts frames as it reads them
+        # and a burst's frames bunch on the way: the delta-strike search (~45 requests at once) was
+        # counted at 51 in a second under the simulator's IB latency profile. 40 leaves the margin.
+        self._ib.client.MaxRequests = _MAX_REQUESTS_PER_S
         if callable(getattr(self._clock, "speed", None)):
             # ib_async paces requests (45 a second) on the real clock. On a clock that runs faster
             # (a simulated season) that pacing would hold requests back for real seconds, i.e.
