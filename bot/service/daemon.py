@@ -143,10 +143,13 @@ class Daemon:
         """Today's date in the exchange's zone."""
         return self.clock.now().astimezone(self.tz).date()
 
-    def _wake_alerts(self) -> None:
+    def _wake_sender(self) -> None:
         sender = getattr(self, "alerts", None)
         if sender is not None:
             sender.wake()
+
+    def _wake_alerts(self) -> None:
+        self._wake_sender()
         # Whatever is alerted (an entry filled, a position closed) may change what is open.
         self._exits_wake.set()
 
@@ -261,7 +264,8 @@ class Daemon:
             s.strategy.name,
             s.strategy.quantity,
             trading_day=self.trading_day,
-            on_alert=self._wake_alerts,
+            # A refusal or a skipped day changes no position: the exit loop need not look again.
+            on_alert=self._wake_sender,
             precheck=self._risk_check,
         )
         paused = await self.journal.get_state(PAUSED_KEY)
