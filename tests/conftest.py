@@ -31,9 +31,11 @@ ENV_TESTS_REQUIRED = os.environ.get("BOT_ENV_TESTS") == "required"
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """Under BOT_ENV_TESTS=required a skipped test fails, with the skip's reason."""
+    """Under BOT_ENV_TESTS=required a skipped test fails, with the skip's reason. The system and
+    browser layers have switches of their own (BOT_SYSTEM_TESTS, BOT_BROWSER_TESTS)."""
     report = yield
-    if ENV_TESTS_REQUIRED and report.skipped and not hasattr(report, "wasxfail"):
+    own_switch = any(item.get_closest_marker(m) for m in ("system", "browser"))
+    if ENV_TESTS_REQUIRED and report.skipped and not own_switch and not hasattr(report, "wasxfail"):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = f"skipped where BOT_ENV_TESTS=required: {reason}"
