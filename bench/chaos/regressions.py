@@ -83,4 +83,21 @@ REGRESSIONS: tuple[Regression, ...] = (
         "our order was rejected and forgotten by a restart while another copy's order filled "
         "one of two in the same legs: our entry was settled partial from the positions",
     ),
+    Regression(
+        "claim-stuck-under-pacing",
+        1000768,
+        (
+            "fill.delayed",
+            "trigger.scheduler",
+            "trigger.late",
+            "hostile.pacing",
+            "hostile.cancel_10148",
+            "daemon.two",
+            "clock.midnight",
+        ),
+        "a gateway pacing at 5-20 messages a second closed the connections again and again: an "
+        "entry was left claimed 30 s after the trial (found by the 1000-trial run; passes since "
+        "the requests are throttled to 40 a second)",
+        host=Host.INPROC,
+    ),
 )
