@@ -409,6 +409,10 @@ _CANCEL_TRIES = 3
 """How often a cancel answered "unknown" while the broker still lists the order working is sent."""
 
 
+def _link_up(broker: Broker) -> bool:
+    return broker.link is LinkState.UP
+
+
 async def _cancel_confirmed(walk: _Walk, broker: Broker) -> BrokerOrder:
     """Cancel and return the confirmed final state; retry across a link loss.
 
@@ -424,7 +428,7 @@ async def _cancel_confirmed(walk: _Walk, broker: Broker) -> BrokerOrder:
             if walk.done():
                 assert walk.order is not None  # noqa: S101 -- done() implies an order
                 return walk.order
-            if broker.link is not LinkState.UP:
+            if not _link_up(broker):  # read again: the ride-out awaited (a property, not narrowed)
                 # Stopping with the link still down: the cancel cannot be sent. The order is left
                 # to the broker and the entry live in the journal, for reconciliation at the next
                 # start (asking again at once would spin without ever yielding to the loop).
