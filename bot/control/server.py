@@ -477,11 +477,15 @@ class ControlServer:
         # Only connections that have been silent for a while: in a burst a client may be connected
         # but not have written its line yet, and evicting it would only trade one refusal for another.
         cutoff = time.monotonic() - min(_MIN_SILENCE_TO_EVICT_S, self._read_timeout_s / 2)
-        idle = [
-            (since, task, writer)
-            for task, (since, writer) in self._waiting.items()
-            if since <= cutoff and _unread(writer) == 0
-        ]
+        # `_waiting` is in the order connections began to wait (a dict keeps insertion order), so
+        # the scan stops at the first one that has not waited long enough: a storm at the cap,
+        # thousands of connections each looking for room, does not walk all of them every time.
+        idle: list[tuple[float, asyncio.Task[Any], asyncio.StreamWriter]] = []
+        for task, (since, writer) in self._waiting.items():
+            if since > cutoff:
+                break
+            if _unread(writer) == 0:
+                idle.append((since, task, writer))
         if not idle:
             return
         since, task, writer = min(idle, key=lambda item: item[0])
