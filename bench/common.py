@@ -32,6 +32,10 @@ __all__ = [
 ]
 
 
+_ROOT = Path(__file__).resolve().parents[1]
+"""The checkout, cut from profile frames' paths."""
+
+
 def percentile(samples: Sequence[float], pct: float) -> float:
     """The `pct`-th percentile (0-100) of `samples`, linearly interpolated between closest ranks."""
     if not samples:
@@ -168,6 +172,6 @@ def _frame_name(frame: str) -> str:
     """`func (path/to/file.py:12)` -> `func (file.py)`, with site-packages and repo prefixes cut."""
     name, _, where = frame.partition(" (")
     where = where.rstrip(")").rsplit(":", 1)[0]
-    for marker in ("site-packages/", "/work/main/", "lib/python3.11/"):
+    for marker in ("site-packages/", f"{_ROOT}/", "lib/python3.11/"):
         where = where.split(marker)[-1]
     return f"{name} ({where})" if where else name
