@@ -89,8 +89,11 @@ TARGET_RATIO = 1.10
 MAX_MSGS_PER_S = 50
 MAX_LINES = 100
 NEW_YORK = ZoneInfo("America/New_York")
-#: ib_async throttles each client to 45 requests per second (`Client.MaxRequests`); a round starts
-#: at least this long after the previous one so no client's requests of two rounds share a second.
+#: Rounds of the judged bot alone with the CPU profiler on (`--profile`), after the measured ones.
+PROFILED_ROUNDS = 5
+#: ib_async throttles each client (the bot to 40 requests in any second, the floors to its default
+#: 45); a round starts at least this long after the previous one so no client's requests of two
+#: rounds share a second.
 PACE_S = 1.05
 
 ARMS = ("bot", "bot, client id 17", "floor", "floor, one at a time", "bot, delta strikes")
@@ -335,8 +338,9 @@ async def measure(
 ) -> LatencyResult:
     """`warmup` + `rounds` rounds of `arms`, in rotating order; keep the measured ones.
 
-    `profiler` (a pyinstrument `Profiler`, optional) is started and stopped around each timed entry
-    of the judged bot.
+    `profiler` (a pyinstrument `Profiler`, optional) is started and stopped around the judged
+    bot's entries of `PROFILED_ROUNDS` more rounds after the measured ones, which are not kept: the
+    profiler's hooks slow what they watch, and no measured entry runs under them.
     """
     result = LatencyResult()
     sim = await SimChild(PROFILE).start()
@@ -363,13 +367,13 @@ async def measure(
                     await seq.connectAsync("127.0.0.1", sim.port, clientId=SEQUENTIAL_ID, timeout=10)
                     (spx,) = await ib.qualifyContractsAsync(Index("SPX", "CBOE", "USD"))
                     runner = _Arms(daemons, ib, seq, sim, _contract(spx))
-                    runner.profiler = profiler
                     run_arm = {
                         "floor": runner.floor,
                         "floor, one at a time": runner.floor_sequential,
                         **dict.fromkeys(_BOT_ARMS, runner.bot),
                     }
-                    days = _trading_days(warmup + rounds)
+                    extra = PROFILED_ROUNDS if profiler is not None else 0
+                    days = _trading_days(warmup + rounds + extra)
                     round_started = -math.inf
                     for i, day in enumerate(days):
                         offset = (day - today_ny()).days
@@ -379,9 +383,12 @@ async def measure(
                         await _pace(round_started)
                         round_started = time.perf_counter()
                         order = arms[i % len(arms) :] + arms[: i % len(arms)]
+                        profiled = i >= warmup + rounds
+                        if profiled:
+                            order, runner.profiler = ("bot",), profiler
                         for arm in order:
                             seconds = await run_arm[arm](arm, day, legs, str(i))
-                            if i >= warmup:
+                            if warmup <= i < warmup + rounds:
                                 result.samples[arm].append(seconds)
                                 if arm in runner.limits:
                                     result.limits[arm].append(runner.limits.pop(arm))
