@@ -34,7 +34,7 @@ from datetime import date
 
 from bot.broker.errors import RetryLater
 from bot.broker.protocol import Broker, BrokerOrder
-from bot.domain import ActionKind, AlertKind, EntryStatus, IntentKind, TradeView
+from bot.domain import ActionKind, AlertKind, EntryStatus, IntentKind, Source, TradeView
 from bot.journal.store import Journal, parse_key
 from bot.logs import get_logger
 from bot.positions.ledger import (
@@ -480,9 +480,12 @@ def _found_alert(trade: TradeView, status: EntryStatus) -> tuple[ActionKind, tup
 
 
 async def _may_have_left(journal: Journal, trades: list[TradeView]) -> bool:
-    """True when one of these live intents has a limit journaled (its order may have left)."""
+    """True when one of these live intents has an order that may be at the broker: a limit
+    journaled, or adopted from the broker."""
     for trade in trades:
-        if trade.status.is_live and (await journal.entry_detail(trade.id))["limits"]:
+        if trade.status.is_live and (
+            trade.source is Source.BROKER or (await journal.entry_detail(trade.id))["limits"]
+        ):
             return True
     return False
 
@@ -499,8 +502,9 @@ async def _absent(
     if not trade.status.is_live:
         return  # unknown or fills missing: nothing new; looked up again on the next pass
     detail = await journal.entry_detail(trade.id)
-    if not detail["limits"]:
-        # Limits are journaled before the order is written: none means it never left. With a
+    if not detail["limits"] and trade.source is not Source.BROKER:
+        # Limits are journaled before the order is written: none means it never left (an order
+        # adopted from the broker has none, yet it was there: the positions decide for it). With a
         # limit journaled the order may have reached the broker, even as a claim of today: a
         # gateway restart can forget a completed order and its executions, so absence settles
         # nothing and the positions decide below.

@@ -128,10 +128,13 @@ class _Walk:
             if which == 0:
                 await self.absorb(result)
 
-    async def reread(self) -> None:
+    async def reread(self) -> bool:
+        """Look the order up; False when the complete look-up does not list it."""
         found = await self.broker.lookup([self.ref])
         if self.ref in found:
             await self.absorb(found[self.ref])
+            return True
+        return False
 
     async def wait_executions(self, seconds: float) -> None:
         """The broker may report "Filled" before the executions (TWS API docs: follow execDetails
@@ -371,9 +374,17 @@ async def resume_order(
             await walk.wait(_WATCH_POLL_S)
             if not walk.done() and not stop.is_set() and broker.link is LinkState.UP:
                 try:
-                    await walk.reread()
+                    listed = await walk.reread()
                 except RetryLater as exc:
                     log.warning("could not look up the watched order", ref=walk.ref, error=str(exc))
+                    continue
+                if not listed and walk.order is not None:
+                    # Not even among the open orders of all clients: it works no more, and a
+                    # restarted gateway may have forgotten how it ended. This connection will
+                    # never hear of it again; reconciliation settles it from evidence.
+                    walk.order = dataclasses.replace(walk.order, state=OrderState.UNKNOWN)
+                    await _settle(walk, recorder, quantity, None)
+                    return
         if not walk.done():
             return  # stopping: left live in the journal, reconciled on the next start
     else:

@@ -100,4 +100,20 @@ REGRESSIONS: tuple[Regression, ...] = (
         "the requests are throttled to 40 a second)",
         host=Host.INPROC,
     ),
+    Regression(
+        "other-copys-order-watched-for-ever",
+        1000917,
+        (
+            "fill.late",
+            "trigger.burst",
+            "trigger.late",
+            "hostile.status_coalesced",
+            "gw.restart_new_day",
+            "hostile.day_expiry",
+            "daemon.two",
+            "hostile.md_lines",
+        ),
+        "a copy adopted the other copy's working order and watched it; the order ended and a "
+        "restart forgot it: watched for ever, left working (found by the 1000-trial run)",
+    ),
 )

@@ -668,3 +668,35 @@ async def test_a_forced_second_entry_of_the_day_is_sent_and_kept(
         assert await entry_final(d, forced.trade.id) == "filled"
         assert AlertKind.DUPLICATE_AT_BROKER.value not in await _alert_kinds(d)
     assert _filled_orders(gw) == [first.trade.idempotency_key, forced.trade.idempotency_key]
+
+
+async def test_another_copys_order_forgotten_while_watched_is_settled_not_watched_for_ever(
+    gw: SimulatedGateway, tmp_path: Path
+) -> None:
+    """Copy B finds copy A's working order of the day, adopts it and watches it (it is A's to
+    change, and B hears no status of it). The order ends and a gateway restart forgets it, so B's
+    look-ups no longer list it: B stops watching and leaves the entry to reconciliation, which
+    settles it from the positions (B adopted it with its legs: no fill, `cancelled`), never from
+    the absence of a limit it never journaled. Before the fix: watched for ever, `working`
+    (chaos seed 1000917)."""
+    gw.fill_model = FillModel.never()
+    async with (
+        running_daemon(daemon_settings(gw, tmp_path / "a", client_id=17)) as a,
+        running_daemon(daemon_settings(gw, tmp_path / "b", client_id=18)) as b,
+    ):
+        theirs = await _trade(a)
+        await until(lambda: bool(gw.ledger.orders) and gw.ledger.orders[0].acked)
+        await _trade(b)
+        key = theirs.trade.idempotency_key
+
+        async def watching() -> bool:
+            adopted = await b.journal.entry_by_key(key)
+            return adopted is not None and adopted.status is EntryStatus.WORKING
+
+        await until(watching)
+        assert [o.order_ref for o in gw.expire_day_orders()] == [key]
+        await gw.restart(new_day=True)  # and forgotten
+        adopted = await b.journal.entry_by_key(key)
+        assert adopted is not None
+        assert await entry_final(b, adopted.id) == "cancelled"
+    assert [o.order_ref for o in gw.ledger.orders] == [key]
