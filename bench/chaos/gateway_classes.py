@@ -646,9 +646,10 @@ HOSTILE = [
         Group.HOSTILE,
         2.2,
         "market rules enforced: limits off the increment refused with 110 (package or legs rule "
-        "for combos); fired when a 110 went out",
+        "for combos); fired when an order or modification reached the gateway under them (the bot "
+        "prices on the rule it reads, so a 110 is rare)",
         _arm_rules,
-        lambda t: errors_sent(t, 110) > 0,
+        lambda t: errors_sent(t, 110) > 0 or bool(t.gw.ledger.orders),
         available=_config_has("enforce_market_rules"),
     ),
     FaultClass(
