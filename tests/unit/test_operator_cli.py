@@ -80,9 +80,12 @@ def public() -> Iterator[Path]:
 
 
 def _main_as_nobody(*argv: str) -> dict[str, Any]:
-    """`bot.cli.main(argv)` in a child process running as uid/gid 65534."""
+    """`bot.cli.main(argv)` in a child process running as uid/gid 65534, with no BOT_* variables
+    from the machine (CI sets its own, e.g. BOT_BROWSER_TESTS, which check-config would name)."""
 
     def work() -> dict[str, Any]:
+        for name in [n for n in os.environ if n.startswith("BOT_")]:
+            del os.environ[name]  # the forked child's own environment
         err, out = io.StringIO(), io.StringIO()
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
             code = bot.cli.main(list(argv))
