@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from bot.clock import ManualClock
-from bot.domain import ActionKind, Blocked, BlockReason, EntryStatus, Source, Started
+from bot.domain import ActionKind, AlertKind, Blocked, BlockReason, EntryStatus, Source, Started
 from bot.journal.schema import MIGRATIONS
-from bot.journal.store import Journal, JournalError, JournalTooNew
+from bot.journal.store import Journal, JournalConflict, JournalError, JournalTooNew
 
 pytestmark = pytest.mark.unit
 
@@ -50,6 +50,27 @@ async def test_database_refuses_a_second_live_entry_for_the_day(journal: Journal
             (DAY.isoformat(),),
         )
     conn.close()
+
+
+async def test_a_constraint_error_surfaces_as_the_journals_own(journal: Journal) -> None:
+    """sqlite3's IntegrityError stops at the journal's edge: a write the database's rules refuse
+    (here a second intent under an existing idempotency key) is a JournalConflict, which is a
+    JournalError (fail closed), never a bare sqlite3 error; the transaction is rolled back."""
+    first = await journal.claim("calendar", DAY, Source.SCHEDULER, 1)
+    assert isinstance(first, Started)
+    await journal.finish(first.trade.id, EntryStatus.CANCELLED, "test", ActionKind.CANCELLED)
+    with pytest.raises(JournalConflict) as refused:
+        await journal.adopt_from_broker(
+            first.trade.idempotency_key,
+            1,
+            replacing=None,
+            detail={},
+            alert=(AlertKind.DUPLICATE_AT_BROKER, "x"),
+        )
+    assert isinstance(refused.value, JournalError)
+    assert isinstance(refused.value.__cause__, sqlite3.IntegrityError)
+    assert len(await journal.entries_on("calendar", DAY)) == 1
+    assert len(await journal.actions(kinds=[ActionKind.ADOPTED])) == 0
 
 
 async def test_actions_are_append_only(journal: Journal) -> None:
