@@ -161,6 +161,7 @@ async def measure(days: int) -> dict[str, Any]:
         "entry_days": len(entered),
         "filled_days": len(traded_days),
         "skipped_days": len(skipped),
+        "missing_days": [d.isoformat() for d in missing],
         "skip_reasons": dict(reasons),
         "unknown": sum(1 for e in entries if e.status is EntryStatus.UNKNOWN),
         "positions": len(positions),
@@ -186,6 +187,13 @@ def rows(m: dict[str, Any]) -> list[Row]:
             name,
             "days entered (filled) / skipped with a journaled reason; entries left unknown",
             f"{m['entry_days']} ({m['filled_days']}) / {m['skipped_days']}; {m['unknown']}",
+        ),
+        Row(
+            name,
+            "days neither entered nor skipped (the daemon fell behind the clock)",
+            ", ".join(m["missing_days"]) or "none",
+            target="none",
+            met=not m["missing_days"],
         ),
         Row(
             name, "why days were skipped", ", ".join(f"{k}: {v}" for k, v in m["skip_reasons"].items()) or "-"
