@@ -54,6 +54,8 @@ async def test_a_working_order_is_adopted_and_finished_never_resent(core: Core) 
         await core.clock.advance(1)
     assert (await core.journal.entry(started.trade.id)).status is EntryStatus.FILLED
     assert core.broker.placed == [started.trade.idempotency_key]
+    assert core.broker.cancels == []  # worked to its fill, not ended by the runner's backstop
+    assert await core.journal.actions(kinds=[ActionKind.FAILED]) == []
     assert len(await core.journal.actions(kinds=[ActionKind.ADOPTED])) == 1
 
 
