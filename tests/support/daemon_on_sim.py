@@ -7,8 +7,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from bot.config import BrokerSettings, ControlSettings, ServiceSettings, Settings, StrategySettings
+from bot.config import (
+    AlertSettings,
+    BrokerSettings,
+    ControlSettings,
+    ServiceSettings,
+    Settings,
+    StrategySettings,
+)
 from bot.positions.settings import ExitSettings
 from bot.sim import SimulatedGateway
 
@@ -20,9 +28,12 @@ def daemon_settings(
     state: Path,
     client_id: int = 17,
     *,
+    strategy: Mapping[str, Any] | None = None,
+    alerts: AlertSettings | None = None,
     exits: Mapping[str, object] | None = None,
 ) -> Settings:
-    """A daemon's settings in `state` (created) for `gw`; `exits` replaces the exit settings (the
+    """A daemon's settings in `state` (created) for `gw`; `strategy` overrides the fast walk's
+    strategy settings, `alerts` the alert settings, and `exits` replaces the exit settings (the
     defaults otherwise)."""
     state.mkdir(parents=True, exist_ok=True)
     (state / "locks").mkdir(exist_ok=True)
@@ -37,8 +48,11 @@ def daemon_settings(
             connect_timeout_s=2.0,
             request_timeout_s=2.0,
         ),
-        strategy=StrategySettings(step_interval_s=0.3, fill_timeout_s=1.0, max_steps=2),
+        strategy=StrategySettings(
+            **{"step_interval_s": 0.3, "fill_timeout_s": 1.0, "max_steps": 2, **(strategy or {})}
+        ),
         control=ControlSettings(socket_path=state / "bot.sock"),
         service=ServiceSettings(lock_dir=state / "locks"),
+        alerts=alerts or AlertSettings(),
         exits=ExitSettings.model_validate(dict(exits)) if exits is not None else ExitSettings(),
     )

@@ -10,17 +10,13 @@ from typing import Any
 from bot.clock import SystemClock
 from bot.config import (
     AlertSettings,
-    BrokerSettings,
-    ControlSettings,
-    ServiceSettings,
     Settings,
-    StrategySettings,
 )
 from bot.domain import Started
-from bot.positions.settings import ExitSettings
 from bot.service.daemon import Daemon
 from bot.sim import SimulatedGateway
 from bot.trading_days import TradingCalendar
+from tests.support.daemon_on_sim import daemon_settings
 from tests.support.inproc import entry_final, until
 
 
@@ -34,28 +30,9 @@ def exit_settings(
     **exits: object,
 ) -> Settings:
     """A paper daemon on `gw` with walks of a fraction of a second; exit rules off unless asked."""
-    state.mkdir(parents=True, exist_ok=True)
-    (state / "locks").mkdir(exist_ok=True)
-    return Settings(
-        state_dir=state,
-        broker=BrokerSettings(
-            mode="paper",
-            port=gw.port,
-            client_id=client_id,
-            reconnect_min_s=0.05,
-            reconnect_max_s=0.5,
-            connect_timeout_s=2.0,
-            request_timeout_s=2.0,
-        ),
-        strategy=StrategySettings(
-            **{"step_interval_s": 0.3, "fill_timeout_s": 1.0, "max_steps": 2, **(strategy or {})}
-        ),
-        control=ControlSettings(socket_path=state / "bot.sock"),
-        service=ServiceSettings(lock_dir=state / "locks"),
-        alerts=alerts or AlertSettings(),
-        exits=ExitSettings.model_validate(
-            {"enabled": False, "step_interval_s": 0.3, "fill_timeout_s": 1.0, "max_steps": 2, **exits}
-        ),
+    defaults = {"enabled": False, "step_interval_s": 0.3, "fill_timeout_s": 1.0, "max_steps": 2}
+    return daemon_settings(
+        gw, state, client_id, strategy=strategy, alerts=alerts, exits={**defaults, **exits}
     )
 
 

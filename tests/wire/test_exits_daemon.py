@@ -16,6 +16,7 @@ import io
 import sqlite3
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,16 +35,15 @@ from bot.service.daemon import Daemon
 from bot.service.sdnotify import SystemdNotifier
 from bot.sim import FillModel, SimulatedGateway
 from bot.trading_days import TradingCalendar
-from tests.support.daemon_on_sim import daemon_settings
+from tests.support.exits import exit_settings
 from tests.support.inproc import entry_final, running_daemon, until
 
 pytestmark = pytest.mark.wire
 
 
-def _settings(gw: SimulatedGateway, state: Path, client_id: int = 17, **exits: object) -> Settings:
+def _settings(gw: SimulatedGateway, state: Path, client_id: int = 17, **exits: Any) -> Settings:
     """Exits off unless a test turns them on, and walked as fast as the entries."""
-    defaults = {"enabled": False, "step_interval_s": 0.3, "fill_timeout_s": 1.0, "max_steps": 2}
-    return daemon_settings(gw, state, client_id, exits={**defaults, **exits})
+    return exit_settings(gw, state, client_id=client_id, **exits)
 
 
 async def _open_position(d: Daemon) -> int:
