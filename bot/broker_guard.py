@@ -22,8 +22,11 @@ state directory (another host) would each pass them and send the day's order a s
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Awaitable
 from datetime import date
-from typing import Any, NoReturn, Protocol
+from typing import Any, NoReturn, Protocol, TypeVar
 
 from bot.broker.protocol import Broker, BrokerOrder
 from bot.domain import HELD_AT_BROKER, ActionKind, AlertKind
@@ -44,6 +47,23 @@ from bot.recorder import AdoptInstead, IntentRecorder
 __all__ = ["EntryChecks", "ExitChecks", "SendChecks", "check_before_send", "later_duplicate"]
 
 log = get_logger(__name__)
+
+A = TypeVar("A")
+B = TypeVar("B")
+
+
+async def _both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
+    """Both answers, asked at once (one round trip instead of two in a row); when one raises,
+    the other is cancelled and the error is raised."""
+    a, b = asyncio.ensure_future(first), asyncio.ensure_future(second)
+    try:
+        return await a, await b
+    finally:
+        for task in (a, b):
+            if not task.done():
+                task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
 
 
 def _blocks(order: BrokerOrder) -> bool:
@@ -76,14 +96,18 @@ def _pick(orders: list[BrokerOrder]) -> BrokerOrder:
     return min(orders, key=lambda o: (o.filled <= 0, o.state.is_final, o.perm_id or 1 << 62))
 
 
-async def check_before_send(broker: Broker, recorder: IntentRecorder) -> None:
+async def check_before_send(
+    broker: Broker, recorder: IntentRecorder, orders: list[BrokerOrder] | None = None
+) -> None:
     """Return when the broker holds nothing in the way; raise `AdoptInstead` when it does.
+    `orders` are the day's entries at the broker when the caller has just read them.
 
     Raises `BrokerError` when the broker's record cannot be read completely: then nothing may be
     concluded, and nothing is sent.
     """
     trade = recorder.trade
-    orders = await _entries_of_day(broker, recorder)
+    if orders is None:
+        orders = await _entries_of_day(broker, recorder)
     own = [o for o in orders if o.order_ref == trade.idempotency_key]
     journal = recorder.journal
     if own:
@@ -218,7 +242,7 @@ class SendChecks(Protocol):
         ...
 
 
-async def unexplained_in_legs(broker: Broker, recorder: IntentRecorder) -> str | None:
+async def unexplained_in_legs(recorder: IntentRecorder, held: dict[int, float]) -> str | None:
     """A reason not to send when the account already holds positions in this entry's own legs
     that the ledger's open positions do not explain, else None.
 
@@ -230,7 +254,6 @@ async def unexplained_in_legs(broker: Broker, recorder: IntentRecorder) -> str |
     legs = legs_of(await journal.entry_legs(recorder.trade.id) or [])
     if not legs:
         return None
-    held = await broker.positions()
     expected = expected_by_con_id(await journal.positions(only_open=True))
     # Only more of what this entry would add counts: less (positions lagging a fill, a close in
     # TWS) is the ledger check's to explain, not evidence of an unknown entry.
@@ -264,9 +287,11 @@ class EntryChecks:
     """The fourth guard for an entry: the strategy's orders of the trading day."""
 
     async def before_send(self, broker: Broker, recorder: IntentRecorder) -> str | None:
-        """See `check_before_send`; then `unexplained_in_legs`."""
-        await check_before_send(broker, recorder)
-        return await unexplained_in_legs(broker, recorder)
+        """See `check_before_send`; then `unexplained_in_legs` (the day's orders and the
+        account's positions asked at once)."""
+        orders, held = await _both(_entries_of_day(broker, recorder), broker.positions())
+        await check_before_send(broker, recorder, orders)
+        return await unexplained_in_legs(recorder, held)
 
     async def after_place(
         self, broker: Broker, recorder: IntentRecorder, placed: BrokerOrder
@@ -297,7 +322,8 @@ class ExitChecks:
         """None when the exit may leave; the reason (and the position frozen) when it may not."""
         trade = recorder.trade
         journal = recorder.journal
-        orders = await self._orders(broker)
+        # The position's exits at the broker and its positions, asked at once.
+        orders, held = await _both(self._orders(broker), broker.positions())
         own = [o for o in orders if o.order_ref == trade.idempotency_key]
         if own:
             order = _pick(own)
@@ -314,7 +340,6 @@ class ExitChecks:
                 f"{order.filled:g}) of position #{self.position.id}; #{trade.id} not sent, that one adopted",
                 exit_day=trade.trading_day,
             )
-        held = await broker.positions()
         ledger = await journal.positions(only_open=True)
         fresh = next((p for p in ledger if p.id == self.position.id), None)
         if fresh is None:

@@ -96,7 +96,8 @@ class BrokerSettings(_Section):
     positions_settle_s: float = Field(default=3.0, ge=0)
     """How long IB's position reports may trail a fill: an order the broker no longer lists is
     settled from the account's positions only from a look-up repeated this long after it was
-    first missed."""
+    first missed, and no position report is read sooner than this after the link came up (a
+    restarted gateway forgets the orders of fills its report may not show yet)."""
 
 
 class SimulatorSettings(_Section):

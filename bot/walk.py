@@ -203,10 +203,7 @@ async def work_order(
         return
     refusal: str | None = None
     for attempt in range(3):
-        # In this client id's slot, also after a link loss: copies that waited for the same
-        # gateway to come back must not all ask it in the same instant.
-        if timing.broker_check_delay_s > 0:
-            await _first(clock.sleep(timing.broker_check_delay_s), stop.wait())
+        await _check_slot(broker, clock, stop, timing.broker_check_delay_s)
         try:
             refusal = await checks.before_send(broker, recorder)
             break
@@ -414,6 +411,22 @@ async def _settle(walk: _Walk, recorder: IntentRecorder, quantity: int, reason: 
         await recorder.left_for_reconciliation("the broker no longer lists the order")
         return
     await finish_from_broker(recorder, order, quantity, reason)
+
+
+async def _check_slot(broker: Broker, clock: Clock, stop: asyncio.Event, slot_s: float) -> None:
+    """Wait until the broker's position reports can be trusted on this link (only just after it
+    came up), then for this client id's slot. Copies that waited for the same gateway to come back
+    must not all ask it in the same instant; a link that came up again during the slot (a wait
+    for its positions would line the copies up once more) starts both waits again."""
+    while not stop.is_set():
+        left = broker.positions_settle_left()
+        if left > 0:
+            await _first(clock.sleep(left), stop.wait())
+            continue
+        if slot_s > 0:
+            await _first(clock.sleep(slot_s), stop.wait())
+        if broker.positions_settle_left() <= 0:
+            return
 
 
 _CANCEL_TRIES = 3

@@ -225,6 +225,9 @@ class FakeBroker:
         self._check_link()
         return dict(self.held_positions)
 
+    def positions_settle_left(self) -> float:
+        return 0.0
+
     async def price_rule(self, contracts: Sequence[OptionContract]) -> PriceRule:
         self._check_link()
         return self.rule

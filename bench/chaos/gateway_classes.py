@@ -603,12 +603,26 @@ HOSTILE = [
     FaultClass(
         "hostile.cancel_10147",
         Group.HOSTILE,
-        0.8,
-        "a cancel of an order the gateway does not hold working answered 10147 (always on, "
-        "never drawn); fired when a 10147 went out",
-        lambda _t: None,
+        2.0,
+        '1-2 cancels of a working order answered 10147 "not found" while the gateway goes on '
+        "working it (ib_insync #690; ib_async then marks it Cancelled), as well as every cancel "
+        "of an order the gateway does not hold working; fired when a 10147 went out",
+        lambda t: arm_op(t, "lose_cancel", count=t.rng_for("hostile.cancel_10147").randint(1, 2)),
         lambda t: errors_sent(t, 10147) > 0,
-        passive=True,
+        available=_has("lose_cancel"),
+    ),
+    FaultClass(
+        "hostile.positions_lag",
+        Group.HOSTILE,
+        1.5,
+        "the account's position reports trail the fills by 0.5-3 s (the daemons' "
+        "broker.positions_settle_s is 3 s); fired when a client was answered a report the lag "
+        "made differ from the account",
+        lambda t: arm_op(
+            t, "positions_lag", seconds=round(t.rng_for("hostile.positions_lag").uniform(0.5, 3.0), 2)
+        ),
+        lambda t: t.gw.trailing_reports > 0,
+        available=_has("positions_report"),
     ),
     FaultClass(
         "hostile.reject_201",

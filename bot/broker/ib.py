@@ -276,6 +276,7 @@ class IBBroker:
         clock: Clock | None = None,
         rng: random.Random | None = None,
         require_paper: bool = False,
+        positions_settle_s: float = 0.0,
     ) -> None:
         if market_data_type not in MARKET_DATA_TYPES:
             raise ValueError(f"market_data_type must be one of {sorted(MARKET_DATA_TYPES)}")
@@ -293,6 +294,7 @@ class IBBroker:
         self._request_timeout_s = request_timeout_s
         self._reconnect_min_s = reconnect_min_s
         self._reconnect_max_s = reconnect_max_s
+        self._positions_settle_s = max(0.0, positions_settle_s)
         self._clock: Clock = clock or SystemClock()
         self._rng = rng or random.Random()  # noqa: S311 -- backoff jitter, not cryptography
 
@@ -331,6 +333,7 @@ class IBBroker:
 
         self._link = LinkState.CONNECTING
         self._link_seq = 0
+        self._up_at = float("-inf")  # the clock's monotonic time the link last came up
         self._generation = 0
         self._session_up = False
         self._closing = False
@@ -393,6 +396,8 @@ class IBBroker:
         if state is not self._link:
             self._link = state
             self._link_seq += 1
+            if state is LinkState.UP:
+                self._up_at = self._clock.monotonic()
         self._pulse.fire()
 
     async def run(self) -> None:
@@ -1459,8 +1464,19 @@ class IBBroker:
         seen = {f.execution.execId for f in fills}
         return fills + [f for f in more if f.execution.execId not in seen]
 
+    def positions_settle_left(self) -> float:
+        """Seconds until `positions_settle_s` has passed since the link last came up (0 after)."""
+        return max(0.0, self._up_at + self._positions_settle_s - self._clock.monotonic())
+
     async def positions(self) -> dict[int, float]:
-        """The account's positions per conId (IB nets each leg across trades)."""
+        """The account's positions per conId (IB nets each leg across trades).
+
+        IB's position reports can trail the fills, and a restarted gateway no longer lists the
+        orders and executions of fills made just before: then a report read at once shows
+        neither. So no report is read sooner than `positions_settle_s` after the link came up;
+        a read in that window waits for its end (on the injected clock)."""
+        while (left := self.positions_settle_left()) > 0:
+            await self._clock.sleep(left)
         rows = await self._request("the positions", self._ib.reqPositionsAsync)
         out: dict[int, float] = {}
         for row in rows:

@@ -285,7 +285,13 @@ class Broker(Protocol):
         ...
 
     async def positions(self) -> dict[int, float]:
-        """The account's position per contract id, as the broker reports it (netted per leg)."""
+        """The account's position per contract id, as the broker reports it (netted per leg);
+        never a report read while `positions_settle_left()` is above 0 (such a read waits)."""
+        ...
+
+    def positions_settle_left(self) -> float:
+        """Seconds until the account's position reports can be trusted on this link (0 when they
+        can): they may trail the fills, so not before a settle time after the link came up."""
         ...
 
     async def find_day(self, prefix: str) -> list[BrokerOrder]:

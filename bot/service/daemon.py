@@ -349,6 +349,7 @@ class Daemon:
             clock=self.clock,
             # Only an explicit live configuration may talk to a live account.
             require_paper=s.broker.mode != "live",
+            positions_settle_s=s.broker.positions_settle_s,
         )
 
     async def _close_broker(self) -> None:

@@ -12,6 +12,7 @@ socket path. Operations (arguments as in the Python API of `SimulatedGateway` an
     leg_executions_only {count?, client_id?},
     exec_filter_quirk {quirk: "ignore-empty" | "client-zero", count?, client_id?},
     refuse_final_cancel {count?, client_id?}, fill_before_cancel {count?, client_id?},
+    lose_cancel {count?, client_id?},
     reject_orders {count? (1), reason?, client_id?, error_first?},
     market_closed {count?, client_id?, until? (ISO 8601 with zone), warning_first?},
     expire_day_orders (answers {"expired": [orderRef, ...]}),
@@ -188,6 +189,8 @@ class ControlServer:
                 faults.refuse_final_cancel(_opt_int(req, "count"), client_id=_opt_int(req, "client_id"))
             case "fill_before_cancel":
                 faults.fill_before_cancel(_opt_int(req, "count"), client_id=_opt_int(req, "client_id"))
+            case "lose_cancel":
+                faults.lose_cancel(_opt_int(req, "count"), client_id=_opt_int(req, "client_id"))
             case "positions_lag":
                 faults.lag_positions(float(req["seconds"]))
             case "reject_orders":

@@ -53,6 +53,7 @@ class Faults:
         self._exec_quirk: tuple[Armed, ExecFilterQuirk] | None = None
         self._refuse_final_cancel: Armed | None = None
         self._fill_before_cancel: Armed | None = None
+        self._lose_cancel: Armed | None = None
         self._reject: tuple[Armed, ArmedRejection] | None = None
         self._hold: tuple[Armed, ArmedHold] | None = None
         self._still_processing = 0
@@ -131,6 +132,13 @@ class Faults:
         way from the exchange. A client must never read that cancel as the order's end."""
         self._fill_before_cancel = Armed(count, client_id)
 
+    def lose_cancel(self, count: int | None = None, *, client_id: int | None = None) -> None:
+        """The next `count` cancels of a working order are answered 10147 ("OrderId N that needs
+        to be cancelled is not found.") while the gateway goes on working the order, as IB has
+        been seen to do (ib_insync #690). ib_async marks the trade Cancelled on that error: a
+        client that believes it has lost sight of a live order."""
+        self._lose_cancel = Armed(count, client_id)
+
     def reject_orders(
         self,
         count: int | None = 1,
@@ -194,6 +202,7 @@ class Faults:
         self._exec_quirk = None
         self._refuse_final_cancel = None
         self._fill_before_cancel = None
+        self._lose_cancel = None
         self._reject = None
         self._hold = None
         self._still_processing = 0
@@ -259,6 +268,11 @@ class Faults:
         """True (and one fewer armed) when this cancel of a working order must lose to a fill."""
         return self._fill_before_cancel is not None and self._fill_before_cancel.take(client_id)
 
+    def take_lose_cancel(self, client_id: int) -> bool:
+        """True (and one fewer armed) when this cancel of a working order must be answered 10147
+        and not take."""
+        return self._lose_cancel is not None and self._lose_cancel.take(client_id)
+
     def take_reject(self, client_id: int) -> ArmedRejection | None:
         """How to reject this new order, if a rejection is armed for `client_id` (one used)."""
         if self._reject is None or not self._reject[0].take(client_id):
@@ -290,6 +304,7 @@ class Faults:
             ),
             "refuse_final_cancel": armed(self._refuse_final_cancel),
             "fill_before_cancel": armed(self._fill_before_cancel),
+            "lose_cancel": armed(self._lose_cancel),
             "reject_orders": (
                 {"reason": reject[1].reason, "error_first": reject[1].error_first, **(armed(reject[0]) or {})}
                 if reject and reject[0].live
@@ -314,7 +329,7 @@ FAULT_SPEC_HELP = (
     "drop-after-place[:N] | drop-before-place[:N] | omit:MSG_ID[:N] | delay:MSG_ID:SECONDS[:N] | "
     "delay:MSG_ID:MIN-MAX[:N] | duplicate:MSG_ID[:N] | coalesce-status:WINDOW_S[:N] | "
     "leg-executions-only[:N] | exec-filter:ignore-empty|client-zero[:N] | refuse-final-cancel[:N] | "
-    "fill-before-cancel[:N] | reject[:N] | reject-error-first[:N] | market-closed[:N] | "
+    "fill-before-cancel[:N] | lose-cancel[:N] | reject[:N] | reject-error-first[:N] | market-closed[:N] | "
     "hold-client-id:ID[:ATTEMPTS] | still-processing[:N] | positions-lag:SECONDS; "
     "append @CLIENT_ID to limit any but the drop, hold and still-processing faults to one client"
 )
@@ -377,6 +392,8 @@ def _arm(faults: Faults, name: str, args: list[str], client_id: int | None) -> b
             faults.refuse_final_cancel(opt(0), client_id=client_id)
         case "fill-before-cancel", 0 | 1:
             faults.fill_before_cancel(opt(0), client_id=client_id)
+        case "lose-cancel", 0 | 1:
+            faults.lose_cancel(opt(0), client_id=client_id)
         case "reject" | "reject-error-first", 0 | 1:
             faults.reject_orders(opt(0), client_id=client_id, error_first=name == "reject-error-first")
         case "market-closed", 0 | 1:

@@ -183,6 +183,9 @@ class SimulatedGateway:
         self.transcript: deque[TranscriptEntry] = deque(maxlen=self.config.transcript_limit)
         self.connections: list[ConnectionEvent] = []
         self.connectivity_lost = False
+        self.trailing_reports = 0
+        """Position reports answered to clients that the positions lag made differ from the
+        account's positions (`positions_report`)."""
         self.host = "127.0.0.1"
         self.port = 0
         self._fill_model = self.config.fill_model
@@ -714,7 +717,8 @@ class SimulatedGateway:
     def cancel_order(self, session: Session, order_id: int) -> None:
         """Cancel one of `session`'s client id's working orders (202), else 10147; a final order
         gets 10148 instead when `Faults.refuse_final_cancel` is armed, and a working one fills
-        first and then gets 10148 when `Faults.fill_before_cancel` is armed."""
+        first and then gets 10148 when `Faults.fill_before_cancel` is armed; with
+        `Faults.lose_cancel` armed a working one gets 10147 and goes on working."""
         order = self.ledger.find(session.cid, order_id)
         if order is not None and order.is_working and self.faults.take_fill_before_cancel(session.cid):
             self._fill(order, order.remaining_qty, order.lmt_price)  # the fill wins the race
@@ -723,6 +727,10 @@ class SimulatedGateway:
                 10148,
                 f"OrderId {order_id} that needs to be cancelled cannot be cancelled, state: Filled.",
             )
+            return
+        if order is not None and order.is_working and self.faults.take_lose_cancel(session.cid):
+            _log.info("cancel of %s/%s lost: answered 10147, still working", session.cid, order_id)
+            session.error(order_id, 10147, f"OrderId {order_id} that needs to be cancelled is not found.")
             return
         if order is not None and order.is_done and self.faults.take_refuse_final_cancel(session.cid):
             session.error(
@@ -1061,6 +1069,16 @@ class SimulatedGateway:
         if lag > 0:
             return self.account.positions_as_of(self.clock.now() - timedelta(seconds=lag))
         return self.account.open_positions()
+
+    def positions_report(self) -> list[Position]:
+        """`positions()` as answered to a client's request, counted in `trailing_reports` when
+        the lag hides a fill from it."""
+        shown = self.positions()
+        if self.faults.positions_lag_s > 0:
+            true = {p.contract.con_id: p.qty for p in self.account.open_positions()}
+            if {p.contract.con_id: p.qty for p in shown} != true:
+                self.trailing_reports += 1
+        return shown
 
     def settle_expired(self) -> list[Booking]:
         """Cash-settle every position whose option has settled (at its settlement instant, plus

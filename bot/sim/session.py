@@ -270,6 +270,10 @@ class Gateway(Protocol):
         """The account's positions as its reports show them."""
         ...
 
+    def positions_report(self) -> list[Position]:
+        """`positions()` answering a client's request (counted when a lag hides a fill)."""
+        ...
+
     def mark_price(self, contract: ContractRef) -> float:
         """The mark of a contract (portfolio rows)."""
         ...
@@ -843,7 +847,7 @@ class Session:
         _fixed(fields, 2, "reqPositions")
         self.positions_subscribed = True  # position changes are pushed until cancelPositions
         account = self.gw.config.account
-        for p in self.gw.positions():
+        for p in self.gw.positions_report():
             self.send(m.position(account, p.contract, p.qty, p.avg_cost))
         self.send(m.position_end())
 
@@ -854,7 +858,7 @@ class Session:
         r.skip(1)  # account
         model_code = r.string()
         account = self.gw.config.account
-        for p in self.gw.positions():
+        for p in self.gw.positions_report():
             self.send(m.position_multi(req_id, account, p.contract, p.qty, p.avg_cost, model_code))
         self.send(m.position_multi_end(req_id))
 
@@ -869,7 +873,7 @@ class Session:
             return
         account = self.gw.config.account
         self.send_account_values()
-        self.send_portfolio(self.gw.positions())
+        self.send_portfolio(self.gw.positions_report())
         self.send(m.account_time(self.gw.market.now()))
         self.send(m.account_download_end(account))
 

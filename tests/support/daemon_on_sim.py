@@ -1,7 +1,8 @@
 """Settings for a whole daemon in-process against a simulated gateway on the system clock (the
-daemon wire tests): paper mode on the gateway's port, fast reconnects and short timeouts, a walk of
-two steps 0.3 s apart with a 1 s fill timeout, its own control socket and lock directory (two
-daemons in one test model two hosts)."""
+daemon wire tests): paper mode on the gateway's port, fast reconnects and short timeouts, position
+reports trusted 0.5 s after the link comes up (`SETTLE_S`; the tests of a lagging report set their
+own), a walk of two steps 0.3 s apart with a 1 s fill timeout, its own control socket and lock
+directory (two daemons in one test model two hosts)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,10 @@ from bot.config import (
 from bot.positions.settings import ExitSettings
 from bot.sim import SimulatedGateway
 
-__all__ = ["daemon_settings"]
+__all__ = ["SETTLE_S", "daemon_settings"]
+
+SETTLE_S = 0.5
+"""`broker.positions_settle_s` for test daemons (production's default is 3 s)."""
 
 
 def daemon_settings(
@@ -47,6 +51,7 @@ def daemon_settings(
             reconnect_max_s=0.5,
             connect_timeout_s=2.0,
             request_timeout_s=2.0,
+            positions_settle_s=SETTLE_S,
         ),
         strategy=StrategySettings(
             **{"step_interval_s": 0.3, "fill_timeout_s": 1.0, "max_steps": 2, **(strategy or {})}

@@ -142,8 +142,9 @@ class DaemonProcess:
         broker = (
             f'[broker]\nmode = "paper"\nport = {sim_port}\nclient_id = 17\nreconnect_min_s = 0.2\n'
             "reconnect_max_s = 2.0\nconnect_timeout_s = 5.0\nrequest_timeout_s = 5.0\n"
+            "positions_settle_s = 0.5\n"
             if sim_port is not None
-            else '[broker]\nmode = "simulated"\n[simulator]\nfill_delay_s = 0.5\n'
+            else '[broker]\nmode = "simulated"\npositions_settle_s = 0.5\n[simulator]\nfill_delay_s = 0.5\n'
         )
         self.config.write_text(f'state_dir = "{self.state_dir}"\n' + broker + extra_config)
         self.demo_s = demo_s

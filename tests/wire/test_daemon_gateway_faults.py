@@ -24,6 +24,7 @@ from bot.domain import ActionKind, Blocked, BlockReason, Started
 from bot.journal.store import JournalError
 from bot.service.daemon import Daemon
 from bot.sim import FillModel, SimConfig, SimulatedGateway
+from tests.support.daemon_on_sim import SETTLE_S
 from tests.support.inproc import entry_final, running_daemon, until
 
 pytestmark = pytest.mark.wire
@@ -53,6 +54,7 @@ async def daemon(gw: SimulatedGateway, tmp_path: Path) -> AsyncIterator[Daemon]:
             reconnect_max_s=0.5,
             connect_timeout_s=2.0,
             request_timeout_s=2.0,
+            positions_settle_s=SETTLE_S,
         ),
         strategy=StrategySettings(step_interval_s=0.3, fill_timeout_s=1.0, max_steps=3),
         control=ControlSettings(socket_path=tmp_path / "bot.sock"),
@@ -176,7 +178,13 @@ async def test_repeated_fatal_errors_halt_the_bot(gw: SimulatedGateway, tmp_path
     gw.fill_model = FillModel.reject()
     settings = Settings(
         state_dir=tmp_path,
-        broker=BrokerSettings(mode="paper", port=gw.port, client_id=CLIENT_ID, request_timeout_s=2.0),
+        broker=BrokerSettings(
+            mode="paper",
+            port=gw.port,
+            client_id=CLIENT_ID,
+            request_timeout_s=2.0,
+            positions_settle_s=SETTLE_S,
+        ),
         strategy=StrategySettings(step_interval_s=0.2, fill_timeout_s=0.5, max_steps=1),
         control=ControlSettings(socket_path=tmp_path / "bot.sock"),
         service=ServiceSettings(max_fatal_errors_per_day=3),

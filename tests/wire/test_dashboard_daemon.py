@@ -19,6 +19,7 @@ from bot.config import BrokerSettings, ControlSettings, ServiceSettings, Setting
 from bot.dashboard.settings import DashboardSettings
 from bot.domain import Started
 from bot.sim import FillModel, SimConfig, SimulatedGateway
+from tests.support.daemon_on_sim import SETTLE_S
 from tests.support.inproc import entry_final, running_daemon
 
 pytestmark = pytest.mark.wire
@@ -38,7 +39,9 @@ def _settings(gw: SimulatedGateway, state: Path, port: int = 0) -> Settings:
     (state / "locks").mkdir(exist_ok=True)
     return Settings(
         state_dir=state,
-        broker=BrokerSettings(mode="paper", port=gw.port, client_id=17, connect_timeout_s=2.0),
+        broker=BrokerSettings(
+            mode="paper", port=gw.port, client_id=17, connect_timeout_s=2.0, positions_settle_s=SETTLE_S
+        ),
         strategy=StrategySettings(step_interval_s=0.3, fill_timeout_s=1.0, max_steps=2),
         control=ControlSettings(socket_path=state / "bot.sock"),
         service=ServiceSettings(lock_dir=state / "locks"),

@@ -652,6 +652,69 @@ async def test_a_forgotten_order_is_not_settled_from_positions_that_trail_its_fi
     assert [o.order_ref for o in gw.ledger.orders] == [first.trade.idempotency_key]
 
 
+async def test_a_lost_journal_does_not_enter_again_on_positions_that_trail_the_fill(
+    gw: SimulatedGateway, tmp_path: Path
+) -> None:
+    """The day's entry filled; the daemon died with its journal (a new state directory: lost);
+    the gateway restarted forgetting the day's orders and executions; and its position reports
+    trail the fills by 8 s, so a report read at once shows nothing. The new daemon's entry has
+    only the positions left as evidence: it reads them no sooner than `positions_settle_s` after
+    its link came up, sees the legs held, and sends nothing. Before the fix: a second filled
+    order for the day."""
+    gw.fill_model = FillModel.always()
+    first_settings = daemon_settings(gw, tmp_path / "a")
+    d = Daemon(
+        first_settings,
+        RuntimeEnv.from_environ({}),
+        SystemClock(),
+        SystemdNotifier(None),
+        handle_signals=False,
+    )
+    task: asyncio.Task[object] = asyncio.create_task(d.run(), name="daemon-a")
+    await until(lambda: getattr(d, "reconciliation", "") == "done")
+    gw.faults.lag_positions(8.0)
+    first = await _trade(d)
+    await gw.wait_for(lambda: _filled_orders(gw) == [first.trade.idempotency_key])
+    await _kill(d, task)
+    await gw.restart(new_day=True)
+    settings = daemon_settings(gw, tmp_path / "b")
+    settings = settings.model_copy(
+        update={"broker": settings.broker.model_copy(update={"positions_settle_s": 8.0})}
+    )
+    async with running_daemon(settings) as again:
+        assert gw.positions() == []  # the report still trails the fill
+        outcome = await again.trade(force=False)
+        if isinstance(outcome, Started):
+            assert await entry_final(again, outcome.trade.id) in {"skipped", "never_sent"}
+        assert AlertKind.DUPLICATE_AT_BROKER.value in await _alert_kinds(again)
+    assert _filled_orders(gw) == [first.trade.idempotency_key]
+    assert [o.order_ref for o in gw.ledger.orders] == [first.trade.idempotency_key]
+
+
+async def test_a_cancel_answered_not_found_while_the_order_works_is_never_its_end(
+    gw: SimulatedGateway, tmp_path: Path
+) -> None:
+    """The walk's cancels at its fill timeout are answered 10147 "not found" while the gateway
+    goes on working the order (twice; ib_insync #690), and ib_async marks the trade Cancelled
+    each time. The daemon never takes that for the order's end: it looks the order up, finds it
+    working, and the entry ends `cancelled` only once the gateway has cancelled it. One order at
+    the broker, never a second."""
+    gw.fill_model = FillModel.never()
+    gw.faults.lose_cancel(count=2)
+    async with running_daemon(daemon_settings(gw, tmp_path)) as d:
+        first = await _trade(d)
+        assert await entry_final(d, first.trade.id) == "cancelled"
+        assert gw.faults.describe()["lose_cancel"] is None  # both lost cancels happened
+        assert [(o.order_ref, o.status) for o in gw.ledger.orders] == [
+            (first.trade.idempotency_key, "Cancelled")
+        ]
+        second = await d.trade(force=False)
+        assert isinstance(second, Started), second  # a day with no fill may be entered again
+        assert await entry_final(d, second.trade.id) == "cancelled"
+    assert len(gw.ledger.orders) == 2
+    assert not any(o.fills for o in gw.ledger.orders)
+
+
 async def test_a_forced_second_entry_of_the_day_is_sent_and_kept(
     gw: SimulatedGateway, tmp_path: Path
 ) -> None:

@@ -226,8 +226,8 @@ async def test_streams_come_back_after_a_reconnect_and_after_data_lost(
     again and tick; never more lines than legs."""
     async with running_daemon(exit_settings(gw, tmp_path)) as d:
         await open_position(d)
+        await until(lambda: len(d.broker.watched) == 2 and _lines(gw) == 2 and len(_quotes(d)) == 2)
         legs = set(d.broker.watched)
-        await until(lambda: _lines(gw) == 2 and len(_quotes(d)) == 2)
 
         def fresh_since(moment: datetime, generation: int) -> bool:
             quotes = _quotes(d)

@@ -18,6 +18,7 @@ from bot.domain import Started
 from bot.positions.settings import ExitSettings
 from bot.sim import FillModel, SimConfig, SimulatedGateway
 from bot.trading_days import TradingCalendar
+from tests.support.daemon_on_sim import SETTLE_S
 from tests.support.inproc import entry_final, running_daemon, until
 
 pytestmark = pytest.mark.wire
@@ -61,7 +62,9 @@ async def test_a_tick_through_the_profit_target_starts_the_exit_at_once(
     (tmp_path / "locks").mkdir()
     settings = Settings(
         state_dir=tmp_path,
-        broker=BrokerSettings(mode="paper", port=gw.port, client_id=17, connect_timeout_s=2.0),
+        broker=BrokerSettings(
+            mode="paper", port=gw.port, client_id=17, connect_timeout_s=2.0, positions_settle_s=SETTLE_S
+        ),
         strategy=StrategySettings(step_interval_s=0.3, fill_timeout_s=1.0, max_steps=2),
         control=ControlSettings(socket_path=tmp_path / "bot.sock"),
         service=ServiceSettings(lock_dir=tmp_path / "locks"),

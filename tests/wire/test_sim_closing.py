@@ -177,9 +177,11 @@ async def test_position_reports_trail_the_fills_by_the_armed_lag(
     near, far = await calendar_legs(ib)
     await _fill(ib, calendar_bag(near, far), "BUY", 1, 5.0, "cal:entry:20261217:1")
     assert [p for p in await ib.reqPositionsAsync() if p.position] == []
+    assert gateway.trailing_reports == 1  # the report the lag made differ is counted
     assert _held(ib) == {}
     assert gateway.account.open_positions() != []  # the account itself holds it
     await clock.advance(2.5)
     await until(lambda: _held(ib) == {near.conId: -1.0, far.conId: 1.0})
     held = {p.contract.conId: p.position for p in await ib.reqPositionsAsync()}
     assert held == {near.conId: -1.0, far.conId: 1.0}
+    assert gateway.trailing_reports == 1  # caught up: not counted

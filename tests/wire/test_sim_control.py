@@ -146,11 +146,13 @@ async def test_faults_and_restart_over_the_socket(running: Running, control: Lin
         {"op": "set_spot", "spot": 6100},
         {"op": "set_vol", "vol": 0.2},
         {"op": "positions_lag", "seconds": 2.5},
+        {"op": "lose_cancel", "count": 2, "client_id": 7},
     ):
         assert (await control.call(**request))["ok"], request
     status = await control.call(op="status")
     assert status["faults"]["drop_after_place_read"] == 2
     assert status["faults"]["positions_lag_s"] == 2.5
+    assert status["faults"]["lose_cancel"] == {"remaining": 2, "client_id": 7}
     assert status["faults"]["omit"] == {"53": 1}
     assert status["faults"]["delay"] == {"3": {"seconds": 1.5, "remaining": None}}
     assert status["spot"] == pytest.approx(6100.0, rel=0.0011)  # the standalone spot wanders 0.1%
@@ -195,6 +197,8 @@ def test_fault_specs() -> None:
     assert described["held_client_ids"] == {"7": 3}
     apply_fault_spec(faults, "positions-lag:1.5")
     assert faults.describe()["positions_lag_s"] == 1.5
+    apply_fault_spec(faults, "lose-cancel:1@8")
+    assert faults.describe()["lose_cancel"] == {"remaining": 1, "client_id": 8}
     for bad in ("explode", "omit", "delay:3", "omit:x", "hold-client-id:1:2:3", "positions-lag:-1"):
         with pytest.raises(ValueError, match="use drop-after-place"):
             apply_fault_spec(faults, bad)

@@ -478,6 +478,29 @@ async def test_a_cancel_that_loses_the_race_with_the_fill(gateway: SimulatedGate
     assert gateway.ledger.orders[1].status == "Cancelled" and not gateway.ledger.orders[1].fills
 
 
+async def test_a_lost_cancel_answers_10147_and_the_order_goes_on_working(
+    gateway: SimulatedGateway, ib: IB
+) -> None:
+    """lose_cancel(count=1): the cancel of a working order is answered 10147 "not found" while
+    the gateway keeps the order working (ib_insync #690). ib_async marks the trade Cancelled;
+    the gateway's open orders still list it Submitted, and the next cancel takes."""
+    gateway.fill_model = FillModel.never()
+    texts = _error_texts(ib)
+    gateway.faults.lose_cancel(count=1)
+    lost, _ = await place_calendar(ib, gateway, "lost", 5.0)
+    oid = lost.order.orderId
+    ib.cancelOrder(lost.order)
+    await until(lambda: (oid, 10147) in texts)
+    assert texts[(oid, 10147)] == f"OrderId {oid} that needs to be cancelled is not found."
+    await until(lambda: lost.orderStatus.status == "Cancelled")  # what ib_async believes
+    assert gateway.ledger.orders[0].status == "Submitted"  # what the gateway does
+    listed = await ib.reqAllOpenOrdersAsync()
+    assert [(t.order.orderRef, t.orderStatus.status) for t in listed] == [("lost", "Submitted")]
+    assert gateway.faults.describe()["lose_cancel"] is None  # used up
+    ib.client.cancelOrder(oid, "")
+    await until(lambda: gateway.ledger.orders[0].status == "Cancelled")
+
+
 async def test_a_rejected_order_is_inactive_then_201(gateway: SimulatedGateway, ib: IB) -> None:
     """reject_orders(): openOrder and orderStatus Inactive, then 201 "Order rejected - reason:...".
     ib_async keeps it Inactive and the 201 never reaches the trade's log; the next order is taken."""
