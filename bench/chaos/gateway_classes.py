@@ -12,6 +12,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from bench.chaos.arming import ENTRY_ANCHORS, anchored, any_order, arm_op, consumed, errors_sent, frames
+from bench.chaos.hosts import POSITIONS_SETTLE_S
 from bench.chaos.plan import FaultClass, Group
 from bench.chaos.trial import Anchor, Trial
 from bot.sim.faults import Faults
@@ -615,11 +616,13 @@ HOSTILE = [
         "hostile.positions_lag",
         Group.HOSTILE,
         1.5,
-        "the account's position reports trail the fills by 0.5-3 s (the daemons' "
-        "broker.positions_settle_s is 3 s); fired when a client was answered a report the lag "
+        "the account's position reports trail the fills by 0.3 s up to the daemons' "
+        "broker.positions_settle_s (1.5 s); fired when a client was answered a report the lag "
         "made differ from the account",
         lambda t: arm_op(
-            t, "positions_lag", seconds=round(t.rng_for("hostile.positions_lag").uniform(0.5, 3.0), 2)
+            t,
+            "positions_lag",
+            seconds=round(t.rng_for("hostile.positions_lag").uniform(0.3, POSITIONS_SETTLE_S), 2),
         ),
         lambda t: t.gw.trailing_reports > 0,
         available=_has("positions_report"),

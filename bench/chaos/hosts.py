@@ -51,6 +51,10 @@ __all__ = [
     "until",
 ]
 
+POSITIONS_SETTLE_S = 1.5
+"""`broker.positions_settle_s` of the daemons under test (production's is 3 s; trials are short,
+as their walks are). The positions-lag class draws lags up to it."""
+
 NO_DEMO_S = 86_400.0
 """A demo delay that never fires within a trial: any day may trade, only triggers enter."""
 
@@ -194,6 +198,7 @@ class InprocHost(DaemonHost):
                 connect_timeout_s=2.0,
                 request_timeout_s=1.5,
                 market_data_type=market_data_type,
+                positions_settle_s=POSITIONS_SETTLE_S,
             ),
             strategy=StrategySettings(
                 step_interval_s=0.15, fill_timeout_s=0.4, max_steps=2, quantity=quantity
@@ -331,6 +336,8 @@ class ProcHost(DaemonHost):
             },
             "service": {"drain_timeout_s": 5.0},
         }
+        if "broker.positions_settle_s" in known_keys:
+            sections["broker"]["positions_settle_s"] = POSITIONS_SETTLE_S
         if "service.lock_dir" in known_keys:
             # Two daemons on one account model two hosts: each has its own per-host lock.
             sections["service"]["lock_dir"] = self.lock_dir
