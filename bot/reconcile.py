@@ -41,6 +41,7 @@ from bot.positions.ledger import (
     LedgerCheck,
     PositionView,
     exit_filled_by_positions,
+    expected_by_con_id,
     explain,
     leg_signs,
     order_leg_signs,
@@ -578,25 +579,20 @@ async def _filled_by_positions(
 ) -> int | None:
     """How many units of `trade` the account's per-leg positions show filled (0..quantity), or
     None when they do not settle it (no legs known, or positions that no count explains: IB nets
-    legs across trades, so the other entries' legs are taken out first)."""
+    legs across trades, so what the ledger's other open positions hold is taken out first; a
+    closed position holds nothing)."""
     signs = leg_signs(legs)
     if not signs:
         return None
     held = await broker.positions()
-    expected = dict.fromkeys(signs, 0.0)
-    for other in await journal.traded_entries(trade.strategy):
-        if other.id == trade.id:
-            continue
-        units = max(float(other.filled), other.broker_filled)
-        other_signs = leg_signs(await journal.entry_legs(other.id) or [])
-        if not other_signs:
-            # A traded entry whose legs the journal does not know (adopted from the broker: a
-            # lost journal or another copy's order) may hold any of these contracts: the
-            # positions cannot say which fill is whose.
-            return None
-        for con_id, sign in other_signs.items():
-            if con_id in expected:
-                expected[con_id] += sign * units
+    others = [p for p in await journal.positions(only_open=True) if p.id != trade.id]
+    if any(not p.legs for p in others):
+        # An open position whose legs the journal does not know (adopted from the broker: a lost
+        # journal or another copy's order) may hold any of these contracts: the positions cannot
+        # say which fill is whose.
+        return None
+    explained = expected_by_con_id(others)
+    expected = {c: explained.get(c, 0.0) for c in signs}
     for units in range(trade.quantity + 1):
         if all(abs(held.get(c, 0.0) - (expected[c] + sign * units)) < 1e-9 for c, sign in signs.items()):
             return units

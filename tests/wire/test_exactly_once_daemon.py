@@ -30,6 +30,7 @@ from bot.config import (
     StrategySettings,
 )
 from bot.domain import AlertKind, Blocked, BlockReason, EntryStatus, Source, Started
+from bot.positions.ledger import leg_signs
 from bot.service.daemon import Daemon
 from bot.service.sdnotify import SystemdNotifier
 from bot.sim import FillModel, SimConfig, SimulatedGateway
@@ -37,6 +38,7 @@ from bot.sim.chain import ChainMode, ChainShape
 from bot.sim.exec_filter import ExecFilterQuirk
 from bot.sim.rules import ComboIncrements
 from tests.support.daemon_on_sim import daemon_settings
+from tests.support.exits import exit_final, open_position
 from tests.support.inproc import entry_final, running_daemon, until
 
 pytestmark = pytest.mark.wire
@@ -549,6 +551,44 @@ async def test_todays_order_the_gateway_forgot_after_it_filled_is_settled_from_p
         refused = await again.trade(force=False)
         assert isinstance(refused, Blocked) and refused.reason is BlockReason.ALREADY_TRADED_TODAY
     assert [o.order_ref for o in gw.ledger.orders] == [first.trade.idempotency_key]
+
+
+async def test_a_forgotten_entry_in_the_legs_of_a_closed_position_is_settled_filled(
+    gw: SimulatedGateway, tmp_path: Path
+) -> None:
+    """The day's calendar was entered and closed; a forced second one in the same legs reached
+    the gateway, which booked it and dropped the connection before the acknowledgement; the
+    daemon died; the order filled; the gateway restarted forgetting it. The account holds one
+    calendar in those legs, and the ledger's only other position in them is closed: the second
+    entry filled. Before the fix: the closed position was counted as still held, the calendar
+    taken for it, and the entry settled `cancelled` (a lost fill)."""
+    settings = daemon_settings(gw, tmp_path)
+    gw.fill_model = FillModel.always()
+    d = Daemon(
+        settings, RuntimeEnv.from_environ({}), SystemClock(), SystemdNotifier(None), handle_signals=False
+    )
+    task: asyncio.Task[object] = asyncio.create_task(d.run(), name="daemon-a")
+    await until(lambda: getattr(d, "reconciliation", "") == "done")
+    first = await open_position(d)
+    closing = await d.close(first)
+    assert isinstance(closing, Started), closing
+    assert await exit_final(d, closing.trade.id) == "filled"
+    gw.fill_model = FillModel.always(delay_s=0.5)
+    gw.faults.drop_after_place_read(1)
+    second = await d.trade(force=True)
+    assert isinstance(second, Started), second
+    key = second.trade.idempotency_key
+    await gw.wait_for(lambda: key in [o.order_ref for o in gw.ledger.orders])
+    await _kill(d, task)
+    await gw.wait_for(lambda: key in _filled_orders(gw))
+    await gw.restart(new_day=True)  # forced: forgets what ended before now
+    async with running_daemon(settings) as again:
+        legs = leg_signs(await again.journal.entry_legs(second.trade.id) or [])
+        assert legs and legs == leg_signs(await again.journal.entry_legs(first) or [])
+        view = await again.journal.entry(second.trade.id)
+        assert view.status is EntryStatus.FILLED, view
+        assert view.broker_filled == 1.0
+    assert len(gw.ledger.orders) == 3
 
 
 async def test_another_copys_order_working_beside_ours_settles_nothing_from_positions(
