@@ -15,12 +15,15 @@ import sys
 from collections.abc import Mapping, Sequence
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bot import __version__
 from bot.config import RuntimeEnv, Settings, dump_effective, environ, load_settings
 from bot.errors import ExitCode, UserError
 from bot.sim.cli_options import add_market_arguments, market_options
+
+if TYPE_CHECKING:
+    from bot.clock import ScaledClock
 
 __all__ = ["main"]
 
@@ -67,6 +70,15 @@ def _demo_seconds(text: str) -> float:
     return value
 
 
+def _clock_spec(text: str) -> ScaledClock:
+    from bot.clock import ScaledClock
+
+    try:
+        return ScaledClock.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--sim-clock {text!r}: {exc}") from None
+
+
 def _config_option(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
     # Accepted before and after the subcommand; the subcommand's (given later) wins.
     parser.add_argument(
@@ -95,6 +107,10 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="instead of the daily schedule, one entry SECONDS (default 5) after start, on any day",
     )
+    # Testing only, so not in --help: the daemon on the simulator's accelerated time (the
+    # `ScaledClock.spec()` text it was started with). Refused (exit 78) unless the broker mode is
+    # paper or simulated: a live account must never be traded on a clock that is not the time.
+    run.add_argument("--sim-clock", type=_clock_spec, default=None, metavar="SPEC", help=argparse.SUPPRESS)
 
     cc = sub.add_parser("check-config", help="print the effective configuration, secrets masked")
     cc.add_argument("--json", action="store_true", help="JSON output")
@@ -302,7 +318,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings, runtime: RuntimeEnv)
         configure_logging(
             settings.log_level, stream=sys.stdout, journal_stream=runtime.journal_stream, accounts=accounts
         )
-        return _run(settings, runtime, args.demo)
+        return _run(settings, runtime, args.demo, args.sim_clock)
     configure_logging("WARNING", stream=sys.stderr, accounts=accounts)
     if command == "check-config":
         return _check_config(settings, runtime, as_json=args.json, env=environ())
@@ -377,7 +393,9 @@ def _what_force_buys(settings: Settings) -> str:
     )
 
 
-def _run(settings: Settings, runtime: RuntimeEnv, demo_s: float | None) -> int:
+def _run(
+    settings: Settings, runtime: RuntimeEnv, demo_s: float | None, sim_clock: ScaledClock | None = None
+) -> int:
     from bot.clock import SystemClock
     from bot.config import unknown_env_vars
     from bot.logs import get_logger
@@ -385,6 +403,12 @@ def _run(settings: Settings, runtime: RuntimeEnv, demo_s: float | None) -> int:
     from bot.service.daemon import Daemon
     from bot.service.sdnotify import SystemdNotifier
 
+    if sim_clock is not None and settings.broker.mode not in ("paper", "simulated"):
+        raise UserError(
+            f"--sim-clock runs the daemon on simulated time, for tests against the simulator only; "
+            f"it is refused with broker.mode = {settings.broker.mode} (use paper or simulated)",
+            ExitCode.CONFIG,
+        )
     problems = preflight.check(settings, settings.socket_path(runtime))
     if problems:
         raise UserError("\n".join(p.message for p in problems), problems[0].code)
@@ -393,7 +417,11 @@ def _run(settings: Settings, runtime: RuntimeEnv, demo_s: float | None) -> int:
     if settings.broker.mode == "live":
         _print_error("bot: LIVE trading enabled (broker.mode = live, allow_live = true)", runtime, priority=5)
     daemon = Daemon(
-        settings, runtime, SystemClock(), SystemdNotifier.from_environ(environ()), demo_delay_s=demo_s
+        settings,
+        runtime,
+        sim_clock or SystemClock(),
+        SystemdNotifier.from_environ(environ()),
+        demo_delay_s=demo_s,
     )
     # Everything imported by now (pandas, numpy, pydantic, ib_async: some 110,000 objects the
     # collector tracks) lives as long as the process: frozen, a full collection no longer walks it;

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +42,11 @@ async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout_s: float,
 class SimProcess:
     """`bot simulator` on a free loopback port with its control socket."""
 
-    def __init__(self, directory: Path, *, seed: int = 7, port: int = 0) -> None:
-        """`port` 0 takes a free one; a fixed port is for a gateway that comes up late."""
+    def __init__(self, directory: Path, *, seed: int = 7, port: int = 0, args: Sequence[str] = ()) -> None:
+        """`port` 0 takes a free one; a fixed port is for a gateway that comes up late. `args` are
+        more `bot simulator` options (a scaled clock, a walking market)."""
         self.dir = directory
+        self.args = tuple(args)
         self.control_path = directory / "sim.sock"
         self.log_path = directory / "sim.log"
         self.seed = seed
@@ -57,6 +59,7 @@ class SimProcess:
             [
                 *(sys.executable, "-m", "bot", "simulator", "--port", str(self.port)),
                 *("--seed", str(self.seed), "--control", str(self.control_path)),
+                *self.args,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -129,8 +132,11 @@ class DaemonProcess:
         extra_config: str = FAST_STRATEGY,
         demo_s: float | None = 3600.0,
         env: Mapping[str, str] | None = None,
+        run_args: Sequence[str] = (),
     ) -> None:
+        """`run_args` are more `bot run` options (e.g. `--sim-clock SPEC`)."""
         self.dir = directory
+        self.run_args = tuple(run_args)
         self.state_dir = directory / "state"
         # Simulated mode keeps a journal file of its own (`Settings.journal_path`).
         self.journal = self.state_dir / (
@@ -166,6 +172,7 @@ class DaemonProcess:
         args = [sys.executable, "-m", "bot", "--config", str(self.config), "run"]
         if self.demo_s is not None:
             args += ["--demo", str(self.demo_s)]
+        args += self.run_args
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             args, stdout=log, stderr=subprocess.STDOUT, env=_env(self.extra_env), cwd=ROOT

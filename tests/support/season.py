@@ -133,6 +133,10 @@ class SeasonRecord:
     protocol_errors: list[str] = field(default_factory=list)
     limits: dict[str, int] = field(default_factory=dict)
     """What the bot did against IB's limits, as the gateway counted it on the season's clock."""
+    down_days: dict[date, str] = field(default_factory=dict)
+    """Entry days whose entry window the daemon spent down to its end (killed, not yet
+    reconciled again), with how: the missed-start policy accounts for a day without an entry
+    then (a start after the window does not enter). Empty for a daemon that never stops."""
 
 
 def season_config(seed: int) -> SimConfig:
@@ -251,8 +255,8 @@ async def _trade_the_season(
         positions = await journal.positions()
         account = gateway.account.to_dict([p.entry_key for p in positions])
         pnl = {p.entry_key: gateway.account.pnl(p.entry_key, separator=":").to_dict() for p in positions}
-        intents = await _intents(journal)
-        skipped = await _skipped(journal, days, ledger["orders"])
+        intents = await journal_intents(journal)
+        skipped = await days_without_entry(journal, days, ledger["orders"])
     finally:
         await journal.close()
     return SeasonRecord(
@@ -284,7 +288,7 @@ async def _until(clock: SeasonClock, moment: datetime, task: asyncio.Task[None])
         raise AssertionError("the daemon stopped before the season ended")
 
 
-async def _intents(journal: Journal) -> list[dict[str, Any]]:
+async def journal_intents(journal: Journal) -> list[dict[str, Any]]:
     """Every intent, with the rule an exit was started for (`why`) and when (`started_at`)."""
     sql = (
         "SELECT i.id, i.kind, i.position_id, i.idempotency_key, i.status, i.quantity, i.filled, "
@@ -297,7 +301,7 @@ async def _intents(journal: Journal) -> list[dict[str, Any]]:
         return [dict(zip(names, row, strict=True)) for row in await cur.fetchall()]
 
 
-async def _skipped(
+async def days_without_entry(
     journal: Journal, days: Sequence[date], orders: Sequence[Mapping[str, Any]]
 ) -> dict[date, str]:
     """Entry days without an entry order at the broker, with the journal's account of the day."""
@@ -330,6 +334,9 @@ class Verdict:
     exit_orders: int = 0
     max_open_at_broker: int = 0
     realised_usd: float = 0.0
+    missed_days: dict[date, str] = field(default_factory=dict)
+    """Days without an entry order that the daemon's being down accounts for (`down_days`), with
+    what the journal says of them."""
 
     def summary(self, record: SeasonRecord) -> str:
         """One paragraph of numbers."""
@@ -404,8 +411,12 @@ def judge(record: SeasonRecord) -> Verdict:
     filled_entries = [o for o in entries if sum(f["qty"] for f in o["fills"]) > 0]
     v.entries = len(filled_entries)
     for day, why in record.skipped.items():
-        if "max_open_calendars" not in why and "calendars open" not in why:
-            v.findings.append(f"{day}: no entry order, and not for max_open_calendars: {why}")
+        if "max_open_calendars" in why or "calendars open" in why:
+            continue
+        if day in record.down_days:
+            v.missed_days[day] = f"{record.down_days[day]}; journal: {why}"
+            continue
+        v.findings.append(f"{day}: no entry order, and not for max_open_calendars: {why}")
     # Every filled entry closed by exactly one exit order, in full, and nothing else left.
     exits_of: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
     for o in exits:
