@@ -116,4 +116,21 @@ REGRESSIONS: tuple[Regression, ...] = (
         "a copy adopted the other copy's working order and watched it; the order ended and a "
         "restart forgot it: watched for ever, left working (found by the 1000-trial run)",
     ),
+    Regression(
+        "fill-completed-while-checked-after-placing",
+        2000093,
+        (
+            "fill.partial",
+            "trigger.burst",
+            "trigger.scheduler",
+            "hostile.exec_after_filled",
+            "hostile.commission_late",
+            "daemon.restore",
+            "clock.step",
+        ),
+        "two lots, the second filled while the check after placing ran and executions came late: "
+        "a view built from the first unit's executions replaced the order's own record, the "
+        "entry ended partial with 1 of 2 units, a lost fill (found by the 1000-trial run)",
+        host=Host.INPROC,
+    ),
 )

@@ -397,6 +397,26 @@ async def test_a_timeout_cancel_that_loses_to_the_fill_settles_filled(
     assert len(gw.ledger.orders) == 1
 
 
+async def test_a_fill_that_completes_while_the_check_after_placing_runs_is_not_lost(
+    gw: SimulatedGateway, tmp_path: Path
+) -> None:
+    """Two lots: one fills at once, the other 0.3 s later, and execDetails come 0.8 s late, so
+    the check after placing (open orders, completed orders, executions) spans the second fill:
+    the completed orders answer before it, the open orders no longer list the order, and only
+    the first unit's executions are in. The order is ours and this connection heard it Filled:
+    its own record (2 of 2) stands, never a view built from the executions alone. Before the
+    fix: that view (1 filled, final) replaced the order's record, and the entry ended `partial`
+    with 1 of the broker's 2 units: a lost fill (chaos seed 2000093)."""
+    gw.fill_model = FillModel.always(partial_qty=1, rest_after_s=0.3)
+    gw.faults.delay(EXEC_DETAILS, 0.8)
+    async with running_daemon(_two_lots(daemon_settings(gw, tmp_path))) as d:
+        first = await _trade(d)
+        assert await entry_final(d, first.trade.id) == "filled"
+        view = await d.journal.entry(first.trade.id)
+        assert (view.filled, view.broker_filled) == (2, 2.0)
+    assert [(o.status, sum(f.qty for f in o.fills)) for o in gw.ledger.orders] == [("Filled", 2)]
+
+
 async def _legs_chosen(d: Daemon) -> bool:
     async with d.journal.connection.execute("SELECT 1 FROM actions WHERE kind = 'LEGS_CHOSEN'") as cur:
         return await cur.fetchone() is not None
