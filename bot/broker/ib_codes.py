@@ -1,7 +1,8 @@
 """IB's vocabulary in our terms: order status strings, error codes, market data types, sentinels.
 
-Pure data and functions, free of ib_async (which only `bot.broker.ib` imports), so the one table
-that turns IB's order statuses into our `OrderState` can be read, and tested, on its own.
+Pure data and functions, free of ib_async (which only the adapter, `bot.broker.ib` and its `ib_*`
+parts, imports), so the one table that turns IB's order statuses into our `OrderState` can be
+read, and tested, on its own.
 """
 
 from __future__ import annotations
