@@ -70,11 +70,14 @@ def _blocks(order: BrokerOrder) -> bool:
     return not order.state.is_final or order.filled > 0
 
 
-async def _in_the_way(journal: Journal, orders: list[BrokerOrder]) -> list[BrokerOrder]:
+async def _in_the_way(journal: Journal, orders: list[BrokerOrder], claim_id: int) -> list[BrokerOrder]:
     """The orders at the broker that stand in the way of a new one for the same thing (the day's
-    entry, the position's exit): working, or with a fill this journal has not accounted for. A
-    final order the journal knows as final with all its fills is history, not in the way: the
-    day's entry before a forced one, an exit that filled part of a position before the next."""
+    entry, the position's exit) claimed as intent `claim_id`: working, or with a fill this
+    journal had not accounted for when that claim was made. A final order the journal knew then
+    (an intent before the claim) as final with all its fills is history, not in the way: the
+    day's entry before a forced one, an exit that filled part of a position before the next. One
+    adopted since (another copy's, found while our claim waited) is not: the claim was made
+    without it, so the journal's own rules never weighed it."""
     out: list[BrokerOrder] = []
     for order in orders:
         if not _blocks(order):
@@ -83,6 +86,7 @@ async def _in_the_way(journal: Journal, orders: list[BrokerOrder]) -> list[Broke
             known = await journal.entry_by_key(order.order_ref)
             if (
                 known is not None
+                and known.id < claim_id
                 and not known.status.is_live
                 and max(float(known.filled), known.broker_filled) >= order.filled - 1e-9
             ):
@@ -128,7 +132,7 @@ async def check_before_send(
         raise AdoptInstead(trade, order)
     # `--force` bypasses the same-day rule on purpose: the day's earlier entries this journal
     # has settled are history then; an order it does not know, or one still working, still blocks.
-    in_way = await _in_the_way(journal, orders)
+    in_way = await _in_the_way(journal, orders, trade.id)
     if not in_way:
         return
     order = _pick(in_way)
@@ -201,7 +205,7 @@ async def later_duplicate(
         return None
     if orders is None:
         orders = await _entries_of_day(broker, recorder)
-    in_way = await _in_the_way(recorder.journal, orders)
+    in_way = await _in_the_way(recorder.journal, orders, trade.id)
     earlier = [o for o in in_way if o.perm_id and o.perm_id < placed.perm_id]
     if not earlier:
         return None
@@ -329,7 +333,7 @@ class ExitChecks:
             order = _pick(own)
             log.error("the broker already holds this exit's key; adopting it", ref=order.order_ref)
             raise AdoptInstead(trade, order)
-        in_way = await _in_the_way(journal, orders)
+        in_way = await _in_the_way(journal, orders, trade.id)
         if in_way:
             order = _pick(in_way)
             log.error("the broker holds another exit of this position; not sending", ref=order.order_ref)

@@ -133,4 +133,21 @@ REGRESSIONS: tuple[Regression, ...] = (
         "entry ended partial with 1 of 2 units, a lost fill (found by the 1000-trial run)",
         host=Host.INPROC,
     ),
+    Regression(
+        "other-copys-fill-adopted-while-our-claim-waited",
+        1000220,
+        (
+            "fill.threshold",
+            "trigger.burst",
+            "trigger.scheduler",
+            "gw.restart_rollback",
+            "daemon.two",
+            "hostile.exec_after_filled",
+            "hostile.cancel_10148",
+        ),
+        "two copies; one's claim waited out a gateway restart while the other's order filled and "
+        "reconciliation adopted it: the fourth guard took that known, filled order for history "
+        "and the day was entered twice (found by the 1000-trial run)",
+        host=Host.INPROC,
+    ),
 )

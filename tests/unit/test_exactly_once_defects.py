@@ -211,6 +211,30 @@ async def test_an_order_at_the_broker_unknown_to_the_journal_blocks_the_day(core
     assert isinstance(again, Blocked) and again.reason is BlockReason.ALREADY_TRADED_TODAY
 
 
+async def test_an_order_adopted_while_our_claim_waits_to_send_still_blocks_it(core: Core) -> None:
+    """Our claim is made and waits (here in leg selection; in the field, a link loss) while
+    another copy's order of the day fills, and reconciliation adopts that order into this
+    journal. When our claim then asks the broker, the day's filled order is known and final with
+    all its fills, but it was not known when our claim was made: it is in the way. Nothing is
+    sent. Before the fix it counted as history, as a forced entry's earlier order does, and the
+    day was entered twice (chaos seeds 1000220, 2000193, 2000226, 2000239)."""
+    core.broker.quotes_gate = asyncio.Event()
+    ours = await core.runner.request(Source.SCHEDULER)
+    assert isinstance(ours, Started)
+    await core.broker.quotes_started.wait()
+    theirs = f"calendar:{TRADING_DAY:%Y%m%d}:1@18"
+    request = ComboOrderRequest((ComboLegSpec(FRONT, "SELL"), ComboLegSpec(BACK, "BUY")), 1, 12.5, theirs)
+    await core.broker.place(request)
+    await core.broker.fill(theirs)
+    await reconcile(core.journal, core.broker, core.runner, "calendar", TRADING_DAY)
+    adopted = await core.journal.entry_by_key(theirs)
+    assert adopted is not None and adopted.status is EntryStatus.FILLED and adopted.id > ours.trade.id
+    core.broker.quotes_gate.set()
+    await _until_idle(core)
+    assert core.broker.placed == [theirs]
+    assert not (await core.journal.entry(ours.trade.id)).status.is_live
+
+
 # -- 2(c). a duplicate placed meanwhile by another client ---------------------------------------
 
 
