@@ -40,6 +40,7 @@ __all__ = [
     "redact_account",
     "redact_accounts",
     "redact_secrets",
+    "reset_redaction",
     "stdout_is_journal",
 ]
 
@@ -82,7 +83,8 @@ side (`0xF12345`, `SPXW261218C06000000`) means it is part of something else."""
 _ACCOUNT_MASK = "[ACCOUNT]"
 
 # Literal ids to mask whatever their shape: the configured broker.account and the accounts the
-# gateway reports. Process-wide like the logging configuration itself; only ever added to.
+# gateway reports. Process-wide like the logging configuration itself; only ever added to (tests
+# start each from empty: `reset_redaction`).
 _accounts: set[str] = set()
 
 
@@ -90,6 +92,21 @@ def redact_account(account: str) -> None:
     """Mask `account` in every log line from now on (in addition to anything account-shaped)."""
     if account.strip():
         _accounts.add(account.strip())
+
+
+def reset_redaction() -> None:
+    """Forget every account registered by `redact_account` and remove every `AccountRedactor`
+    from the loggers it was added to: the process-wide redaction state back to its start.
+
+    For tests only (a fixture runs it around each test), so an id one test registered, or a
+    filter a broker it never closed left on ib_async's loggers, cannot mask another test's text.
+    A running bot never calls it: its ids stay masked for the life of the process."""
+    _accounts.clear()
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    for logger in loggers:
+        if isinstance(logger, logging.Logger):
+            for redactor in [f for f in logger.filters if isinstance(f, AccountRedactor)]:
+                logger.removeFilter(redactor)
 
 
 def mask_accounts(text: str, extra: Iterable[str] = ()) -> str:

@@ -15,6 +15,7 @@ import pytest
 from bot.clock import ManualClock
 from bot.guard import IntentGuard
 from bot.journal.store import Journal
+from bot.logs import reset_redaction
 from bot.progress import ProgressHub
 from bot.runner import IntentRunner
 from bot.trading_days import calendar_for
@@ -40,6 +41,15 @@ def pytest_runtest_makereport(
         report.outcome = "failed"
         report.longrepr = f"skipped where BOT_ENV_TESTS=required: {reason}"
     return report
+
+
+@pytest.fixture(autouse=True)
+def _fresh_redaction() -> Generator[None, None, None]:
+    """Every test starts and ends with no account registered for masking and no redaction filter
+    on any logger: an id an earlier test's broker registered cannot mask this test's text."""
+    reset_redaction()
+    yield
+    reset_redaction()
 
 
 NY = ZoneInfo("America/New_York")
