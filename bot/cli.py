@@ -60,6 +60,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_points(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of points") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of points")
+    return value
+
+
 def _demo_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -159,6 +169,13 @@ def _parser() -> argparse.ArgumentParser:
     rs.add_argument("outcome", choices=["filled", "unfilled"], help="what the account shows")
     rs.add_argument(
         "--quantity", type=_positive_int, default=None, help="units filled (default: all ordered)"
+    )
+    rs.add_argument(
+        "--price",
+        type=_positive_points,
+        default=None,
+        metavar="POINTS",
+        help="the average fill the account shows, in points a unit (makes the position's P&L known)",
     )
     rs.add_argument("--json", action="store_true", help="JSON output")
 
@@ -371,7 +388,9 @@ def _dispatch(args: argparse.Namespace, settings: Settings, runtime: RuntimeEnv)
         return asyncio.run(commands.alerts_test(path, out, as_json=args.json))
     if command == "resolve":
         return asyncio.run(
-            commands.resolve(path, args.entry_id, args.outcome, args.quantity, out, as_json=args.json)
+            commands.resolve(
+                path, args.entry_id, args.outcome, args.quantity, out, price=args.price, as_json=args.json
+            )
         )
     raise AssertionError(command)  # argparse only accepts the commands above
 

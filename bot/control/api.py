@@ -58,7 +58,9 @@ class DaemonApi(Protocol):
         """Undo `pause`."""
         ...
 
-    async def resolve(self, entry_id: int, filled: int | None, by: str) -> dict[str, Any]:
+    async def resolve(
+        self, entry_id: int, filled: int | None, by: str, price: float | None = None
+    ) -> dict[str, Any]:
         """Settle an `unknown` entry with what the operator found (journaled, alerted)."""
         ...
 

@@ -603,12 +603,22 @@ async def resume(path: Path, out: TextIO, *, as_json: bool = False) -> int:
 
 
 async def resolve(
-    path: Path, entry_id: int, outcome: str, quantity: int | None, out: TextIO, *, as_json: bool = False
+    path: Path,
+    entry_id: int,
+    outcome: str,
+    quantity: int | None,
+    out: TextIO,
+    *,
+    price: float | None = None,
+    as_json: bool = False,
 ) -> int:
-    """`bot resolve ID filled|unfilled`: settle an entry whose outcome is unknown (the daemon
-    journals it with who said so); entries are allowed again once nothing is unknown."""
+    """`bot resolve ID filled|unfilled [--price POINTS]`: settle an intent whose outcome is unknown
+    (the daemon journals it with who said so); entries are allowed again once nothing is unknown."""
     filled = 0 if outcome == "unfilled" else quantity
-    result = client.check(await client.request(path, "resolve", {"entry_id": entry_id, "filled": filled}))
+    args: dict[str, object] = {"entry_id": entry_id, "filled": filled}
+    if price is not None:
+        args["price"] = price
+    result = client.check(await client.request(path, "resolve", args))
     if as_json:
         return write_envelope(out, "resolve", ExitCode.OK, result=result)
     out.write(f"#{_show(result.get('resolved'))} settled as {_show(result.get('status'))}\n")

@@ -9,7 +9,8 @@ Commands and their `args` (every field optional, unknown fields refused):
 * ``ping``, ``status``, ``pause``, ``resume``, ``alerts_test``: none
 * ``trade``: ``force`` (bool, default false), ``wait`` (bool, default true)
 * ``history``: ``days`` (int 1..3660, default 7)
-* ``resolve``: ``entry_id`` (int), ``filled`` (int >= 0 units found filled, or null: all)
+* ``resolve``: ``entry_id`` (int), ``filled`` (int >= 0 units found filled, or null: all),
+  ``price`` (points a unit > 0, optional: the account's average fill)
 * ``positions``: none
 * ``dashboard``: none; the result carries the dashboard's URL with its access token
 * ``close``: ``position_id`` (int) or ``all`` (bool), ``wait`` (bool, default true); progress
@@ -177,6 +178,9 @@ class ResolveArgs(_Args):
     entry_id: StrictInt = Field(ge=1)
     filled: StrictInt | None = Field(default=None, ge=0)
     """Units found filled; None: the whole quantity ordered."""
+    price: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    """The account's average fill in points a unit (an entry's debit, an exit's credit); None:
+    not given (the position's P&L then stays unknown)."""
 
 
 class CloseArgs(_Args):

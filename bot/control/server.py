@@ -634,7 +634,10 @@ class ControlServer:
             case ResolveRequest():
                 try:
                     result = await self._api.resolve(
-                        request.args.entry_id, request.args.filled, await self._by(peer)
+                        request.args.entry_id,
+                        request.args.filled,
+                        await self._by(peer),
+                        request.args.price,
                     )
                 except ValueError as exc:  # no such entry, or not unknown: the operator's mistake
                     await self._send(writer, error_reply(request.id, ErrorCode.BAD_REQUEST, str(exc)))

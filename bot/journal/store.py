@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -485,9 +486,15 @@ class Journal:
                 entry_id, ActionKind.ORDER_PLACED, {"order_id": order_id, "perm_id": perm_id}
             )
 
-    async def resolve(self, entry_id: int, filled: int | None, by: str) -> TradeView:
-        """An operator settles an `unknown` entry: `filled` units (None: all it ordered) found at
-        the broker. Journaled with who said so; refused (ValueError) for any other status."""
+    async def resolve(
+        self, entry_id: int, filled: int | None, by: str, price: float | None = None
+    ) -> TradeView:
+        """An operator settles an `unknown` intent: `filled` units (None: all it ordered) found at
+        the broker, at `price` points a unit when the operator gives it (the account's average
+        fill: an entry's debit, an exit's credit), so its position's P&L is known. Journaled with
+        who said so; refused (ValueError) for any other status, or a price with nothing filled."""
+        if price is not None and not (math.isfinite(price) and price > 0):
+            raise ValueError(f"the price must be a positive number of points, not {price}")
         async with self.transaction() as tx:
             row = await tx.fetchone(f"SELECT {_ENTRY_COLUMNS} FROM intents WHERE id = ?", (entry_id,))
             if row is None:
@@ -498,6 +505,8 @@ class Journal:
                     f"entry #{entry_id} is {trade.status.value}, not unknown; nothing to resolve"
                 )
             units = trade.quantity if filled is None else min(filled, trade.quantity)
+            if price is not None and units <= 0:
+                raise ValueError(f"#{entry_id}: a price needs a fill; nothing was filled")
             status = (
                 EntryStatus.FILLED
                 if units >= trade.quantity
@@ -506,12 +515,14 @@ class Journal:
                 else EntryStatus.CANCELLED
             )
             await tx.execute(
-                "UPDATE intents SET status = ?, broker_filled = MAX(broker_filled, ?), reason = ?, "
+                "UPDATE intents SET status = ?, broker_filled = MAX(broker_filled, ?), "
+                "broker_avg_price = COALESCE(?, broker_avg_price), reason = ?, "
                 "ended_at = COALESCE(ended_at, ?), updated_at = ? WHERE id = ?",
                 (
                     status.value,
                     float(units),
-                    f"resolved by {by}: {units} filled",
+                    price,
+                    f"resolved by {by}: {units} filled" + (f" at {price:g}" if price is not None else ""),
                     tx.stamp,
                     tx.stamp,
                     entry_id,
@@ -520,8 +531,12 @@ class Journal:
             await tx.entry_action(
                 entry_id,
                 ActionKind.RESOLVED,
-                {"by": by, "filled": units, "status": status.value},
-                alert=(AlertKind.RECONCILE_UNEXPECTED, f"bot: #{entry_id} resolved by {by}: {units} filled"),
+                {"by": by, "filled": units, "status": status.value, "price": price},
+                alert=(
+                    AlertKind.RECONCILE_UNEXPECTED,
+                    f"bot: #{entry_id} resolved by {by}: {units} filled"
+                    + (f" at {price:g}" if price is not None else ""),
+                ),
             )
             await _track_position(tx, entry_id)
             out = await tx.fetchone(f"SELECT {_ENTRY_COLUMNS} FROM intents WHERE id = ?", (entry_id,))

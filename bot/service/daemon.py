@@ -949,9 +949,11 @@ class Daemon:
             False, by=by, kind=ActionKind.RESUMED, alert=(AlertKind.RESUMED, f"bot: entries resumed by {by}")
         )
 
-    async def resolve(self, entry_id: int, filled: int | None, by: str) -> dict[str, Any]:
-        """Settle an entry whose outcome is unknown with what the operator found at the broker."""
-        view = await self.journal.resolve(entry_id, filled, by)
+    async def resolve(
+        self, entry_id: int, filled: int | None, by: str, price: float | None = None
+    ) -> dict[str, Any]:
+        """Settle an intent whose outcome is unknown with what the operator found at the broker."""
+        view = await self.journal.resolve(entry_id, filled, by, price)
         self._wake_alerts()
         return {"resolved": view.id, "status": view.status.value, "filled": view.broker_filled}
 

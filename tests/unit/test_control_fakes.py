@@ -164,9 +164,11 @@ class FakeApi:
         self.calls.append(("resume", by))
         return {"paused": False}
 
-    async def resolve(self, entry_id: int, filled: int | None, by: str) -> dict[str, Any]:
+    async def resolve(
+        self, entry_id: int, filled: int | None, by: str, price: float | None = None
+    ) -> dict[str, Any]:
         self.calls.append(("resolve", by))
-        return {"resolved": entry_id, "filled": filled}
+        return {"resolved": entry_id, "filled": filled, "price": price}
 
     async def alerts_test(self) -> dict[str, Any]:
         self.calls.append(("alerts_test", None))

@@ -26,7 +26,7 @@ from bot.clock import SystemClock
 from bot.config import RuntimeEnv, Settings
 from bot.control import commands
 from bot.domain import AlertKind, Blocked, BlockReason, Started
-from bot.errors import ExitCode
+from bot.errors import ExitCode, UserError
 from bot.journal.store import Journal
 from bot.positions.ledger import PositionState
 from bot.positions.marks import LegSide, PositionLeg
@@ -179,6 +179,41 @@ async def test_bot_resolve_filled_closes_an_unknown_exit_s_position(
         assert check.frozen == {}
         refused = await d.close(position_id)
         assert isinstance(refused, Blocked) and refused.reason is BlockReason.POSITION_CLOSED
+    assert len(exit_orders(gw)) == 1
+
+
+async def test_bot_resolve_with_the_account_s_price_makes_the_closed_position_s_pnl_known(
+    gw: SimulatedGateway, tmp_path: Path
+) -> None:
+    """The same unknown exit, resolved with `--price`, the average fill the account shows: the
+    position closes with that credit and its realized P&L is the broker's, in dollars after the
+    entry's commissions (the exit's own were never heard: none are counted); a zero or negative
+    price is refused as the operator's mistake, leaving the exit unknown."""
+    settings = exit_settings(gw, tmp_path)
+    position_id, exit_id = await _exit_left_working(gw, settings)
+    gw.fill_model = FillModel.always()
+    await until(lambda: gw.positions() == [])
+    sold = next(o for o in gw.ledger.orders if ":x" in o.order_ref)
+    credit = sum(f.qty * f.price for f in sold.fills) / sum(f.qty for f in sold.fills)
+    legs = {leg.con_id: leg for leg in (await _position_legs(settings, position_id))}
+    long_leg = next(c for c, leg in legs.items() if leg.side is LegSide.LONG)
+    contract = next(p.contract for p in gw.account.positions.values() if p.contract.con_id == long_leg)
+    gw.book_position(contract, +1, gw.mark_price(contract))  # a TWS trade in the same contract
+    await gw.restart(new_day=True)
+    socket = tmp_path / "bot.sock"
+    async with running_daemon(settings) as d:
+        with pytest.raises(UserError, match="price"):
+            await commands.resolve(socket, exit_id, "filled", None, io.StringIO(), price=-1.0)
+        assert (await d.journal.entry(exit_id)).status.value == "unknown"
+        out = io.StringIO()
+        assert await commands.resolve(socket, exit_id, "filled", None, out, price=credit) == 0
+        position = await d.journal.position(position_id)
+        assert position.state is PositionState.CLOSED and position.exit_credit == pytest.approx(credit)
+        assert position.debit is not None
+        quantity = position.entry_quantity
+        expected = (credit - position.debit) * 100 * quantity - position.entry_commission
+        assert position.realized == pytest.approx(expected, abs=0.01)
+        assert position.exit_commission == 0.0
     assert len(exit_orders(gw)) == 1
 
 
