@@ -430,3 +430,98 @@ def test_legs_that_net_inside_the_position_are_ambiguous() -> None:
     """A position whose legs cancel on one conId fits every count: nothing is concluded."""
     mine = _position(front=10, back=10, qty=2.0)
     assert exit_filled_by_positions(mine, 2, [mine], {}, TODAY) is None
+
+
+# --- boundaries the mutation run found untested --------------------------------------------------
+
+
+def test_the_last_colon_x_separates_the_attempt() -> None:
+    """An entry key that itself contains `:x` still parses: only the last one starts the attempt."""
+    assert parse_exit_key("calendar:xl:20261201:1:x3") == ("calendar:xl:20261201:1", 3)
+
+
+def _reversed(position: PositionView) -> PositionView:
+    """The same contracts held the other way (a short calendar)."""
+    legs = tuple(
+        replace(leg, side=LegSide.SHORT if leg.side is LegSide.LONG else LegSide.LONG)
+        for leg in position.legs
+    )
+    return replace(position, legs=legs)
+
+
+def test_a_2_lot_gone_beside_a_short_calendar_in_its_legs_is_closed() -> None:
+    """A 2-lot calendar and a 1-lot short calendar on the same two contracts; the broker showing
+    the short calendar alone means the 2-lot was closed outside the bot, and the other agrees."""
+    long_two, short_one = _position(1, qty=2.0), _reversed(_position(2))
+    check = explain([long_two, short_one], {10: 1.0, 11: -1.0})
+    assert check.closed == (1,) and check.frozen == {} and check.agree == (2,)
+
+
+def test_of_a_calendar_and_its_reverse_the_one_gone_is_closed() -> None:
+    """Two positions that net the account flat; the broker holding one of them means the other
+    was closed (a flat ledger sum does not make every position agree)."""
+    first, second = _position(1, 10, 20), _reversed(_position(2, 10, 20))
+    check = explain([first, second], {10: 1.0, 20: -1.0})
+    assert check.closed == (1,) and check.frozen == {} and check.agree == (2,)
+
+
+def test_a_position_whose_only_known_leg_is_gone_is_closed() -> None:
+    """A position known by its long leg only (the other recorded without a conId): the broker not
+    listing it is a close, not a freeze."""
+    one_leg = replace(_position(), legs=(_position().legs[1],))
+    check = explain([one_leg], {})
+    assert check.closed == (1,) and check.frozen == {}
+
+
+def test_a_leg_within_the_tolerance_of_zero_is_gone() -> None:
+    """The broker's 1e-9 of a leg the position held is nothing: the position is closed; an exit
+    the broker forgot reads it as filled."""
+    mine = _position()
+    assert explain([mine], {10: 1e-9}).closed == (1,)
+    assert exit_filled_by_positions(mine, 1, [mine], {10: 1e-9, 11: 0.0}, TODAY) == 1
+
+
+def test_the_forgotten_exits_count_is_against_the_open_positions_given() -> None:
+    """The ledger's sum is over the positions passed: one left out of them counts nothing on its
+    legs, so legs the broker does not list mean none of its units filled."""
+    mine = _position()
+    assert exit_filled_by_positions(mine, 1, [], {}, TODAY) == 0
+
+
+def test_a_leg_neither_the_broker_nor_the_ledger_lists_is_closed_from_zero() -> None:
+    """No number on either side for the position's legs: both read as zero, and closing from
+    zero takes the front leg through it."""
+    assert close_quantity_problem(_position(), 1, {}, {}) == "conId 10: closing 1 would take 0 through zero"
+
+
+def test_a_residue_at_the_tolerance_agrees_but_is_still_zero_for_a_close() -> None:
+    """The broker's 1e-9 of a netted leg agrees with the ledger's zero, and closing the position
+    from it is still through zero."""
+    old, new = _position(1, 10, 20), _position(2, 20, 30)
+    problem = close_quantity_problem(old, 1, {10: -1.0, 20: 1e-9, 30: 1.0}, expected_by_con_id([old, new]))
+    assert problem == "conId 20: closing 1 would take 1e-09 through zero"
+
+
+def test_a_leg_the_position_nets_to_nothing_is_not_moved_by_a_close() -> None:
+    """Two legs on one conId hold nothing there: closing the position leaves the broker's residue
+    on it as it is, no crossing."""
+    netted = _position(front=10, back=10, qty=2.0)
+    assert close_quantity_problem(netted, 1, {10: 1e-9}, {10: 0.0}) is None
+
+
+def test_a_close_ending_exactly_at_the_tolerance_is_not_a_crossing() -> None:
+    """A long leg a hair above the tolerance, closed by one unit: the broker's number times the
+    one after the close is exactly -1e-9, inside the tolerance, so nothing crosses."""
+    residue = 1.000000001e-09
+    assert residue * (residue - 1.0) == -1e-9
+    held = {10: -1.0, 11: residue}
+    assert close_quantity_problem(_position(), 1, held, held) is None
+
+
+def test_a_quantity_a_residue_above_the_open_units_is_left_to_the_leg_check() -> None:
+    """Asking the open units plus the tolerance is not more than the ledger holds; the legs then
+    decide (here: the short leg would cross zero by the residue)."""
+    p = _position(qty=2.0)
+    held = {10: -2.0, 11: 2.0}
+    problem = close_quantity_problem(p, p.open_quantity + 1e-9, held, held)
+    assert problem == "conId 10: closing 2 would take -2 through zero"
