@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import sys
+import weakref
 from collections.abc import Iterable, MutableMapping
 from typing import Any, TextIO
 
@@ -40,6 +41,7 @@ __all__ = [
     "redact_account",
     "redact_accounts",
     "redact_secrets",
+    "reset_logging",
     "reset_redaction",
     "stdout_is_journal",
 ]
@@ -272,6 +274,9 @@ def configure_logging(
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
+    _configured.handlers.append(handler)
+    if _configured.root_level is None:
+        _configured.root_level = root.level
     root.setLevel(level)
     # The twilio SDK logs request URLs (which carry the account SID) at INFO; ib_async is chatty.
     logging.getLogger("twilio").setLevel(logging.WARNING)
@@ -289,4 +294,44 @@ def configure_logging(
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
     """A structlog logger named `name` (module names, by convention)."""
     logger: structlog.stdlib.BoundLogger = structlog.stdlib.get_logger(name)
+    _configured.loggers.add(logger)
     return logger
+
+
+class _Configured:
+    """What `configure_logging` and `get_logger` changed process-wide, for `reset_logging`."""
+
+    def __init__(self) -> None:
+        self.handlers: list[logging.Handler] = []
+        self.root_level: int | None = None
+        """The root logger's level before the first `configure_logging`."""
+        self.loggers: weakref.WeakSet[Any] = weakref.WeakSet()
+        """Every logger `get_logger` handed out and still in use (structlog's lazy proxies,
+        mostly module-level)."""
+
+
+_configured = _Configured()
+
+
+def reset_logging() -> None:
+    """Undo `configure_logging`: structlog's defaults back, every logger `get_logger` handed out
+    assembled afresh at its next use, the handlers it added removed, the levels it set restored.
+
+    For tests only (a fixture runs it around each test). Loggers are cached on first use
+    (`cache_logger_on_first_use`): a module's logger first used under one test's configuration
+    would keep that configuration's processors in every later test, so a later `capture_logs`
+    (which changes the processors of the configuration in force) would never see its events."""
+    structlog.reset_defaults()
+    for logger in _configured.loggers:
+        # structlog caches the assembled logger by replacing the proxy's `bind` on the instance;
+        # without it the proxy assembles one from the configuration in force at its next use.
+        vars(logger).pop("bind", None)
+    root = logging.getLogger()
+    for handler in _configured.handlers:
+        root.removeHandler(handler)
+    _configured.handlers.clear()
+    if _configured.root_level is not None:
+        root.setLevel(_configured.root_level)
+        _configured.root_level = None
+    for name in ("twilio", "ib_async"):
+        logging.getLogger(name).setLevel(logging.NOTSET)

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 import exchange_calendars as xcals
 
-__all__ = ["TradingCalendar", "calendar_for", "use_cache_dir"]
+__all__ = ["TradingCalendar", "calendar_for", "reset_calendars", "use_cache_dir"]
 
 _SPAN_BEFORE = timedelta(days=400)
 _SPAN_AFTER = timedelta(days=800)
@@ -157,6 +157,8 @@ def _store_cached(cache_dir: Path, name: str, start: date, end: date, loaded: _L
         pass  # a cache only; the calendar itself is built
 
 
+# The module's process-wide state, fenced here: the directory built calendars are cached in and
+# `calendar_for`'s loaded calendars. `use_cache_dir` sets it; `reset_calendars` puts it back.
 _cache_dir: Path | None = None
 
 
@@ -165,6 +167,19 @@ def use_cache_dir(path: Path | None) -> None:
     global _cache_dir  # noqa: PLW0603 -- the one process-wide setting of this module
     _cache_dir = path
     calendar_for.cache_clear()
+
+
+def reset_calendars() -> None:
+    """No cache directory again (a daemon's state directory is forgotten), and calendars loaded
+    for one are loaded afresh at their next use.
+
+    For tests only (a fixture runs it around each test), so a daemon's state directory, gone with
+    its test, is never where a later test's calendar is cached. Calendars loaded without a cache
+    directory are kept: they are the same whichever test loads them, and loading takes a while."""
+    global _cache_dir  # noqa: PLW0603 -- see use_cache_dir
+    if _cache_dir is not None:
+        _cache_dir = None
+        calendar_for.cache_clear()
 
 
 @functools.cache

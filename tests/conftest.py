@@ -15,10 +15,10 @@ import pytest
 from bot.clock import ManualClock
 from bot.guard import IntentGuard
 from bot.journal.store import Journal
-from bot.logs import reset_redaction
+from bot.logs import reset_logging, reset_redaction
 from bot.progress import ProgressHub
 from bot.runner import IntentRunner
-from bot.trading_days import calendar_for
+from bot.trading_days import calendar_for, reset_calendars
 from strategies.calendar_spread.strategy import CalendarParams, CalendarSpread
 from tests.fakes import FakeBroker
 
@@ -50,6 +50,25 @@ def _fresh_redaction() -> Generator[None, None, None]:
     reset_redaction()
     yield
     reset_redaction()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> Generator[None, None, None]:
+    """Every test starts and ends with structlog's defaults and no logger assembled under an
+    earlier test's configuration: a logger first used under one test's `configure_logging` would
+    otherwise keep its processors, and a later `capture_logs` would never see its events."""
+    reset_logging()
+    yield
+    reset_logging()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_calendars() -> Generator[None, None, None]:
+    """Every test starts and ends with no calendar cache directory (a daemon of an earlier test
+    set its own state directory's, since removed)."""
+    reset_calendars()
+    yield
+    reset_calendars()
 
 
 NY = ZoneInfo("America/New_York")
