@@ -112,8 +112,18 @@ class FakeBroker:
         """orderRefs of every cancel that reached the broker, in order."""
         self.held_positions: dict[int, float] = {}
         self.rule = PriceRule()
+        self.last_error: str | None = None
+        self.order_id_floor = 0
+        self._closed = asyncio.Event()
 
     # -- protocol ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self._closed.wait()
+
+    async def close(self) -> None:
+        self._closed.set()
+        await self.set_link(LinkState.CLOSED)
 
     @property
     def link(self) -> LinkState:

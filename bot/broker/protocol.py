@@ -1,4 +1,4 @@
-"""The `Broker` protocol: everything the strategy and the reconciler need from a broker.
+"""The `Broker` protocol: everything the strategy, the reconciler and the daemon need from a broker.
 
 Deliberately small and in our own terms (dates, floats, enums), so the strategy never sees
 ib_async, and tests can put a fake of our own behind it. The only implementation that talks to a
@@ -249,16 +249,39 @@ class BrokerOrder:
 
 
 class Broker(Protocol):
-    """What the strategy and the reconciler may ask of a broker.
+    """What the strategy, the reconciler and the daemon may ask of a broker.
 
-    Every call is bounded in time by the implementation; a call made while the link is down raises
-    `LinkDown` and sends nothing.
+    Its lifecycle: `run()` keeps the link (connect, reconnect after every drop) until cancelled or
+    `close()`d; `link` and `last_error` say how it stands. Every other call is bounded in time by
+    the implementation; a call made while the link is down raises `LinkDown` and sends nothing.
     """
+
+    async def run(self) -> None:
+        """Keep the link until cancelled or closed: connect, then reconnect after every drop."""
+        ...
+
+    async def close(self) -> None:
+        """Let go of the link for good; `run()` returns and the link becomes CLOSED."""
+        ...
 
     @property
     def link(self) -> LinkState:
         """The link right now."""
         ...
+
+    @property
+    def last_error(self) -> str | None:
+        """The latest link problem in one line (for `bot status`); None while healthy."""
+        ...
+
+    @property
+    def order_id_floor(self) -> int:
+        """The highest order id known used: new order ids start above it (a restarted gateway
+        can roll its next valid id back below ids already used)."""
+        ...
+
+    @order_id_floor.setter
+    def order_id_floor(self, value: int) -> None: ...
 
     async def wait_link_change(self) -> LinkState:
         """Return when the link state next changes."""
