@@ -28,6 +28,7 @@ __all__ = [
     "MARKET_DATA_REFUSALS",
     "MARKET_DATA_TYPES",
     "MODIFY_REFUSALS",
+    "PACING_EXCEEDED",
     "MarketDataType",
     "log_level",
     "order_state",
@@ -76,6 +77,9 @@ CLIENT_ID_IN_USE: Final = 326
 LINK_LOST: Final = 1100
 LINK_RESTORED_DATA_LOST: Final = 1101
 LINK_RESTORED: Final = 1102
+PACING_EXCEEDED: Final = 100
+"""'Max rate of messages per second has been exceeded:max=50 rec=51 (1)': the message was not
+processed, and TWS "will likely disconnect the client" (TWS API, "Message Codes")."""
 
 MARKET_DATA_REFUSALS: Final = frozenset({354, 10089, 10090, 10091, 10167, 10168, 10186, 10197})
 """'Requested market data is not subscribed' and its relatives (delayed data not enabled,

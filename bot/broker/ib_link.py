@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 from collections.abc import Awaitable, Callable
 from typing import Final, Protocol, TypeVar
 
@@ -34,6 +35,7 @@ from bot.broker.ib_codes import (
     LINK_RESTORED,
     LINK_RESTORED_DATA_LOST,
     MARKET_DATA_REFUSALS,
+    PACING_EXCEEDED,
 )
 from bot.broker.ib_views import account_refusal, connect_problem
 from bot.broker.protocol import LinkState
@@ -48,6 +50,9 @@ T = TypeVar("T")
 
 MAX_REQUESTS_PER_S: Final = 40
 """Requests ib_async may send in any second (IB's limit is 50 messages; see `Link.__init__`)."""
+_PACED_SHARE: Final = 0.8
+"""After an error 100, the share of the gateway's stated rate the adapter keeps to (40 of 50)."""
+_STATED_MAX = re.compile(r"max=(\d+)")
 _IB_LOGGERS: Final = ("ib_async.ib", "ib_async.wrapper", "ib_async.client", "ib_async.Decoder")
 _STARTUP_FETCH: Final = StartupFetchALL & ~StartupFetch.EXECUTIONS
 
@@ -423,10 +428,30 @@ class Link:
                 log.info("IB Gateway connection to IB restored", code=code, generation=self._generation)
                 self._set(LinkState.UP)
                 self.hooks.up(data_lost=code == LINK_RESTORED_DATA_LOST)
+        elif code == PACING_EXCEEDED:
+            self._slow_down(message)
         elif code in MARKET_DATA_REFUSALS:
             pass  # the market data's own handler keeps them
         elif req_id > 0:
             log.debug("IB error", req_id=req_id, code=code, message=message)
+
+    def _slow_down(self, message: str) -> None:
+        """Error 100: the gateway counts a lower rate than ours (its frames bunch on arrival, or
+        it paces below IB's documented 50). Its next report within seconds closes the connection,
+        and a message over the rate was not processed, so the adapter keeps to `_PACED_SHARE` of
+        the rate it states (`max=N`; half its own when it states none) from now on, never faster
+        than before. A request lost to it times out like any unanswered request."""
+        current = self.ib.client.MaxRequests
+        if current == 0:
+            return  # not throttled (a scaled clock: the gateway counts on the same clock)
+        stated = _STATED_MAX.search(message)
+        target = int(int(stated.group(1)) * _PACED_SHARE) if stated else current // 2
+        slower = max(1, min(current - 1, target))
+        if slower < current:
+            self.ib.client.MaxRequests = slower
+            log.warning(
+                "IB Gateway paced this client (100); requests slowed", per_s=slower, was_per_s=current
+            )
 
     def _on_api_error(self, message: str) -> None:
         if self._connect_failure is not None and not self._connect_failure.done():
