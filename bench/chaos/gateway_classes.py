@@ -474,7 +474,7 @@ HOSTILE = [
     FaultClass(
         "hostile.status_late",
         Group.HOSTILE,
-        0.8,
+        0.9,
         "orderStatus (3) 0.1-1 s late: executions before the status; fired on a delayed 3",
         _arm_delay("hostile.status_late", 3, 0.1, 1.0),
         lambda t: frames(t, "delayed", 3) > 0,
@@ -490,7 +490,7 @@ HOSTILE = [
     FaultClass(
         "hostile.delay_random",
         Group.HOSTILE,
-        0.8,
+        1.1,
         "seeded random delays (0 to 0.2-1.2 s) on 1-3 of orderStatus, openOrder, execDetails: "
         "everything out of order; fired on a delayed frame of one of them",
         _arm_random_delays,
@@ -500,7 +500,7 @@ HOSTILE = [
     FaultClass(
         "hostile.status_duplicate",
         Group.HOSTILE,
-        0.8,
+        0.9,
         "2-4 orderStatus (3) sent twice (the copy at once or up to 0.8 s later); fired when the "
         "gateway used the armed duplication",
         _arm_duplicate("hostile.status_duplicate", 3),
@@ -510,7 +510,7 @@ HOSTILE = [
     FaultClass(
         "hostile.exec_duplicate",
         Group.HOSTILE,
-        0.8,
+        1.3,
         "2-4 execDetails (11) sent twice; fired when the gateway used the armed duplication",
         _arm_duplicate("hostile.exec_duplicate", 11),
         lambda t: consumed(t, "duplicate", t.state["hostile.exec_duplicate"], "11"),
@@ -519,7 +519,7 @@ HOSTILE = [
     FaultClass(
         "hostile.status_coalesced",
         Group.HOSTILE,
-        0.8,
+        1.2,
         "each order's orderStatus updates within 0.1-0.8 s folded into the last (a fast fill "
         "shows only Filled); fired on a coalesced frame",
         lambda t: arm_op(
@@ -531,7 +531,7 @@ HOSTILE = [
     FaultClass(
         "hostile.status_lost",
         Group.HOSTILE,
-        1.0,
+        1.1,
         "the first 1-3 orderStatus (3) never sent; fired on an omitted 3",
         _arm_omit("hostile.status_lost", 3, 1, 3),
         lambda t: frames(t, "omitted", 3) > 0,
@@ -539,7 +539,7 @@ HOSTILE = [
     FaultClass(
         "hostile.exec_lost",
         Group.HOSTILE,
-        0.8,
+        1.1,
         "the first 1-2 execDetails (11) never sent (reqExecutions must find them); fired on an omitted 11",
         _arm_omit("hostile.exec_lost", 11, 1, 2),
         lambda t: frames(t, "omitted", 11) > 0,
@@ -547,7 +547,7 @@ HOSTILE = [
     FaultClass(
         "hostile.commission_late",
         Group.HOSTILE,
-        1.0,
+        1.2,
         "commissionReport (59) 0.2-2 s late; fired on a delayed 59",
         _arm_delay("hostile.commission_late", 59, 0.2, 2.0),
         lambda t: frames(t, "delayed", 59) > 0,
@@ -555,7 +555,7 @@ HOSTILE = [
     FaultClass(
         "hostile.commission_never",
         Group.HOSTILE,
-        1.0,
+        1.2,
         "commissionReport (59) never sent; fired on an omitted 59",
         _arm_omit("hostile.commission_never", 59),
         lambda t: frames(t, "omitted", 59) > 0,
@@ -563,7 +563,7 @@ HOSTILE = [
     FaultClass(
         "hostile.legs_only",
         Group.HOSTILE,
-        0.8,
+        1.1,
         "combo fills reported with leg executions only, no BAG-level execution; fired when the "
         "gateway used the armed fault",
         _arm_count("hostile.legs_only", "leg_executions_only", 3, 6),
@@ -593,7 +593,7 @@ HOSTILE = [
     FaultClass(
         "hostile.cancel_10148",
         Group.HOSTILE,
-        3.0,
+        4.0,
         "a cancel that loses the race with the fill (the order fills first), or of an order "
         "already final, answered 10148 (ib_async then marks it Cancelled); fired when a 10148 "
         "went out",
@@ -604,7 +604,7 @@ HOSTILE = [
     FaultClass(
         "hostile.cancel_10147",
         Group.HOSTILE,
-        2.0,
+        6.0,
         '1-2 cancels of a working order answered 10147 "not found" while the gateway goes on '
         "working it (ib_insync #690; ib_async then marks it Cancelled), as well as every cancel "
         "of an order the gateway does not hold working; fired when a 10147 went out",
@@ -615,7 +615,7 @@ HOSTILE = [
     FaultClass(
         "hostile.positions_lag",
         Group.HOSTILE,
-        1.5,
+        4.8,
         "the account's position reports trail the fills by 0.3 s up to the daemons' "
         "broker.positions_settle_s (1.5 s); fired when a client was answered a report the lag "
         "made differ from the account",
@@ -630,7 +630,7 @@ HOSTILE = [
     FaultClass(
         "hostile.reject_201",
         Group.HOSTILE,
-        0.8,
+        1.0,
         "the next new order rejected as IB does (Inactive + 201, either order); fired when a 201 went out",
         lambda t: arm_op(
             t, "reject_orders", count=1, error_first=t.rng_for("hostile.reject_201").random() < 0.5
@@ -641,7 +641,7 @@ HOSTILE = [
     FaultClass(
         "hostile.market_closed",
         Group.HOSTILE,
-        0.8,
+        1.2,
         "the next order held PreSubmitted with warning 399 and released 0.2-1.5 s later; fired "
         "when a 399 went out",
         _arm_closed,
@@ -651,7 +651,7 @@ HOSTILE = [
     FaultClass(
         "hostile.day_expiry",
         Group.HOSTILE,
-        2.0,
+        3.0,
         "the session close while an order works: DAY orders cancelled by the gateway; fired when "
         "an order expired",
         _arm_expiry,
@@ -672,7 +672,7 @@ HOSTILE = [
     FaultClass(
         "hostile.still_processing",
         Group.HOSTILE,
-        1.2,
+        2.4,
         "modifications within 0.1-0.6 s of the last change refused with 2102 (and 0-2 more "
         "armed); fired when a 2102 went out",
         _arm_processing,
@@ -692,7 +692,7 @@ HOSTILE = [
     FaultClass(
         "hostile.md_lines",
         Group.HOSTILE,
-        1.8,
+        2.5,
         "only 1-3 market-data lines (error 101 beyond); fired when a 101 went out",
         _arm_lines,
         lambda t: errors_sent(t, 101) > 0,
