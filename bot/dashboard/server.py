@@ -443,7 +443,7 @@ class Dashboard:
             await response.write(data)
 
 
-def daemon_dashboard(daemon: Daemon) -> Dashboard:
+def daemon_dashboard(daemon: Daemon[Any]) -> Dashboard:
     """The dashboard of a running daemon, wired to its views, schedule, journal and progress hub."""
     s = daemon.settings
     builder = view.SnapshotBuilder(

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from datetime import date
-from typing import Any, Generic, cast
+from typing import Any, Generic
 from zoneinfo import ZoneInfo
 
 from bot.alerts.outbox import AlertSender
@@ -212,8 +212,7 @@ class Daemon(Generic[BrokerT_co]):
         )
         # The page is read-only and optional: it never stops the daemon from starting or trading.
         # Made before the socket listens, so `bot status` can always describe it.
-        # (The page reads no broker: the cast only says which broker's daemon it is handed.)
-        web = daemon_dashboard(cast("Daemon[Any]", self))
+        web = daemon_dashboard(self)
         self._api = ControlApi(
             services,
             s,
