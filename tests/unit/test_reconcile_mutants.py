@@ -1,0 +1,555 @@
+"""Reconciliation's decisions one by one, over a real journal file and the fake broker at our own
+seam: an exit whose order the broker forgot, settled from the account's positions or left
+unknown; an exit at the broker this journal does not know, adopted; an entry settled from
+positions (filled, partial, no fill) with what it says; executions fetched again until they are
+all journaled; another copy's order adopted with the legs of an entry here; the positions check
+(the cases the mutation run found no test for)."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import date, timedelta
+
+import pytest
+
+from bot.broker.errors import RetryLater
+from bot.broker.protocol import (
+    ComboLegSpec,
+    ComboOrderRequest,
+    ExecutionRecord,
+    OptionContract,
+    OrderLeg,
+    Right,
+)
+from bot.domain import ActionKind, AlertKind, EntryStatus, IntentKind, Source, Started, TradeView
+from bot.positions.ledger import PositionState
+from bot.reconcile import ReconcileReport, fetch_missing_executions, reconcile, reconcile_positions
+from strategies.calendar_spread.strategy import CalendarParams
+from tests.conftest import TRADING_DAY, Core, CoreFactory
+
+pytestmark = pytest.mark.unit
+
+FRONT = OptionContract(date(2026, 12, 23), 6000.0, Right.CALL, con_id=11)
+BACK = OptionContract(date(2026, 12, 30), 6000.0, Right.CALL, con_id=12)
+LEGS = [
+    {"expiry": c.expiry.isoformat(), "strike": c.strike, "right": c.right.value, "con_id": c.con_id}
+    for c in (FRONT, BACK)
+]
+HELD = {11: -1.0, 12: 1.0}
+
+
+def _request(ref: str, quantity: int = 1) -> ComboOrderRequest:
+    return ComboOrderRequest((ComboLegSpec(FRONT, "SELL"), ComboLegSpec(BACK, "BUY")), quantity, 12.5, ref)
+
+
+async def _reconcile(core: Core) -> ReconcileReport:
+    return await reconcile(core.journal, core.broker, core.runner, "calendar", TRADING_DAY)
+
+
+async def _alerts(core: Core, kind: AlertKind) -> list[str]:
+    async with core.journal.connection.execute(
+        "SELECT body FROM alerts WHERE kind = ?", (kind.value,)
+    ) as cur:
+        return [str(r[0]) for r in await cur.fetchall()]
+
+
+async def _until_idle(core: Core) -> None:
+    while core.runner.running:
+        await core.clock.advance(1)
+
+
+async def _entry(core: Core, day: date = TRADING_DAY, quantity: int = 1, *, limit: bool = True) -> TradeView:
+    """An entry a dead daemon left acknowledged (its limit journaled when `limit`)."""
+    started = await core.journal.claim("calendar", day, Source.SCHEDULER, quantity)
+    assert isinstance(started, Started)
+    entry = started.trade.id
+    await core.journal.set_legs(entry, LEGS, "6000C 12/23-12/30", BACK.expiry)
+    if limit:
+        await core.journal.record_limit(entry, 12.5, ActionKind.ORDER_SENDING)
+        await core.journal.record_placed(entry, 7, 1234, 17, "acknowledged")
+    return await core.journal.entry(entry)
+
+
+async def _position(core: Core, day: date = TRADING_DAY - timedelta(days=1), quantity: int = 1) -> TradeView:
+    """A filled and settled entry: an open position, short front and long back."""
+    trade = await _entry(core, day, quantity)
+    await core.journal.record_fill(trade.id, f"e{trade.id}", quantity, 12.5, core.clock.now())
+    await core.journal.finish(trade.id, EntryStatus.FILLED, "filled", ActionKind.FILLED)
+    return await core.journal.entry(trade.id)
+
+
+async def _exit(core: Core, entry: TradeView, *, limit: bool = True) -> TradeView:
+    """An exit of `entry`'s position a dead daemon left working (its limit journaled)."""
+    started = await core.journal.claim_exit(entry.id, TRADING_DAY, Source.MANUAL, "test")
+    assert isinstance(started, Started)
+    if limit:
+        await core.journal.record_limit(started.trade.id, 13.0, ActionKind.ORDER_SENDING)
+    return started.trade
+
+
+# --- an exit the broker no longer lists ------------------------------------------------------------
+
+
+async def test_an_absent_exit_whose_legs_are_gone_is_settled_filled_from_positions(core: Core) -> None:
+    """An exit left working by a dead daemon; the gateway restarted and lists nothing of it, and
+    the account no longer holds the position's legs: the exit filled. Filled from positions
+    (the broker's quantity recorded, alerted as executions missing), not `never_sent`, never
+    sent again."""
+    entry = await _position(core)
+    exit_trade = await _exit(core, entry)
+    report = await _reconcile(core)
+    view = await core.journal.entry(exit_trade.id)
+    assert (view.status, view.broker_filled) == (EntryStatus.FILLED, 1.0)
+    assert report.finished == [exit_trade.id] and report.never_sent == []
+    assert (await core.journal.entry_detail(exit_trade.id))["broker_status"] == "positions"
+    (alert,) = await _alerts(core, AlertKind.FILLS_MISSING)
+    assert alert == (
+        f"bot: #{exit_trade.id} ({TRADING_DAY}) filled 1 per IB positions; executions no longer "
+        "available - check the fill price"
+    )
+    rows = [
+        r for r in await core.journal.actions(kinds=[ActionKind.RECONCILED]) if r.entry_id == exit_trade.id
+    ]
+    assert [r.detail for r in rows] == [
+        {"reason": "not listed at the broker; the account's positions show 1 filled", "evidence": "positions"}
+    ]
+    assert core.broker.placed == []
+
+
+async def test_an_absent_exit_whose_legs_are_still_held_is_cancelled_by_evidence(core: Core) -> None:
+    """The account still holds the position: the exit never filled; it ends cancelled with the
+    positions as evidence, and the position stays open for the next exit."""
+    entry = await _position(core)
+    exit_trade = await _exit(core, entry)
+    core.broker.held_positions = dict(HELD)
+    report = await _reconcile(core)
+    assert (await core.journal.entry(exit_trade.id)).status is EntryStatus.CANCELLED
+    assert report.finished == [exit_trade.id]
+    rows = [
+        r for r in await core.journal.actions(kinds=[ActionKind.RECONCILED]) if r.entry_id == exit_trade.id
+    ]
+    assert [r.detail for r in rows] == [
+        {
+            "reason": "not listed at the broker; the account's positions in its legs show no fill",
+            "evidence": "positions",
+        }
+    ]
+    assert (await core.journal.position(entry.id)).state is PositionState.OPEN
+    assert await _alerts(core, AlertKind.FILLS_MISSING) == []
+
+
+async def test_an_absent_exit_of_a_2_lot_that_took_one_off_is_partial(core: Core) -> None:
+    """A 2-lot position, its exit for both gone from the broker, the account holding one: the
+    exit filled one of two (partial, the broker's quantity 1)."""
+    entry = await _position(core, quantity=2)
+    exit_trade = await _exit(core, entry)
+    core.broker.held_positions = dict(HELD)
+    await _reconcile(core)
+    view = await core.journal.entry(exit_trade.id)
+    assert (view.status, view.broker_filled) == (EntryStatus.PARTIAL, 1.0)
+
+
+async def test_an_absent_exit_beside_another_unsettled_intent_is_unknown(core: Core) -> None:
+    """Another intent is still unsettled (its fills may be in these contracts): the positions
+    settle nothing of the exit; it is `unknown`, alerted, and said so in the report."""
+    entry = await _position(core)
+    exit_trade = await _exit(core, entry)
+    await _entry(core, TRADING_DAY - timedelta(days=3))  # an earlier claim, unsettled
+    await core.journal.connection.execute(
+        "UPDATE intents SET status = 'unknown' WHERE kind = 'entry' AND trading_day = ?",
+        ((TRADING_DAY - timedelta(days=3)).isoformat(),),
+    )
+    await core.journal.connection.commit()
+    report = await _reconcile(core)
+    assert (await core.journal.entry(exit_trade.id)).status is EntryStatus.UNKNOWN
+    reason = "the broker no longer lists the order and its positions do not settle whether it filled"
+    assert report.unexpected == [f"#{exit_trade.id}: {reason}"]
+    assert report.finished == [exit_trade.id]
+
+
+async def test_an_absent_exit_of_a_position_no_longer_open_is_unknown(core: Core) -> None:
+    """The exit's position is no longer open in the ledger: the positions cannot say what the
+    exit did; unknown."""
+    entry = await _position(core)
+    exit_trade = await _exit(core, entry)
+    assert await core.journal.close_externally(entry.id, {})
+    await _reconcile(core)
+    assert (await core.journal.entry(exit_trade.id)).status is EntryStatus.UNKNOWN
+
+
+async def test_an_exit_claimed_without_a_limit_is_never_sent(core: Core) -> None:
+    """No limit journaled for the exit: its order was never written; `never_sent`, the position
+    left open."""
+    entry = await _position(core)
+    exit_trade = await _exit(core, entry, limit=False)
+    core.broker.held_positions = {}
+    report = await _reconcile(core)
+    assert report.never_sent == [exit_trade.id]
+    view = await core.journal.entry(exit_trade.id)
+    assert view.status is EntryStatus.NEVER_SENT
+    detail = await core.journal.entry_detail(exit_trade.id)
+    assert detail["reason"] == "claimed but unknown to the broker after a complete look-up"
+
+
+# --- an entry settled from positions --------------------------------------------------------------
+
+
+async def test_an_absent_2_lot_entry_with_one_in_the_legs_is_partial(core_factory: CoreFactory) -> None:
+    """A 2-lot of an earlier day, its order gone from the broker, the account holding one
+    calendar: partial, one filled, alerted as executions missing, with the positions as evidence."""
+    core = core_factory(CalendarParams(step_interval_s=15.0, fill_timeout_s=30.0, quantity=2))
+    entry = await _entry(core, TRADING_DAY - timedelta(days=1), quantity=2)
+    core.broker.held_positions = dict(HELD)
+    report = await _reconcile(core)
+    view = await core.journal.entry(entry.id)
+    assert (view.status, view.broker_filled) == (EntryStatus.PARTIAL, 1.0)
+    assert report.finished == [entry.id]
+    assert (await core.journal.entry_detail(entry.id))["broker_status"] == "positions"
+    rows = [r for r in await core.journal.actions(kinds=[ActionKind.RECONCILED]) if r.entry_id == entry.id]
+    assert [r.detail for r in rows] == [
+        {"reason": "not listed at the broker; the account's positions show 1 filled", "evidence": "positions"}
+    ]
+
+
+async def test_an_absent_entry_without_a_fill_in_its_legs_is_cancelled_and_reported(core: Core) -> None:
+    """No position in its legs: cancelled (the reason says so), in the report's finished list."""
+    entry = await _entry(core, TRADING_DAY - timedelta(days=1))
+    report = await _reconcile(core)
+    assert report.finished == [entry.id]
+    detail = await core.journal.entry_detail(entry.id)
+    assert detail["reason"] == "not listed at the broker; the account's positions in its legs show no fill"
+
+
+async def test_an_unknown_entry_is_reported_finished_with_its_reason(core: Core) -> None:
+    """Positions no count explains: `unknown`, the report naming it and the reason."""
+    entry = await _entry(core, TRADING_DAY - timedelta(days=1))
+    core.broker.held_positions = {12: 3.0}
+    report = await _reconcile(core)
+    reason = "the broker no longer lists the order and its positions do not settle whether it filled"
+    assert report.finished == [entry.id]
+    assert report.unexpected == [f"#{entry.id}: {reason}"]
+    assert (await core.journal.entry_detail(entry.id))["reason"] == reason
+
+
+async def test_an_adopted_order_the_broker_no_longer_lists_is_settled_from_positions(core: Core) -> None:
+    """An order adopted from the broker has no limit journaled, yet it was there: it is never
+    `never_sent`; with no legs known the positions cannot settle it, so it is unknown."""
+    adopted = await core.journal.adopt_from_broker(
+        f"calendar:{TRADING_DAY - timedelta(days=1):%Y%m%d}:1@18",
+        1,
+        replacing=None,
+        detail={},
+        alert=(AlertKind.DUPLICATE_AT_BROKER, "test"),
+    )
+    report = await _reconcile(core)
+    assert report.never_sent == []
+    assert (await core.journal.entry(adopted.id)).status is EntryStatus.UNKNOWN
+
+
+async def test_the_positions_wait_and_a_second_look_up_before_settling(core: Core) -> None:
+    """With the clock's sleep, an entry whose order may have left is settled from positions only
+    after `positions_settle_s` and a look-up made then: if the broker lists the order again,
+    the pass ends incomplete and nothing is settled."""
+    entry = await _entry(core, TRADING_DAY - timedelta(days=1))
+    slept: list[float] = []
+    ref = entry.idempotency_key
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        await core.broker.place(_request(ref))  # the order shows up again meanwhile
+
+    core.broker.fill_delay_s = None
+    with pytest.raises(RetryLater, match=ref):
+        await reconcile(
+            core.journal,
+            core.broker,
+            core.runner,
+            "calendar",
+            TRADING_DAY,
+            sleep=sleep,
+            positions_settle_s=7.0,
+        )
+    assert slept == [7.0]
+    assert (await core.journal.entry(entry.id)).status is EntryStatus.WORKING
+
+
+async def test_no_wait_for_positions_when_no_order_can_have_left(core: Core) -> None:
+    """Only claims without a limit are absent: their orders never left, so there is no wait for
+    positions (never_sent at once); an entry already unknown is not waited for either."""
+    started = await core.journal.claim("calendar", TRADING_DAY, Source.SCHEDULER, 1)
+    assert isinstance(started, Started)
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    report = await reconcile(
+        core.journal, core.broker, core.runner, "calendar", TRADING_DAY, sleep=sleep, positions_settle_s=7.0
+    )
+    assert slept == [] and report.never_sent == [started.trade.id]
+
+
+async def test_an_adopted_entry_is_waited_for_before_its_positions_decide(core: Core) -> None:
+    """An adopted order gone from the broker may have filled: the positions are read only after
+    the wait."""
+    await core.journal.adopt_from_broker(
+        f"calendar:{TRADING_DAY - timedelta(days=1):%Y%m%d}:1@18",
+        1,
+        replacing=None,
+        detail={},
+        alert=(AlertKind.DUPLICATE_AT_BROKER, "test"),
+    )
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    await reconcile(
+        core.journal, core.broker, core.runner, "calendar", TRADING_DAY, sleep=sleep, positions_settle_s=7.0
+    )
+    assert slept[:1] == [7.0]
+
+
+# --- an exit at the broker this journal does not know ---------------------------------------------
+
+
+async def test_a_filled_exit_unknown_to_the_journal_is_adopted_and_closes_the_position(core: Core) -> None:
+    """A journal restored from before the exit: the broker has the position's exit, filled. It
+    is adopted as an exit of that position (claimed today, its fill and commission journaled,
+    finished filled and alerted), the position closes, and nothing is sent."""
+    entry = await _position(core)
+    core.broker.fill_delay_s = None
+    ref = f"{entry.idempotency_key}:x1"
+    await core.broker.place(_request(ref))
+    await core.broker.fill(ref)
+    core.broker.placed.clear()
+    report = await _reconcile(core)
+    adopted = await core.journal.entry_by_key(ref)
+    assert adopted is not None and report.adopted == [adopted.id]
+    assert (adopted.kind, adopted.position_id, adopted.trading_day) == (
+        IntentKind.EXIT,
+        entry.id,
+        TRADING_DAY,
+    )
+    assert (adopted.status, adopted.filled) == (EntryStatus.FILLED, 1)
+    assert report.fills_applied == 1
+    assert (await core.journal.position(entry.id)).state is PositionState.CLOSED
+    assert await _alerts(core, AlertKind.DUPLICATE_AT_BROKER) == [
+        f"bot: IB has exit {ref} (filled, filled 1) unknown to this journal; adopted"
+    ]
+    assert core.broker.placed == []
+    again = await _reconcile(core)
+    assert again.adopted == [] and again.fills_applied == 0
+
+
+async def test_a_working_exit_unknown_to_the_journal_is_adopted_and_worked(core: Core) -> None:
+    """The broker works an exit of the position this journal does not know: adopted and handed
+    to the runner (never re-sent), which sees it to its fill."""
+    entry = await _position(core)
+    core.broker.fill_delay_s = None
+    ref = f"{entry.idempotency_key}:x2"
+    await core.broker.place(_request(ref))
+    core.broker.placed.clear()
+    report = await _reconcile(core)
+    adopted = await core.journal.entry_by_key(ref)
+    assert adopted is not None and report.adopted == [adopted.id]
+    assert core.runner.running
+    await core.broker.fill(ref)
+    await _until_idle(core)
+    assert (await core.journal.entry(adopted.id)).status is EntryStatus.FILLED
+    assert core.broker.placed == []
+
+
+async def test_an_exit_at_the_broker_beside_a_live_exit_here_is_left_and_alerted(core: Core) -> None:
+    """A live exit here and another copy's working exit of the same position: two live exits.
+    Neither is adopted; the report and an alert say so."""
+    entry = await _position(core)
+    await _exit(core, entry, limit=False)
+    core.broker.fill_delay_s = None
+    ref = f"{entry.idempotency_key}:x9"
+    await core.broker.place(_request(ref))
+    core.broker.held_positions = dict(HELD)
+    report = await _reconcile(core)
+    assert await core.journal.entry_by_key(ref) is None
+    assert f"{ref} working at IB beside a live exit here" in report.unexpected
+    assert await _alerts(core, AlertKind.RECONCILE_UNEXPECTED) == [
+        f"bot: two live exits of position #{entry.id} at IB - check"
+    ]
+
+
+async def test_an_exit_of_an_entry_the_journal_does_not_know_is_reported(core: Core) -> None:
+    """An exit at the broker of an entry key this journal has never seen: nothing adopted, said
+    in the report."""
+    core.broker.fill_delay_s = None
+    ref = f"calendar:{TRADING_DAY - timedelta(days=5):%Y%m%d}:1:x1"
+    await core.broker.place(_request(ref))
+    report = await _reconcile(core)
+    assert report.unexpected == [
+        f"{ref} closes calendar:{TRADING_DAY - timedelta(days=5):%Y%m%d}:1, unknown to this journal"
+    ]
+    assert await core.journal.entry_by_key(ref) is None
+
+
+# --- executions fetched again ------------------------------------------------------------------------
+
+
+async def _filled_without_executions(core: Core) -> TradeView:
+    """An entry the broker filled whose execution has not come: fills missing."""
+    core.broker.fill_delay_s = None
+    core.broker.report_executions = False
+    entry = await _entry(core)
+    await core.broker.place(_request(entry.idempotency_key))
+    await core.broker.fill(entry.idempotency_key)
+    await _reconcile(core)
+    view = await core.journal.entry(entry.id)
+    assert view.fills_missing > 0
+    return view
+
+
+def _late_execution(core: Core, ref: str, exec_id: str = "late.1") -> None:
+    order = core.broker.orders[ref]
+    order.executions.append(ExecutionRecord(exec_id, ref, order.perm_id, 1.0, 12.5, core.clock.now()))
+
+
+async def test_executions_that_arrive_late_are_fetched_on_the_next_try(core: Core) -> None:
+    """The first look-up again still lacks the execution, the second has it: it is journaled
+    once, after the pauses (none before the first try before a clean stop, half a second between
+    tries)."""
+    entry = await _filled_without_executions(core)
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        if len(slept) == 2:
+            _late_execution(core, entry.idempotency_key)
+
+    assert await fetch_missing_executions(core.journal, core.broker, sleep) == 1
+    assert slept == [0.0, 0.5]
+    assert (await core.journal.entry(entry.id)).filled == 1
+    assert await core.journal.unsettled_entries() == []
+
+
+async def test_executions_are_asked_for_three_times_then_left_to_the_next_pass(core: Core) -> None:
+    """They never come: three tries, then the entry stays unsettled for the next pass."""
+    entry = await _filled_without_executions(core)
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    assert await fetch_missing_executions(core.journal, core.broker, sleep) == 0
+    assert slept == [0.0, 0.5, 0.5]
+    assert [t.id for t in await core.journal.unsettled_entries()] == [entry.id]
+
+
+async def test_the_entry_being_stopped_is_left_out_of_the_fetch(core: Core) -> None:
+    """`exclude` names the entry the caller is settling itself: it is not asked for, and with
+    nothing else missing nothing is asked or waited for."""
+    entry = await _filled_without_executions(core)
+    _late_execution(core, entry.idempotency_key)
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    assert await fetch_missing_executions(core.journal, core.broker, sleep, exclude=entry.id) == 0
+    assert slept == []
+    assert await fetch_missing_executions(core.journal, core.broker, sleep, exclude=entry.id + 100) == 1
+
+
+async def test_a_pass_fetches_missing_executions_after_a_first_pause(core: Core) -> None:
+    """Within a pass (with the clock's sleep) the executions still missing are asked for again
+    after half a second, and journaled."""
+    entry = await _filled_without_executions(core)
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        _late_execution(core, entry.idempotency_key)
+
+    await reconcile(core.journal, core.broker, core.runner, "calendar", TRADING_DAY, sleep=sleep)
+    assert slept == [0.5]
+    assert (await core.journal.entry(entry.id)).filled == 1
+
+
+async def test_of_two_entries_missing_executions_each_gets_its_own(core_factory: CoreFactory) -> None:
+    """Two entries (two days) both short of executions, one answered, the other not listed at
+    all: the answered one's fill is journaled to it, the other is still asked for."""
+    core = core_factory(CalendarParams(step_interval_s=15.0, fill_timeout_s=30.0))
+    core.broker.fill_delay_s = None
+    core.broker.report_executions = False
+    first = await _entry(core, TRADING_DAY - timedelta(days=1))
+    second = await _entry(core, TRADING_DAY)
+    for t in (first, second):
+        await core.broker.place(_request(t.idempotency_key))
+        await core.broker.fill(t.idempotency_key)
+    await _reconcile(core)
+    del core.broker.orders[first.idempotency_key]
+    _late_execution(core, second.idempotency_key, "late.2")
+    asked: list[list[str]] = []
+    real = core.broker.lookup
+
+    async def lookup(refs: list[str]) -> dict[str, object]:
+        asked.append(sorted(refs))
+        return await real(refs)  # type: ignore[return-value]
+
+    core.broker.lookup = lookup  # type: ignore[method-assign,assignment]
+
+    async def sleep(seconds: float) -> None:
+        return None
+
+    assert await fetch_missing_executions(core.journal, core.broker, sleep) == 1
+    assert (await core.journal.entry(second.id)).filled == 1
+    assert (await core.journal.entry(first.id)).filled == 0
+    assert asked[0] == sorted([first.idempotency_key, second.idempotency_key])
+    assert asked[1:] == [[first.idempotency_key]] * 2
+
+
+# --- another copy's order with our legs ------------------------------------------------------------
+
+
+async def test_another_copys_order_takes_the_legs_of_a_traded_entry_of_another_day(core: Core) -> None:
+    """Another copy's filled order of today in the same contracts as an entry this journal
+    traded on an earlier day: adopted with those legs, so its fill explains the positions."""
+    earlier = await _position(core)
+    core.broker.fill_delay_s = None
+    ref = f"calendar:{TRADING_DAY:%Y%m%d}:1@18"
+    await core.broker.place(_request(ref))
+    await core.broker.fill(ref)
+    real = core.broker.find_day
+
+    async def with_legs(prefix: str) -> list[object]:
+        return [
+            dataclasses.replace(o, legs=(OrderLeg(11, 1, "SELL"), OrderLeg(12, 1, "BUY")))
+            for o in await real(prefix)
+        ]
+
+    core.broker.find_day = with_legs  # type: ignore[method-assign,assignment]
+    await _reconcile(core)
+    adopted = await core.journal.entry_by_key(ref)
+    assert adopted is not None
+    assert await core.journal.entry_legs(adopted.id) == await core.journal.entry_legs(earlier.id)
+    assert earlier.id != adopted.id
+
+
+# --- the positions check ---------------------------------------------------------------------------
+
+
+async def test_a_position_closed_outside_the_bot_is_reported_with_what_the_broker_holds(core: Core) -> None:
+    """The broker holds nothing of an open position: closed externally, its legs' broker
+    quantities journaled, the report saying so; without a report given, one is made."""
+    entry = await _position(core)
+    check = await reconcile_positions(core.journal, core.broker)
+    assert check.closed == (entry.id,)
+    assert (await core.journal.position(entry.id)).state is PositionState.CLOSED_EXTERNALLY
+    rows = await core.journal.actions(kinds=[ActionKind.POSITION_CLOSED_EXTERNALLY])
+    assert [r.detail.get("broker") for r in rows] == [{"11": 0.0, "12": 0.0}]
+
+
+async def test_only_open_positions_are_checked(core: Core) -> None:
+    """A position already closed is not looked at again (never closed twice)."""
+    entry = await _position(core)
+    assert await core.journal.close_externally(entry.id, {})
+    report = ReconcileReport()
+    await reconcile_positions(core.journal, core.broker, report)
+    assert report.unexpected == []
