@@ -48,6 +48,11 @@ class WalkSettings:
     """A wait before the broker-side check, different for each client id: two copies of the bot
     fired at the same instant (the same schedule on two hosts) then ask the broker at different
     moments, and the later one sees the earlier one's order instead of sending its own."""
+    broker_check_within_s: float | None = None
+    """The longest the broker-side check may take and still count (None: no bound). Copies ask
+    in slots this far apart; a check that took longer (a gateway that paces the bot or answers
+    slowly) overlapped the next copy's, and both could send. It is asked again at the next slot,
+    and after three slow answers nothing is sent: skipped, with the time it took."""
 
 
 async def _first(*aws: Awaitable[Any]) -> tuple[int, Any]:
@@ -202,17 +207,31 @@ async def work_order(
         await recorder.finished(EntryStatus.CANCELLED, "stop requested before the order was sent")
         return
     refusal: str | None = None
+    within = timing.broker_check_within_s
+    loop = asyncio.get_running_loop()
     for attempt in range(3):
         await _check_slot(broker, clock, stop, timing.broker_check_delay_s)
+        # The broker's real answer time, like the request timeouts: on the loop's clock, not the
+        # injected one (a test's or a season's clock says nothing about the gateway's latency).
+        asked = loop.time()
         try:
             refusal = await checks.before_send(broker, recorder)
-            break
         except LinkDown:
             # Nothing was sent; wait for the link (or the stop) and ask again.
             while broker.link is not LinkState.UP and not stop.is_set():
                 await _first(broker.wait_link_change(), stop.wait())
             if stop.is_set() or attempt == 2:
                 raise
+            continue
+        took = loop.time() - asked
+        if refusal is not None or within is None or took <= within:
+            break
+        log.warning("the broker check answered too slowly to count; asking again", took_s=round(took, 2))
+        if attempt == 2:
+            refusal = (
+                f"IB Gateway took {took:.2f} s to answer the check before sending (more than "
+                f"{within:g} s three times): too slow to rule out another copy's order on its way"
+            )
     if refusal is not None:
         await recorder.finished(EntryStatus.SKIPPED, refusal)
         return

@@ -114,6 +114,9 @@ def params() -> CalendarParams:
 
 CoreFactory = Callable[[CalendarParams], Core]
 
+CHECK_WITHIN_S = 0.25
+"""The broker check's bound, as the daemon sets it (its client-id slot's width)."""
+
 
 @pytest.fixture
 async def core_factory(journal: Journal, clock: ManualClock) -> AsyncIterator[CoreFactory]:
@@ -130,7 +133,9 @@ async def core_factory(journal: Journal, clock: ManualClock) -> AsyncIterator[Co
             trading_day=lambda: clock.now().astimezone(NY).date(),
         )
         guard.reconciling = False
-        strategy = CalendarSpread("calendar", params, calendar_for("XNYS"))
+        strategy = CalendarSpread(
+            "calendar", params, calendar_for("XNYS"), broker_check_within_s=CHECK_WITHIN_S
+        )
         runner = IntentRunner(guard, journal, strategy, broker, clock, ProgressHub())
         built.append(Core(journal, broker, guard, runner, clock))
         return built[-1]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
@@ -91,6 +91,9 @@ class FakeBroker:
         """Raised by `place` after the order is booked (and filled, if `fill_in_place`)."""
         self.fill_in_place = False
         self.report_executions = True
+        self.while_finding_day: Callable[[], Awaitable[None]] | None = None
+        """Awaited inside each `find_day`, before it answers (e.g. the clock moved: a slow answer)."""
+        self.days_found = 0
         """False: fills change the order's filled quantity and state but no execution arrives
         (IB may send "Filled" before, or without, the executions)."""
         self.quotes_gate: asyncio.Event | None = None
@@ -229,6 +232,9 @@ class FakeBroker:
     async def find_day(self, prefix: str) -> list[BrokerOrder]:
         self._check_link()
         self._maybe_fail_lookup()
+        self.days_found += 1
+        if self.while_finding_day is not None:
+            await self.while_finding_day()
         return [o.view() for ref, o in self.orders.items() if ref.startswith(prefix)]
 
     async def positions(self) -> dict[int, float]:

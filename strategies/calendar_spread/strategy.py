@@ -85,11 +85,13 @@ class CalendarSpread:
         calendar: TradingCalendar,
         *,
         broker_check_delay_s: float = 0.0,
+        broker_check_within_s: float | None = None,
         exits: ExitSettings | None = None,
     ) -> None:
         self.name = name
         self.exits = exits or ExitSettings()
         self._broker_check_delay_s = broker_check_delay_s
+        self._broker_check_within_s = broker_check_within_s
         self.params = params
         self._calendar = calendar
 
@@ -137,6 +139,7 @@ class CalendarSpread:
                 step_interval_s=p.step_interval_s,
                 fill_timeout_s=p.fill_timeout_s,
                 broker_check_delay_s=self._broker_check_delay_s,
+                broker_check_within_s=self._broker_check_within_s,
             ),
             rule,
             checks=EntryChecks(),
@@ -183,7 +186,11 @@ class CalendarSpread:
             ctx.stop,
             request,
             ladder,
-            WalkSettings(step_interval_s=x.step_interval_s, fill_timeout_s=x.fill_timeout_s),
+            WalkSettings(
+                step_interval_s=x.step_interval_s,
+                fill_timeout_s=x.fill_timeout_s,
+                broker_check_within_s=self._broker_check_within_s,
+            ),
             rule,
             checks=ExitChecks(position),
         )
@@ -202,6 +209,7 @@ class CalendarSpread:
                 step_interval_s=p.step_interval_s,
                 fill_timeout_s=p.fill_timeout_s,
                 broker_check_delay_s=self._broker_check_delay_s,
+                broker_check_within_s=self._broker_check_within_s,
             ),
         )
 

@@ -232,3 +232,44 @@ async def test_reconciliation_leaves_the_entry_this_process_runs_alone(core: Cor
     await _until_idle(core)
     assert (await core.journal.entry(started.trade.id)).status is EntryStatus.FILLED
     assert core.broker.placed == [started.trade.idempotency_key]
+
+
+# -- a broker check slower than its slot ---------------------------------------------------------
+
+
+async def test_a_broker_check_slower_than_its_slot_is_asked_again_and_the_fast_answer_sends(
+    core: Core,
+) -> None:
+    """The day's orders take 0.4 s to come back, longer than the 0.25 s the copies'
+    slots are apart: another copy's order could be on its way unseen. The check is asked again,
+    answered in time, and the order goes out once."""
+    slow = [0.4]
+
+    async def answer() -> None:
+        if slow:
+            await asyncio.sleep(slow.pop())  # the gateway's answer time, not the bot's clock
+
+    core.broker.while_finding_day = answer
+    started = await _start(core)
+    await _until_idle(core)
+    assert core.broker.placed == [started.trade.idempotency_key]
+    assert core.broker.days_found >= 2
+
+
+async def test_a_broker_check_always_slower_than_its_slot_sends_nothing(core: Core) -> None:
+    """Every answer to the check takes longer than the slot (a gateway pacing the bot to a few
+    messages a second, where two copies' checks overlap and both would send): after three tries
+    nothing is sent, and the entry is skipped with the time the check took, in one line."""
+
+    async def answer() -> None:
+        await asyncio.sleep(0.4)  # the gateway's answer time, not the bot's clock
+
+    core.broker.while_finding_day = answer
+    started = await _start(core)
+    await _until_idle(core)
+    view = await core.journal.entry(started.trade.id)
+    assert view.status is EntryStatus.SKIPPED
+    reason = (await core.journal.entry_detail(started.trade.id))["reason"]
+    assert "too slow to rule out another copy's order" in reason
+    assert core.broker.placed == []
+    assert core.broker.days_found == 3
