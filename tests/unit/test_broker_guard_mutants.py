@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from datetime import date
+from datetime import date, timedelta
 
 import pytest
 
@@ -193,6 +193,23 @@ async def test_an_exit_of_a_fraction_of_a_unit_is_adopted_for_one(
     assert taken is not None and taken.quantity == 1
 
 
+async def test_another_copys_exit_is_adopted_on_our_claims_trading_day(
+    journal: Journal, clock: ManualClock, broker: ListingBroker
+) -> None:
+    """Our exit was claimed for a trading day other than the clock's UTC date (an evening exit is
+    already the next day in UTC): the exit adopted in its place is of our claim's trading day."""
+    position = await _position(journal, clock)
+    day = TRADING_DAY - timedelta(days=1)
+    started = await journal.claim_exit(position.id, day, Source.MANUAL, "test")
+    assert isinstance(started, Started)
+    theirs = f"{position.entry_key}:x8"
+    broker.listed = [_order(theirs)]
+    with pytest.raises(AdoptInstead):
+        await ExitChecks(position).before_send(broker, Recorded(journal, clock, started.trade).recorder)
+    taken = await journal.entry_by_key(theirs)
+    assert taken is not None and taken.trading_day == day
+
+
 async def test_a_known_exit_the_broker_still_works_ends_our_claim_quietly(
     journal: Journal, clock: ManualClock, broker: ListingBroker
 ) -> None:
@@ -276,22 +293,6 @@ async def test_an_exit_the_broker_positions_contradict_freezes_the_position_and_
     assert await ExitChecks(position).before_send(broker, rec.recorder) == f"exit not sent: {problem}"
     assert rec.alerts == 1
     assert len(await _alerts(journal, AlertKind.POSITION_MISMATCH)) == 1
-
-
-async def test_a_long_mismatch_alert_is_cut_to_300_characters(
-    journal: Journal, clock: ManualClock, broker: ListingBroker
-) -> None:
-    """The frozen alert is an SMS: a long reason is cut to its first 300 characters."""
-    position = await _position(journal, clock)
-    exit_trade = await _exit(journal, position)
-    broker.held_positions = {FRONT_ID: -1.0 / 3.0 * 1e17, BACK_ID: 1.0}
-    await ExitChecks(position).before_send(broker, Recorded(journal, clock, exit_trade).recorder)
-    (alert,) = await _alerts(journal, AlertKind.POSITION_MISMATCH)
-    reason = (await journal.position(position.id)).frozen or ""
-    assert (
-        alert
-        == f"bot: position #{position.id} frozen, no exit sent: {reason[len('exit not sent: ') :]}"[:300]
-    )
 
 
 async def test_an_exit_of_a_position_no_longer_open_is_refused(

@@ -553,3 +553,218 @@ async def test_only_open_positions_are_checked(core: Core) -> None:
     report = ReconcileReport()
     await reconcile_positions(core.journal, core.broker, report)
     assert report.unexpected == []
+
+
+# --- what is journaled for an adopted exit, and the alerts of what was found ------------------------
+
+
+async def _intent_row(core: Core, intent_id: int) -> tuple[object, ...]:
+    async with core.journal.connection.execute(
+        "SELECT broker_status, broker_avg_price, commission, reason FROM intents WHERE id = ?", (intent_id,)
+    ) as cur:
+        row = await cur.fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+async def test_an_adopted_exit_keeps_the_brokers_record_of_it(core_factory: CoreFactory) -> None:
+    """Another copy's 2-lot exit, filled in two executions with its commission, found in the
+    evening (the clock's UTC date already the next day): adopted as an exit of the trading day
+    reconciled, both fills journaled, the broker's status, average price and commission kept,
+    finished "adopted from the broker" with the found-filled alert, and the adoption journaled
+    with what the broker showed."""
+    core = core_factory(CalendarParams(step_interval_s=15.0, fill_timeout_s=30.0, quantity=2))
+    entry = await _position(core, quantity=2)
+    await core.clock.advance(11 * 3600)  # 20:45 in New York: past midnight UTC
+    core.broker.fill_delay_s = None
+    ref = f"{entry.idempotency_key}:x4"
+    await core.broker.place(_request(ref, quantity=2))
+    await core.broker.fill(ref, 1)
+    await core.broker.fill(ref, 1)
+    real = core.broker.find_day
+
+    async def with_commission(prefix: str) -> list[object]:
+        return [dataclasses.replace(o, commission=2.6) for o in await real(prefix)]
+
+    core.broker.find_day = with_commission  # type: ignore[method-assign,assignment]
+    report = await _reconcile(core)
+    adopted = await core.journal.entry_by_key(ref)
+    assert adopted is not None and adopted.trading_day == TRADING_DAY
+    assert report.fills_applied == 2 and adopted.filled == 2
+    assert await _intent_row(core, adopted.id) == ("filled", 12.5, 2.6, "adopted from the broker")
+    assert await _alerts(core, AlertKind.ENTRY_FILLED) == [
+        f"bot: FILLED #{adopted.id} (found at reconciliation)"
+    ]
+    rows = [r for r in await core.journal.actions(kinds=[ActionKind.ADOPTED]) if r.entry_id == adopted.id]
+    assert [(r.detail["perm_id"], r.detail["state"], r.detail["filled"]) for r in rows] == [
+        (core.broker.orders[ref].perm_id, "filled", 2.0)
+    ]
+
+
+async def test_a_second_live_exit_is_journaled_against_its_position(core: Core) -> None:
+    """Two live exits of one position: the reconciliation row names the position's entry and
+    the broker's order."""
+    entry = await _position(core)
+    await _exit(core, entry, limit=False)
+    core.broker.fill_delay_s = None
+    ref = f"{entry.idempotency_key}:x9"
+    await core.broker.place(_request(ref))
+    core.broker.held_positions = dict(HELD)
+    await _reconcile(core)
+    rows = [
+        r
+        for r in await core.journal.actions(kinds=[ActionKind.RECONCILED])
+        if r.detail.get("unexpected") == "second live exit"
+    ]
+    assert [(r.entry_id, r.detail) for r in rows] == [
+        (entry.id, {"unexpected": "second live exit", "ref": ref})
+    ]
+
+
+async def test_a_working_exit_adopted_is_not_reported_as_refused(core: Core) -> None:
+    """A working exit handed to the runner is adopted, nothing unexpected about it."""
+    entry = await _position(core)
+    core.broker.fill_delay_s = None
+    ref = f"{entry.idempotency_key}:x2"
+    await core.broker.place(_request(ref))
+    report = await _reconcile(core)
+    assert report.unexpected == []
+    await core.broker.fill(ref)
+    await _until_idle(core)
+
+
+@pytest.mark.parametrize(
+    ("fill", "kind", "text"),
+    [
+        (1, AlertKind.PARTIAL_FILL, "bot: PARTIAL #{id} (found at reconciliation)"),
+        (0, AlertKind.ENTRY_FAILED, ""),
+    ],
+    ids=["partial", "none"],
+)
+async def test_an_entry_found_ended_at_the_broker_is_alerted_by_what_it_filled(
+    core_factory: CoreFactory, fill: int, kind: AlertKind, text: str
+) -> None:
+    """A 2-lot the broker shows cancelled after one fill: partial, alerted as a partial fill;
+    with no fill: cancelled, alerted as an entry that failed with no fill."""
+    core = core_factory(CalendarParams(step_interval_s=15.0, fill_timeout_s=30.0, quantity=2))
+    core.broker.fill_delay_s = None
+    entry = await _entry(core, quantity=2)
+    await core.broker.place(_request(entry.idempotency_key, quantity=2))
+    if fill:
+        await core.broker.fill(entry.idempotency_key, fill)
+    await core.broker.cancel(entry.idempotency_key)
+    await _reconcile(core)
+    expected = (
+        text.format(id=entry.id) or f"bot: entry #{entry.id} cancelled, no fill (found at reconciliation)"
+    )
+    assert expected in await _alerts(core, kind)
+
+
+# --- an entry settled from positions: the other positions in its legs ------------------------------
+
+
+async def test_another_open_position_in_the_legs_is_taken_out_before_counting(core: Core) -> None:
+    """An earlier day's open position in the same contracts: the account holds two calendars,
+    one of them the ledger's; the absent entry filled one."""
+    await _position(core, TRADING_DAY - timedelta(days=2))
+    entry = await _entry(core, TRADING_DAY - timedelta(days=1))
+    core.broker.held_positions = {11: -2.0, 12: 2.0}
+    await _reconcile(core)
+    view = await core.journal.entry(entry.id)
+    assert (view.status, view.broker_filled) == (EntryStatus.FILLED, 1.0)
+
+
+async def test_more_in_the_legs_than_the_entry_could_fill_is_unknown(core: Core) -> None:
+    """A 1-lot, two calendars held and none in the ledger: no count of this entry explains it."""
+    entry = await _entry(core, TRADING_DAY - timedelta(days=1))
+    core.broker.held_positions = {11: -2.0, 12: 2.0}
+    await _reconcile(core)
+    assert (await core.journal.entry(entry.id)).status is EntryStatus.UNKNOWN
+
+
+async def test_a_residue_of_the_tolerance_itself_is_not_nothing(core: Core) -> None:
+    """Positions a float residue of exactly the tolerance away from none: not settled as no fill."""
+    entry = await _entry(core, TRADING_DAY - timedelta(days=1))
+    core.broker.held_positions = {11: -1e-9, 12: 1e-9}
+    await _reconcile(core)
+    assert (await core.journal.entry(entry.id)).status is EntryStatus.UNKNOWN
+
+
+async def test_a_closed_position_without_legs_does_not_stop_the_count(core: Core) -> None:
+    """An adopted position without known legs that has since closed holds nothing: it does not
+    make the positions ambiguous; the absent entry is settled from them."""
+    other = await core.journal.adopt_from_broker(
+        f"calendar:{TRADING_DAY - timedelta(days=4):%Y%m%d}:1@18",
+        1,
+        replacing=None,
+        detail={},
+        alert=(AlertKind.DUPLICATE_AT_BROKER, "test"),
+        final=EntryStatus.FILLED,
+    )
+    await core.journal.record_fill(other.id, "o1", 1, 12.5, core.clock.now())
+    assert await core.journal.close_externally(other.id, {})
+    entry = await _entry(core, TRADING_DAY - timedelta(days=1))
+    core.broker.held_positions = dict(HELD)
+    await _reconcile(core)
+    assert (await core.journal.entry(entry.id)).status is EntryStatus.FILLED
+
+
+async def test_another_copys_filled_order_takes_the_legs_of_our_live_claim_of_the_day(core: Core) -> None:
+    """Our claim of today (not traded) and another copy's filled order of today in its contracts:
+    adopted with our claim's legs."""
+    ours = await _entry(core, limit=False)
+    core.broker.fill_delay_s = None
+    ref = f"calendar:{TRADING_DAY:%Y%m%d}:1@18"
+    await core.broker.place(_request(ref))
+    await core.broker.fill(ref)
+    real = core.broker.find_day
+
+    async def with_legs(prefix: str) -> list[object]:
+        return [
+            dataclasses.replace(o, legs=(OrderLeg(11, 1, "SELL"), OrderLeg(12, 1, "BUY")))
+            for o in await real(prefix)
+        ]
+
+    core.broker.find_day = with_legs  # type: ignore[method-assign,assignment]
+    await _reconcile(core)
+    adopted = await core.journal.entry_by_key(ref)
+    assert adopted is not None
+    assert await core.journal.entry_legs(adopted.id) == await core.journal.entry_legs(ours.id)
+
+
+# --- executions fetched again: counted, and only where missing -------------------------------------
+
+
+async def test_two_late_executions_count_two(core_factory: CoreFactory) -> None:
+    """A 2-lot filled in two executions that both came late: two fills applied."""
+    core = core_factory(CalendarParams(step_interval_s=15.0, fill_timeout_s=30.0, quantity=2))
+    core.broker.fill_delay_s = None
+    core.broker.report_executions = False
+    entry = await _entry(core, quantity=2)
+    await core.broker.place(_request(entry.idempotency_key, quantity=2))
+    await core.broker.fill(entry.idempotency_key)
+    await _reconcile(core)
+    order = core.broker.orders[entry.idempotency_key]
+    order.executions.extend(
+        ExecutionRecord(f"late.{i}", order.request.order_ref, order.perm_id, 1.0, 12.5, core.clock.now())
+        for i in (1, 2)
+    )
+
+    async def sleep(seconds: float) -> None:
+        return None
+
+    assert await fetch_missing_executions(core.journal, core.broker, sleep) == 2
+
+
+async def test_a_live_entry_with_nothing_missing_is_not_asked_for(core: Core) -> None:
+    """A working entry whose executions are all journaled: nothing to fetch, nothing waited for."""
+    core.broker.fill_delay_s = None
+    entry = await _entry(core)
+    await core.broker.place(_request(entry.idempotency_key))
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    assert await fetch_missing_executions(core.journal, core.broker, sleep) == 0
+    assert slept == []
