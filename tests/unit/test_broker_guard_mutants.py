@@ -700,3 +700,17 @@ async def test_a_failing_read_of_the_days_orders_fails_the_check_and_leaves_no_t
     with pytest.raises(ConnectionError):
         await EntryChecks().before_send(broker, Recorded(journal, clock, trade).recorder)
     assert asyncio.all_tasks() == before
+
+
+async def test_after_placing_a_forced_entry_the_days_settled_entry_is_not_a_duplicate(
+    journal: Journal, clock: ManualClock, broker: ListingBroker
+) -> None:
+    """`--force`: right after our order is acknowledged, the day's first entry (filled, settled
+    here, an earlier permId) is history, not a duplicate to cancel ours for."""
+    first = await _claim(journal)
+    await journal.record_fill(first.id, "e1", 1, 12.5, clock.now())
+    await journal.finish(first.id, EntryStatus.FILLED, "filled", ActionKind.FILLED)
+    forced = await _claim(journal, force=True)
+    placed = _order(forced.idempotency_key, perm_id=600)
+    broker.listed = [_order(first.idempotency_key, state=OrderState.FILLED, filled=1.0, perm_id=100), placed]
+    assert await later_duplicate(broker, Recorded(journal, clock, forced).recorder, placed) is None

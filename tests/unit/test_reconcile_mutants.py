@@ -768,3 +768,70 @@ async def test_a_live_entry_with_nothing_missing_is_not_asked_for(core: Core) ->
 
     assert await fetch_missing_executions(core.journal, core.broker, sleep) == 0
     assert slept == []
+
+
+async def test_an_unknown_outcome_alert_says_why(core: Core) -> None:
+    """The alert of an entry left unknown carries the reason the positions did not settle it."""
+    entry = await _entry(core, TRADING_DAY - timedelta(days=1))
+    core.broker.held_positions = {12: 3.0}
+    await _reconcile(core)
+    reason = "the broker no longer lists the order and its positions do not settle whether it filled"
+    (alert,) = await _alerts(core, AlertKind.UNKNOWN_OUTCOME)
+    assert reason in alert and f"bot resolve {entry.id}" in alert
+
+
+async def test_with_no_open_position_the_check_finds_nothing(core: Core) -> None:
+    """No open position: nothing closed, frozen or agreeing, and the broker is not asked."""
+    core.broker.held_positions = {11: -1.0}
+    check = await reconcile_positions(core.journal, core.broker)
+    assert (check.closed, check.frozen, check.agree) == ((), {}, ())
+
+
+async def test_the_positions_check_reports_into_the_report_given(core: Core) -> None:
+    """A position closed outside the bot (a residue left within the tolerance) is reported into
+    the pass's report, with what the broker still showed per leg."""
+    entry = await _position(core)
+    core.broker.held_positions = {11: 1e-12}
+    report = ReconcileReport()
+    await reconcile_positions(core.journal, core.broker, report)
+    assert report.unexpected == [f"position #{entry.id} closed outside the bot"]
+    rows = await core.journal.actions(kinds=[ActionKind.POSITION_CLOSED_EXTERNALLY])
+    assert [r.detail.get("broker") for r in rows] == [{"11": 1e-12, "12": 0.0}]
+
+
+async def test_a_difference_freezes_the_position_and_agreement_releases_it(core: Core) -> None:
+    """The broker holds two in the back leg where the ledger holds one: the position is frozen
+    with the difference, alerted and reported. When the legs agree again, it is released; a
+    position frozen for another reason (an exit refused) is not released by agreement."""
+    entry = await _position(core)
+    core.broker.held_positions = {11: -1.0, 12: 2.0}
+    report = ReconcileReport()
+    check = await reconcile_positions(core.journal, core.broker, report)
+    why = check.frozen[entry.id]
+    assert (await core.journal.position(entry.id)).frozen == f"IB and the ledger differ: {why}"
+    assert report.unexpected == [f"position #{entry.id} frozen: {why}"]
+    assert await _alerts(core, AlertKind.POSITION_MISMATCH) == [f"bot: position #{entry.id} frozen: {why}"]
+    again = ReconcileReport()
+    await reconcile_positions(core.journal, core.broker, again)
+    assert again.unexpected == []  # already frozen: not reported twice
+    core.broker.held_positions = dict(HELD)
+    check = await reconcile_positions(core.journal, core.broker)
+    assert check.agree == (entry.id,)
+    assert (await core.journal.position(entry.id)).frozen is None
+    await core.journal.set_frozen(entry.id, "exit not sent: test")
+    await reconcile_positions(core.journal, core.broker)
+    assert (await core.journal.position(entry.id)).frozen == "exit not sent: test"
+
+
+def test_a_reports_summary_names_each_count() -> None:
+    """The summary journaled after each pass."""
+    report = ReconcileReport(3, [1], [2], [3], [4], 5, ["x"])
+    assert report.to_json() == {
+        "looked_up": 3,
+        "adopted": [1],
+        "finished": [2],
+        "never_sent": [3],
+        "corrected": [4],
+        "fills_applied": 5,
+        "unexpected": ["x"],
+    }
