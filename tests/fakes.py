@@ -94,6 +94,8 @@ class FakeBroker:
         self.while_finding_day: Callable[[], Awaitable[None]] | None = None
         """Awaited inside each `find_day`, before it answers (e.g. the clock moved: a slow answer)."""
         self.days_found = 0
+        self.send_wait = 0.0
+        """What `send_wait_s` answers: how long an order would wait in the client's pacing."""
         """False: fills change the order's filled quantity and state but no execution arrives
         (IB may send "Filled" before, or without, the executions)."""
         self.quotes_gate: asyncio.Event | None = None
@@ -243,6 +245,9 @@ class FakeBroker:
 
     def positions_settle_left(self) -> float:
         return 0.0
+
+    def send_wait_s(self) -> float:
+        return self.send_wait
 
     async def price_rule(self, contracts: Sequence[OptionContract]) -> PriceRule:
         self._check_link()

@@ -169,4 +169,24 @@ REGRESSIONS: tuple[Regression, ...] = (
         "never completed, the entry left claimed (found by the 1000-trial run)",
         host=Host.INPROC,
     ),
+    Regression(
+        "two-copies-whose-checks-overlapped-on-a-slow-gateway",
+        3000102,
+        (
+            "fill.threshold",
+            "trigger.burst",
+            "trigger.scheduler",
+            "hostile.pacing",
+            "daemon.two",
+            "clock.midnight",
+            "hostile.exec_duplicate",
+            "hostile.cancel_10148",
+            "hostile.no_live_data",
+            "hostile.day_expiry",
+        ),
+        "two copies on a gateway that paced each to a few requests a second: their checks before "
+        "sending took over a second and overlapped, both sent, and the later copy's cancel came "
+        "after its fill: the day entered twice (found by the 1000-trial run)",
+        host=Host.INPROC,
+    ),
 )

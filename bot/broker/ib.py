@@ -223,6 +223,10 @@ class IBBroker:
         """Seconds until `positions_settle_s` has passed since the link last came up (0 after)."""
         return self._link.positions_settle_left()
 
+    def send_wait_s(self) -> float:
+        """Seconds a request sent now would wait in ib_async's pacing (0: it leaves at once)."""
+        return self._link.send_wait_s()
+
     # -- market data ---------------------------------------------------------------------------
 
     async def chain(self) -> OptionChain:

@@ -226,6 +226,22 @@ class Link:
         """Seconds until `positions_settle_s` has passed since the link last came up (0 after)."""
         return max(0.0, self._up_at + self._positions_settle_s - self.clock.monotonic())
 
+    def send_wait_s(self) -> float:
+        """Seconds a frame handed to ib_async now would wait in its pacing queue (0: it is written
+        at once). ib_async writes a frame while fewer than `MaxRequests` left in the last
+        `RequestsInterval` of the loop's time and none is queued (`Client.sendMsg`); it keeps both
+        in private deques, read here, the one place that knows them."""
+        client = self.ib.client
+        if not client.MaxRequests:
+            return 0.0
+        now = asyncio.get_running_loop().time()
+        interval = float(client.RequestsInterval)
+        sent = [t for t in client._timeQ if now - t <= interval]
+        queued = len(client._msgQ)
+        if not queued and len(sent) < client.MaxRequests:
+            return 0.0
+        return max(0.0, sent[0] + interval - now) if sent else interval
+
     def _set(self, state: LinkState) -> None:
         if state is not self._state:
             self._state = state

@@ -317,6 +317,12 @@ class Broker(Protocol):
         can): they may trail the fills, so not before a settle time after the link came up."""
         ...
 
+    def send_wait_s(self) -> float:
+        """Seconds a request sent now would wait in the client's own pacing before it leaves (0:
+        it leaves at once). An order checked for and then held back in a queue is not what the
+        check saw: another copy's check may run meanwhile."""
+        ...
+
     async def find_day(self, prefix: str) -> list[BrokerOrder]:
         """Every order whose `order_ref` starts with `prefix`, one per permId (two orders may
         carry one ref), across open orders of all clients, completed orders and recent

@@ -273,3 +273,17 @@ async def test_a_broker_check_always_slower_than_its_slot_sends_nothing(core: Co
     assert "too slow to rule out another copy's order" in reason
     assert core.broker.placed == []
     assert core.broker.days_found == 3
+
+
+async def test_an_order_that_would_wait_in_the_clients_pacing_after_its_check_is_not_sent(
+    core: Core,
+) -> None:
+    """The check is answered at once, but the order would then wait half a second in the
+    client's own pacing queue (a gateway that paces it to a few requests a second): it would
+    leave after what the check saw. Asked three times, then nothing is sent."""
+    core.broker.send_wait = 0.5
+    started = await _start(core)
+    await _until_idle(core)
+    assert (await core.journal.entry(started.trade.id)).status is EntryStatus.SKIPPED
+    assert core.broker.placed == []
+    assert core.broker.days_found == 3

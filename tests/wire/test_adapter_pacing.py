@@ -17,6 +17,7 @@ from bot.broker.ib import IBBroker
 from bot.clock import SystemClock
 from bot.sim import IbLimits, SimConfig, SimulatedGateway
 from bot.trading_days import TradingCalendar
+from tests.support.inproc import until as poll_until
 
 pytestmark = pytest.mark.wire
 
@@ -68,10 +69,12 @@ async def test_a_gateway_pacing_below_ibs_rate_slows_the_adapter_instead_of_clos
             )
             assert all(r in ([], {}) or isinstance(r, RetryLater) for r in first), first
             for _ in range(3):
+                asked = asyncio.gather(broker.find_day("calendar:20261203:"), broker.positions())
+                # Five requests at four a second: one waits in the pacing, and an order sent now
+                # would wait behind it (the check before an order counts that wait).
+                await poll_until(lambda: broker.send_wait_s() > 0)
                 async with asyncio.timeout(20):
-                    orders, held = await asyncio.gather(
-                        broker.find_day("calendar:20261203:"), broker.positions()
-                    )
+                    orders, held = await asked
                 assert (orders, held) == ([], {})
         finally:
             await broker.close()
