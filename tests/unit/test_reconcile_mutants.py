@@ -835,3 +835,89 @@ def test_a_reports_summary_names_each_count() -> None:
         "fills_applied": 5,
         "unexpected": ["x"],
     }
+
+
+# --- orders of the strategy at the broker this journal does not know -------------------------------
+
+
+async def test_every_unknown_order_is_adopted_past_known_and_unreadable_ones(core: Core) -> None:
+    """The broker lists, in this order, an entry this journal knows, a key that is no idempotency
+    key, an exit of an unknown entry, and another copy's filled order of the day: each of the
+    first three is passed over, the last adopted, alerted with what the broker showed."""
+    core.broker.fill_delay_s = None
+    ours = await _entry(core, TRADING_DAY - timedelta(days=1))
+    await core.broker.place(_request(ours.idempotency_key))
+    await core.broker.place(_request("calendar:junk"))
+    await core.broker.place(_request(f"calendar:{TRADING_DAY - timedelta(days=9):%Y%m%d}:1:x1"))
+    theirs = f"calendar:{TRADING_DAY:%Y%m%d}:1@18"
+    await core.broker.place(_request(theirs))
+    await core.broker.fill(theirs)
+    report = await _reconcile(core)
+    adopted = await core.journal.entry_by_key(theirs)
+    assert adopted is not None and adopted.id in report.adopted
+    assert adopted.status is EntryStatus.FILLED
+    assert (
+        f"bot: IB has {theirs} (filled, filled 1) unknown to this journal (lost/restored journal or a second bot); adopted"
+        in await _alerts(core, AlertKind.DUPLICATE_AT_BROKER)
+    )
+    rows = [r for r in await core.journal.actions(kinds=[ActionKind.ADOPTED]) if r.entry_id == adopted.id]
+    assert [(r.detail["perm_id"], r.detail["state"], r.detail["filled"]) for r in rows] == [
+        (core.broker.orders[theirs].perm_id, "filled", 1.0)
+    ]
+
+
+async def test_a_working_unknown_order_is_adopted_live_and_worked(core: Core) -> None:
+    """Another copy's working order of the day, nothing live here: adopted as working (not
+    journaled final) and worked by the runner to its fill, never re-sent."""
+    core.broker.fill_delay_s = None
+    theirs = f"calendar:{TRADING_DAY:%Y%m%d}:1@18"
+    await core.broker.place(_request(theirs))
+    core.broker.placed.clear()
+    await _reconcile(core)
+    adopted = await core.journal.entry_by_key(theirs)
+    assert adopted is not None and adopted.status is EntryStatus.WORKING
+    assert core.runner.running
+    await core.broker.fill(theirs)
+    await _until_idle(core)
+    assert (await core.journal.entry(adopted.id)).status is EntryStatus.FILLED
+    assert core.broker.placed == []
+
+
+async def test_an_unknown_working_order_beside_our_live_entry_is_left_and_the_pass_repeated(
+    core: Core,
+) -> None:
+    """Our entry of today is live (its order gone from the broker's list) and another copy's
+    order of the day works: two live orders for one day. Neither is adopted or settled; the
+    finding is journaled with what the broker showed and alerted, and the pass ends incomplete
+    naming our entry (settled once the other ends)."""
+    ours = await _entry(core)
+    core.broker.fill_delay_s = None
+    theirs = f"calendar:{TRADING_DAY:%Y%m%d}:1@18"
+    await core.broker.place(_request(theirs))
+    core.broker.held_positions = dict(HELD)
+    with pytest.raises(RetryLater, match=f"#{ours.id}"):
+        await _reconcile(core)
+    assert await core.journal.entry_by_key(theirs) is None
+    assert (await core.journal.entry(ours.id)).status.is_live
+    rows = [
+        r
+        for r in await core.journal.actions(kinds=[ActionKind.RECONCILED])
+        if r.detail.get("unexpected") == "second live order"
+    ]
+    perm = core.broker.orders[theirs].perm_id
+    assert [(r.strategy, r.trading_day, r.detail) for r in rows] == [
+        (
+            "calendar",
+            TRADING_DAY.isoformat(),
+            {
+                "unexpected": "second live order",
+                "perm_id": perm,
+                "state": "working",
+                "filled": 0.0,
+                "ref": theirs,
+            },
+        )
+    ]
+    assert await _alerts(core, AlertKind.RECONCILE_UNEXPECTED) == [
+        f"bot: two live orders for {TRADING_DAY} at IB - check"
+    ]
