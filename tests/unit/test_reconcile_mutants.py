@@ -857,7 +857,8 @@ async def test_every_unknown_order_is_adopted_past_known_and_unreadable_ones(cor
     assert adopted is not None and adopted.id in report.adopted
     assert adopted.status is EntryStatus.FILLED
     assert (
-        f"bot: IB has {theirs} (filled, filled 1) unknown to this journal (lost/restored journal or a second bot); adopted"
+        f"bot: IB has {theirs} (filled, filled 1) unknown to this journal "
+        "(lost/restored journal or a second bot); adopted"
         in await _alerts(core, AlertKind.DUPLICATE_AT_BROKER)
     )
     rows = [r for r in await core.journal.actions(kinds=[ActionKind.ADOPTED]) if r.entry_id == adopted.id]
