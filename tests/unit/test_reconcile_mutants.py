@@ -922,3 +922,17 @@ async def test_an_unknown_working_order_beside_our_live_entry_is_left_and_the_pa
     assert await _alerts(core, AlertKind.RECONCILE_UNEXPECTED) == [
         f"bot: two live orders for {TRADING_DAY} at IB - check"
     ]
+
+
+async def test_two_live_orders_of_the_day_are_named_in_the_report(core: Core) -> None:
+    """Our entry works at the broker (adopted back) and another copy's order of the day works
+    too: the report names the other order as working beside ours."""
+    core.broker.fill_delay_s = None
+    ours = await _entry(core)
+    await core.broker.place(_request(ours.idempotency_key))
+    theirs = f"calendar:{TRADING_DAY:%Y%m%d}:1@18"
+    await core.broker.place(_request(theirs))
+    report = await _reconcile(core)
+    assert f"{theirs} working at IB beside a live entry here" in report.unexpected
+    await core.broker.fill(ours.idempotency_key)
+    await _until_idle(core)
