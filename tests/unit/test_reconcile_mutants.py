@@ -850,20 +850,26 @@ async def test_every_unknown_order_is_adopted_past_known_and_unreadable_ones(cor
     await core.broker.place(_request("calendar:junk"))
     await core.broker.place(_request(f"calendar:{TRADING_DAY - timedelta(days=9):%Y%m%d}:1:x1"))
     theirs = f"calendar:{TRADING_DAY:%Y%m%d}:1@18"
-    await core.broker.place(_request(theirs))
-    await core.broker.fill(theirs)
+    await core.broker.place(_request(theirs, quantity=2))
+    await core.broker.fill(theirs, 1)
+    await core.broker.fill(theirs, 1)
     report = await _reconcile(core)
     adopted = await core.journal.entry_by_key(theirs)
     assert adopted is not None and adopted.id in report.adopted
-    assert adopted.status is EntryStatus.FILLED
+    assert (adopted.status, adopted.filled, report.fills_applied) == (EntryStatus.FILLED, 2, 2)
+    row = await _intent_row(core, adopted.id)
+    assert (row[0], row[1], row[3]) == ("filled", 12.5, "adopted from the broker")
+    assert await _alerts(core, AlertKind.ENTRY_FILLED) == [
+        f"bot: FILLED #{adopted.id} (found at reconciliation)"
+    ]
     assert (
-        f"bot: IB has {theirs} (filled, filled 1) unknown to this journal "
+        f"bot: IB has {theirs} (filled, filled 2) unknown to this journal "
         "(lost/restored journal or a second bot); adopted"
         in await _alerts(core, AlertKind.DUPLICATE_AT_BROKER)
     )
     rows = [r for r in await core.journal.actions(kinds=[ActionKind.ADOPTED]) if r.entry_id == adopted.id]
     assert [(r.detail["perm_id"], r.detail["state"], r.detail["filled"]) for r in rows] == [
-        (core.broker.orders[theirs].perm_id, "filled", 1.0)
+        (core.broker.orders[theirs].perm_id, "filled", 2.0)
     ]
 
 
