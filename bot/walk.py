@@ -48,6 +48,11 @@ class WalkSettings:
     """A wait before the broker-side check, different for each client id: two copies of the bot
     fired at the same instant (the same schedule on two hosts) then ask the broker at different
     moments, and the later one sees the earlier one's order instead of sending its own."""
+    broker_check_cycle_s: float | None = None
+    """When set, `broker_check_delay_s` is this client id's offset in slots that repeat every
+    this many seconds of the wall clock: copies that started at different moments still ask in
+    different slots (a delay counted from each copy's own start lines two copies up whenever
+    their starts differ by the difference of their delays). None: the delay is counted from now."""
     broker_check_within_s: float | None = None
     """The longest the broker-side check may take and still count (None: no bound). Copies ask
     in slots this far apart; a check that took longer (a gateway that paces the bot or answers
@@ -210,10 +215,11 @@ async def work_order(
     within = timing.broker_check_within_s
     loop = asyncio.get_running_loop()
     for attempt in range(3):
-        await _check_slot(broker, clock, stop, timing.broker_check_delay_s)
-        # The broker's real answer time, like the request timeouts: on the loop's clock, not the
-        # injected one (a test's or a season's clock says nothing about the gateway's latency).
-        asked = loop.time()
+        await _check_slot(broker, clock, stop, timing.broker_check_delay_s, timing.broker_check_cycle_s)
+        # Slow on the loop's clock (the gateway's real answer time, as the request timeouts
+        # count it) and on the bot's own: a season's clock that stands still while the machine
+        # is busy, or a test's moved by its driver meanwhile, does not make a check slow alone.
+        asked, asked_on_clock = loop.time(), clock.monotonic()
         try:
             refusal = await checks.before_send(broker, recorder)
         except LinkDown:
@@ -223,7 +229,7 @@ async def work_order(
             if stop.is_set() or attempt == 2:
                 raise
             continue
-        took = loop.time() - asked
+        took = min(loop.time() - asked, clock.monotonic() - asked_on_clock)
         # An order that would wait in the client's own pacing queue leaves after the moment the
         # check describes, as late as a slow answer.
         took += broker.send_wait_s() if within is not None else 0.0
@@ -436,7 +442,9 @@ async def _settle(walk: _Walk, recorder: IntentRecorder, quantity: int, reason: 
     await finish_from_broker(recorder, order, quantity, reason)
 
 
-async def _check_slot(broker: Broker, clock: Clock, stop: asyncio.Event, slot_s: float) -> None:
+async def _check_slot(
+    broker: Broker, clock: Clock, stop: asyncio.Event, slot_s: float, cycle_s: float | None = None
+) -> None:
     """Wait until the broker's position reports can be trusted on this link (only just after it
     came up), then for this client id's slot. Copies that waited for the same gateway to come back
     must not all ask it in the same instant; a link that came up again during the slot (a wait
@@ -446,8 +454,9 @@ async def _check_slot(broker: Broker, clock: Clock, stop: asyncio.Event, slot_s:
         if left > 0:
             await _first(clock.sleep(left), stop.wait())
             continue
-        if slot_s > 0:
-            await _first(clock.sleep(slot_s), stop.wait())
+        wait = slot_s if cycle_s is None else (slot_s - clock.now().timestamp()) % cycle_s
+        if wait > 0:
+            await _first(clock.sleep(wait), stop.wait())
         if broker.positions_settle_left() <= 0:
             return
 

@@ -320,6 +320,7 @@ async def _build(
         strategy_params(s.strategy, demo=demo),
         calendar,
         broker_check_delay_s=(s.broker.client_id % _CHECK_SLOTS) * _CHECK_SLOT_S,
+        broker_check_cycle_s=_CHECK_SLOTS * _CHECK_SLOT_S,
         broker_check_within_s=_CHECK_SLOT_S,
         exits=s.exits,
     )

@@ -85,6 +85,7 @@ class CalendarSpread:
         calendar: TradingCalendar,
         *,
         broker_check_delay_s: float = 0.0,
+        broker_check_cycle_s: float | None = None,
         broker_check_within_s: float | None = None,
         exits: ExitSettings | None = None,
     ) -> None:
@@ -92,6 +93,7 @@ class CalendarSpread:
         self.exits = exits or ExitSettings()
         self._broker_check_delay_s = broker_check_delay_s
         self._broker_check_within_s = broker_check_within_s
+        self._broker_check_cycle_s = broker_check_cycle_s
         self.params = params
         self._calendar = calendar
 
@@ -139,6 +141,7 @@ class CalendarSpread:
                 step_interval_s=p.step_interval_s,
                 fill_timeout_s=p.fill_timeout_s,
                 broker_check_delay_s=self._broker_check_delay_s,
+                broker_check_cycle_s=self._broker_check_cycle_s,
                 broker_check_within_s=self._broker_check_within_s,
             ),
             rule,
@@ -189,6 +192,8 @@ class CalendarSpread:
             WalkSettings(
                 step_interval_s=x.step_interval_s,
                 fill_timeout_s=x.fill_timeout_s,
+                broker_check_delay_s=self._broker_check_delay_s,
+                broker_check_cycle_s=self._broker_check_cycle_s,
                 broker_check_within_s=self._broker_check_within_s,
             ),
             rule,
@@ -209,6 +214,7 @@ class CalendarSpread:
                 step_interval_s=p.step_interval_s,
                 fill_timeout_s=p.fill_timeout_s,
                 broker_check_delay_s=self._broker_check_delay_s,
+                broker_check_cycle_s=self._broker_check_cycle_s,
                 broker_check_within_s=self._broker_check_within_s,
             ),
         )
