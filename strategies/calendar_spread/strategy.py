@@ -192,8 +192,6 @@ class CalendarSpread:
             WalkSettings(
                 step_interval_s=x.step_interval_s,
                 fill_timeout_s=x.fill_timeout_s,
-                broker_check_delay_s=self._broker_check_delay_s,
-                broker_check_cycle_s=self._broker_check_cycle_s,
                 broker_check_within_s=self._broker_check_within_s,
             ),
             rule,
