@@ -6,8 +6,9 @@ What is measured. The simulated gateway runs in a child process (`bench.simchild
 100 ms: TWS API docs, "Top Market Data"). Each sample:
 
 1. a new trading day at 11:00 New York (both clocks shifted; exits are sent only in the session);
-   the whole daemon (in-process, client id 16: broker-check slot 0, production's exit settings
-   except where the row says otherwise) enters one call calendar, filled at once;
+   the whole daemon (in-process, client id 16, production's exit settings except where the row
+   says otherwise; an exit asks the broker at once, without the entries' broker-check slot)
+   enters one call calendar, filled at once;
 2. the floor, a bare ib_async script on its own connection, streams the same two legs and
    computes the calendar's mark from their mids on every tick;
 3. the gateway raises the implied volatility from 0.18 to 0.30 at one instant (the child's

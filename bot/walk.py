@@ -215,7 +215,9 @@ async def work_order(
     within = timing.broker_check_within_s
     loop = asyncio.get_running_loop()
     for attempt in range(3):
-        await _check_slot(broker, clock, stop, timing.broker_check_delay_s, timing.broker_check_cycle_s)
+        slot, cycle = timing.broker_check_delay_s, timing.broker_check_cycle_s
+        waited = await _check_slot(broker, clock, stop, slot, cycle)
+        log.info("asking the broker before sending", ref=request.order_ref, slot_wait_s=round(waited, 3))
         # Slow on the loop's clock (the gateway's real answer time, as the request timeouts
         # count it) and on the bot's own: a season's clock that stands still while the machine
         # is busy, or a test's moved by its driver meanwhile, does not make a check slow alone.
@@ -444,11 +446,13 @@ async def _settle(walk: _Walk, recorder: IntentRecorder, quantity: int, reason: 
 
 async def _check_slot(
     broker: Broker, clock: Clock, stop: asyncio.Event, slot_s: float, cycle_s: float | None = None
-) -> None:
+) -> float:
     """Wait until the broker's position reports can be trusted on this link (only just after it
-    came up), then for this client id's slot. Copies that waited for the same gateway to come back
-    must not all ask it in the same instant; a link that came up again during the slot (a wait
-    for its positions would line the copies up once more) starts both waits again."""
+    came up), then for this client id's slot; return the seconds waited. Copies that waited for
+    the same gateway to come back must not all ask it in the same instant; a link that came up
+    again during the slot (a wait for its positions would line the copies up once more) starts
+    both waits again."""
+    started = clock.monotonic()
     while not stop.is_set():
         left = broker.positions_settle_left()
         if left > 0:
@@ -458,7 +462,8 @@ async def _check_slot(
         if wait > 0:
             await _first(clock.sleep(wait), stop.wait())
         if broker.positions_settle_left() <= 0:
-            return
+            break
+    return clock.monotonic() - started
 
 
 _CANCEL_TRIES = 3
