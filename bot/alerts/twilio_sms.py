@@ -33,6 +33,12 @@ from twilio.base.exceptions import (  # type: ignore[import-untyped]
 from twilio.http.async_http_client import AsyncTwilioHttpClient  # type: ignore[import-untyped]
 from twilio.rest import Client  # type: ignore[import-untyped]
 
+# The SDK loads its REST resources (every API of an account, some 95 modules) on the first
+# `client.messages`, that is inside the first send, with the event loop stopped for tens of
+# milliseconds while an entry or exit may be working. Loaded here instead: this module is imported
+# when the daemon starts, and only when SMS is enabled.
+from twilio.rest.api.v2010 import account  # type: ignore[import-untyped]  # noqa: F401
+
 from bot.alerts.notifier import PermanentSendError, TransientSendError
 from bot.config import AlertSettings
 

@@ -7,7 +7,10 @@ errors, with a text fit for the journal: the status and Twilio code, never the t
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 
 import pytest
@@ -146,3 +149,46 @@ def test_sender_must_be_exactly_one_of_number_and_service() -> None:
 def test_transient_statuses(status: int, code: int | None, transient: bool) -> None:
     """Retry on 429 / 20429 and on 5xx only."""
     assert is_transient_status(status, code) is transient
+
+
+_FIRST_SEND = f"""
+import asyncio, socket, sys
+from pydantic import SecretStr
+from bot.alerts.notifier import TransientSendError
+from bot.alerts.twilio_sms import TwilioNotifier
+
+async def main() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    sms = TwilioNotifier({SID!r}, SecretStr({TOKEN!r}), from_number={FROM!r},
+                         base_url=f"http://127.0.0.1:{{port}}")
+    before = set(sys.modules)
+    try:
+        await sms.send({TO!r}, "bot: x")
+    except TransientSendError:
+        pass
+    finally:
+        await sms.aclose()
+    print(" ".join(sorted(m for m in set(sys.modules) - before if m.startswith("twilio"))))
+
+asyncio.run(main())
+"""
+
+
+def test_the_first_send_imports_nothing_of_the_sdk() -> None:
+    """The SDK loads its REST resources (every API of an account, some 95 modules) on the first
+    `client.messages`: inside the first send, the event loop stopped for tens of milliseconds
+    while an entry or exit may be working (seen in the storm benchmark's profile). They are loaded
+    when the notifier's module is imported, at start. A fresh interpreter, so nothing imported by
+    another test hides it."""
+    done = subprocess.run(
+        [sys.executable, "-c", _FIRST_SEND],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={k: v for k, v in os.environ.items() if k not in {"TWILIO_REGION", "TWILIO_EDGE"}},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ""
