@@ -714,3 +714,94 @@ async def test_after_placing_a_forced_entry_the_days_settled_entry_is_not_a_dupl
     placed = _order(forced.idempotency_key, perm_id=600)
     broker.listed = [_order(first.idempotency_key, state=OrderState.FILLED, filled=1.0, perm_id=100), placed]
     assert await later_duplicate(broker, Recorded(journal, clock, forced).recorder, placed) is None
+
+
+# --- what stands in the way: every order weighed ----------------------------------------------------
+
+
+async def test_an_order_that_does_not_block_is_passed_over_and_the_next_one_still_weighed(
+    journal: Journal, clock: ManualClock, broker: ListingBroker
+) -> None:
+    """The broker lists an attempt of the day that ended with no fill, then another copy's
+    working order: the first is passed over, the second still stops our entry and is adopted."""
+    trade = await _claim(journal)
+    theirs = f"{DAY_KEY}:8@18"
+    listed = [_order(f"{DAY_KEY}:7", state=OrderState.CANCELLED, perm_id=7), _order(theirs, perm_id=8)]
+    with pytest.raises(AdoptInstead) as adopted:
+        await check_before_send(broker, Recorded(journal, clock, trade).recorder, listed)
+    assert adopted.value.order.order_ref == theirs
+    assert (await journal.entry(trade.id)).status is EntryStatus.NEVER_SENT
+
+
+async def test_a_forced_entry_passes_the_days_settled_entry_but_not_the_working_order_after_it(
+    journal: Journal, clock: ManualClock, broker: ListingBroker
+) -> None:
+    """`--force`: the broker lists the day's first entry, filled and settled here (history), then
+    another copy's working order of the day: that one is still in the way and is adopted."""
+    first = await _claim(journal)
+    await journal.record_fill(first.id, "e1", 1, 12.5, clock.now())
+    await journal.finish(first.id, EntryStatus.FILLED, "filled", ActionKind.FILLED)
+    forced = await _claim(journal, force=True)
+    theirs = f"{DAY_KEY}:1@18"
+    listed = [
+        _order(first.idempotency_key, state=OrderState.FILLED, filled=1.0, perm_id=1),
+        _order(theirs, perm_id=2),
+    ]
+    with pytest.raises(AdoptInstead) as adopted:
+        await check_before_send(broker, Recorded(journal, clock, forced).recorder, listed)
+    assert adopted.value.order.order_ref == theirs
+    assert (await journal.entry(forced.id)).status is EntryStatus.NEVER_SENT
+
+
+async def test_a_broker_quantity_a_residue_of_the_tolerance_above_the_journals_is_the_same_fill(
+    journal: Journal, clock: ManualClock, broker: ListingBroker
+) -> None:
+    """`--force`: the broker reports the day's settled entry filled 1.000000001, a float residue
+    of exactly the tolerance above the one unit this journal holds: all its fills are known, it
+    is history and the forced entry may leave."""
+    first = await _claim(journal)
+    await journal.record_fill(first.id, "e1", 1, 12.5, clock.now())
+    await journal.finish(first.id, EntryStatus.FILLED, "filled", ActionKind.FILLED)
+    forced = await _claim(journal, force=True)
+    listed = [_order(first.idempotency_key, state=OrderState.FILLED, filled=1.0 + 1e-9, perm_id=1)]
+    await check_before_send(broker, Recorded(journal, clock, forced).recorder, listed)
+    assert (await journal.entry(forced.id)).status is EntryStatus.CLAIMED
+
+
+# --- positions in the entry's legs: a leg the broker does not list, residues -----------------------
+
+
+async def test_a_leg_the_broker_does_not_list_is_held_at_zero_against_the_ledger(
+    journal: Journal, clock: ManualClock
+) -> None:
+    """The ledger holds the reverse calendar open (long the front, short the back) and the
+    broker lists neither contract: against the ledger, the account holds more of what this
+    entry would add in both legs. Nothing is sent; the reason and the journal give the broker's
+    quantity of each unlisted leg as 0."""
+    started = await journal.claim("calendar", TRADING_DAY - timedelta(days=1), Source.SCHEDULER, 1)
+    assert isinstance(started, Started)
+    reverse = [dict(leg, action="BUY" if leg["action"] == "SELL" else "SELL") for leg in LEGS]
+    await journal.set_legs(started.trade.id, reverse, "reverse", date(2026, 12, 30))
+    await journal.record_fill(started.trade.id, "r1", 1, 12.5, clock.now())
+    await journal.finish(started.trade.id, EntryStatus.FILLED, "filled", ActionKind.FILLED)
+    trade = await _claim(journal)
+    reason = await unexplained_in_legs(Recorded(journal, clock, trade).recorder, {})
+    assert reason is not None
+    assert f"({FRONT_ID}: IB 0, ledger 1, {BACK_ID}: IB 0, ledger -1)" in reason
+    (row,) = await journal.actions(kinds=[ActionKind.BROKER_GUARD])
+    assert row.detail == {"unexplained": {str(FRONT_ID): 0.0, str(BACK_ID): 0.0}}
+
+
+@pytest.mark.parametrize(
+    "held",
+    [{BACK_ID: 1e-9}, {FRONT_ID: -1e-9}, {FRONT_ID: -1e-9, BACK_ID: 1e-9}],
+    ids=["long-leg", "short-leg", "both"],
+)
+async def test_a_residue_of_the_tolerance_in_the_entrys_legs_is_not_a_position(
+    journal: Journal, clock: ManualClock, held: dict[int, float]
+) -> None:
+    """A float residue of exactly the tolerance on the side the entry adds (long in its long
+    leg, short in its short leg) is no position: nothing unexplained, nothing journaled."""
+    trade = await _claim(journal)
+    assert await unexplained_in_legs(Recorded(journal, clock, trade).recorder, held) is None
+    assert await journal.actions(kinds=[ActionKind.BROKER_GUARD]) == []
