@@ -19,6 +19,7 @@ from bot.broker.protocol import (
     ExecutionRecord,
     OptionContract,
     OrderLeg,
+    OrderState,
     Right,
 )
 from bot.domain import ActionKind, AlertKind, EntryStatus, IntentKind, Source, Started, TradeView
@@ -942,3 +943,258 @@ async def test_two_live_orders_of_the_day_are_named_in_the_report(core: Core) ->
     assert f"{theirs} working at IB beside a live entry here" in report.unexpected
     await core.broker.fill(ours.idempotency_key)
     await _until_idle(core)
+
+
+# --- the pass's own bookkeeping ---------------------------------------------------------------------
+
+
+async def _sent(core: Core, day: date = TRADING_DAY, quantity: int = 1) -> TradeView:
+    """An entry a dead daemon left between writing its order and the broker's acknowledgement:
+    its limit journaled, no order id or permId, still claimed."""
+    trade = await _entry(core, day, quantity, limit=False)
+    await core.journal.record_limit(trade.id, 12.5, ActionKind.ORDER_SENDING)
+    return await core.journal.entry(trade.id)
+
+
+async def test_without_a_settle_time_the_positions_decide_at_once(core: Core) -> None:
+    """With the clock's sleep but no `positions_settle_s`, an absent entry whose order may have
+    left is settled from the positions with no wait and no second look-up."""
+    entry = await _entry(core, TRADING_DAY - timedelta(days=1))
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    report = await reconcile(core.journal, core.broker, core.runner, "calendar", TRADING_DAY, sleep=sleep)
+    assert slept == []
+    assert report.finished == [entry.id]
+    assert (await core.journal.entry(entry.id)).status is EntryStatus.CANCELLED
+
+
+async def test_an_intent_still_holding_its_lane_after_its_final_state_is_left_alone(core: Core) -> None:
+    """This process holds the lane of an entry of an earlier day whose final state is already
+    journaled (the instant before the lane is released): the pass has nothing of it to look up
+    and leaves it alone."""
+    entry = await _position(core)
+    assert await core.guard.try_adopt(entry)
+    core.broker.held_positions = dict(HELD)
+    report = await _reconcile(core)
+    assert report.looked_up == 0 and report.finished == [] and report.unexpected == []
+    assert (await core.journal.entry(entry.id)).status is EntryStatus.FILLED
+    core.guard.finish(entry)
+
+
+async def test_with_nothing_to_look_up_the_broker_is_not_asked(core: Core) -> None:
+    """No unsettled entry and none of today: no look-up is sent to the broker."""
+    asked: list[list[str]] = []
+    real = core.broker.lookup
+
+    async def lookup(refs: list[str]) -> dict[str, object]:
+        asked.append(list(refs))
+        return await real(refs)  # type: ignore[return-value]
+
+    core.broker.lookup = lookup  # type: ignore[method-assign,assignment]
+    report = await _reconcile(core)
+    assert asked == [] and report.looked_up == 0
+
+
+async def test_an_absent_entry_does_not_end_the_pass_before_the_next_entry(core: Core) -> None:
+    """Two entries of earlier days: the first is not listed at the broker, the second is found
+    cancelled there. Both are settled, the found one from the broker's record, the absent one
+    from the positions."""
+    absent = await _entry(core, TRADING_DAY - timedelta(days=2))
+    found = await _entry(core, TRADING_DAY - timedelta(days=1))
+    core.broker.fill_delay_s = None
+    await core.broker.place(_request(found.idempotency_key))
+    await core.broker.cancel(found.idempotency_key)
+    report = await _reconcile(core)
+    assert sorted(report.finished) == [absent.id, found.id]
+    assert (await core.journal.entry(found.id)).status is EntryStatus.CANCELLED
+    assert (await core.journal.entry_detail(found.id))["reason"] == "reconciled with the broker"
+    assert (await core.journal.entry(absent.id)).status is EntryStatus.CANCELLED
+
+
+async def test_an_entry_found_filled_keeps_the_brokers_record_of_it(core_factory: CoreFactory) -> None:
+    """A 2-lot whose acknowledgement never reached the journal, found filled at the broker in
+    two executions with its commission: both fills are journaled and counted, and the broker's
+    status, permId, average price and commission are kept."""
+    core = core_factory(CalendarParams(step_interval_s=15.0, fill_timeout_s=30.0, quantity=2))
+    entry = await _sent(core, TRADING_DAY - timedelta(days=1), quantity=2)
+    core.broker.fill_delay_s = None
+    ref = entry.idempotency_key
+    await core.broker.place(_request(ref, quantity=2))
+    await core.broker.fill(ref, 1)
+    await core.broker.fill(ref, 1)
+    real = core.broker.lookup
+
+    async def with_commission(refs: list[str]) -> dict[str, object]:
+        return {r: dataclasses.replace(o, commission=2.6) for r, o in (await real(refs)).items()}
+
+    core.broker.lookup = with_commission  # type: ignore[method-assign,assignment]
+    report = await _reconcile(core)
+    assert report.fills_applied == 2 and report.finished == [entry.id]
+    view = await core.journal.entry(entry.id)
+    assert (view.status, view.filled) == (EntryStatus.FILLED, 2)
+    assert await _intent_row(core, entry.id) == ("filled", 12.5, 2.6, "reconciled with the broker")
+    assert (await core.journal.entry_detail(entry.id))["perm_id"] == core.broker.orders[ref].perm_id
+
+
+async def test_an_order_working_at_the_broker_but_completely_filled_is_settled_filled(core: Core) -> None:
+    """The broker still calls the order working though all of it has filled (a status that
+    trails the fill): the entry is settled filled from the broker's record, not adopted."""
+    entry = await _entry(core, TRADING_DAY - timedelta(days=1))
+    core.broker.fill_delay_s = None
+    ref = entry.idempotency_key
+    await core.broker.place(_request(ref))
+    await core.broker.fill(ref)
+    core.broker.orders[ref].state = OrderState.WORKING
+    report = await _reconcile(core)
+    assert report.finished == [entry.id] and report.adopted == []
+    assert not core.runner.running
+    assert (await core.journal.entry(entry.id)).status is EntryStatus.FILLED
+
+
+async def test_an_entry_found_working_is_journaled_working_with_the_brokers_ids(core: Core) -> None:
+    """A claim whose acknowledgement never reached the journal, found working at the broker:
+    it is journaled working with the broker's order id and permId, every status row of the pass
+    carrying the broker's state, and handed to the runner."""
+    entry = await _sent(core)
+    core.broker.fill_delay_s = None
+    ref = entry.idempotency_key
+    await core.broker.place(_request(ref))
+    report = await _reconcile(core)
+    assert report.adopted == [entry.id]
+    assert (await core.journal.entry(entry.id)).status is EntryStatus.WORKING
+    detail = await core.journal.entry_detail(entry.id)
+    order = core.broker.orders[ref]
+    assert (detail["order_id"], detail["perm_id"]) == (order.order_id, order.perm_id)
+    rows = [r for r in await core.journal.actions(kinds=[ActionKind.ORDER_STATUS]) if r.entry_id == entry.id]
+    assert len(rows) >= 2
+    assert {r.detail["broker_status"] for r in rows} == {"working"}
+    await core.broker.fill(ref)
+    await _until_idle(core)
+    assert (await core.journal.entry(entry.id)).status is EntryStatus.FILLED
+
+
+# --- orders the journal does not know: each one weighed, each adoption worked as it stands ---------
+
+
+async def test_an_order_left_beside_our_live_entry_does_not_stop_the_next_unknown_order(core: Core) -> None:
+    """The broker lists another copy's order working beside our live entry of today (left
+    alone), then another copy's filled order of an earlier day: that one is still adopted."""
+    await _entry(core)
+    core.broker.fill_delay_s = None
+    await core.broker.place(_request(f"calendar:{TRADING_DAY:%Y%m%d}:1@18"))
+    earlier = f"calendar:{TRADING_DAY - timedelta(days=1):%Y%m%d}:1@18"
+    await core.broker.place(_request(earlier))
+    await core.broker.fill(earlier)
+    core.broker.held_positions = dict(HELD)
+    with pytest.raises(RetryLater):
+        await _reconcile(core)
+    adopted = await core.journal.entry_by_key(earlier)
+    assert adopted is not None and adopted.status is EntryStatus.FILLED
+
+
+async def test_an_unknown_working_order_the_runner_cannot_take_is_reported(core: Core) -> None:
+    """This process works an entry of yesterday (adopted at an earlier pass) and another copy's
+    order of today works at the broker: it is adopted into the journal, but the runner, busy
+    with the entry lane, cannot take it; the report says so."""
+    core.broker.fill_delay_s = None
+    ours = await _entry(core, TRADING_DAY - timedelta(days=1))
+    await core.broker.place(_request(ours.idempotency_key))
+    assert await core.runner.adopt(ours, core.broker.orders[ours.idempotency_key].view())
+    theirs = f"calendar:{TRADING_DAY:%Y%m%d}:1@18"
+    await core.broker.place(_request(theirs))
+    report = await _reconcile(core)
+    adopted = await core.journal.entry_by_key(theirs)
+    assert adopted is not None and report.adopted == [adopted.id]
+    assert report.unexpected == [f"#{adopted.id} adopted while another entry runs"]
+    await core.broker.fill(ours.idempotency_key)
+    await _until_idle(core)
+
+
+async def test_a_working_unknown_order_is_worked_as_the_broker_holds_it(core: Core) -> None:
+    """Another copy's working order of the day is adopted and worked from the broker's record of
+    it: nothing is priced or chosen for it (no quotes asked, no legs journaled), nothing sent."""
+    core.broker.fill_delay_s = None
+    theirs = f"calendar:{TRADING_DAY:%Y%m%d}:1@18"
+    await core.broker.place(_request(theirs))
+    core.broker.placed.clear()
+    await _reconcile(core)
+    adopted = await core.journal.entry_by_key(theirs)
+    assert adopted is not None
+    await core.broker.fill(theirs)
+    await _until_idle(core)
+    assert (await core.journal.entry(adopted.id)).status is EntryStatus.FILLED
+    assert not core.broker.quotes_started.is_set()
+    assert await core.journal.entry_legs(adopted.id) == []
+    assert core.broker.placed == []
+
+
+async def test_a_working_exit_unknown_to_the_journal_is_worked_as_the_broker_holds_it(core: Core) -> None:
+    """An exit at the broker this journal does not know, working: adopted and worked from the
+    broker's record of it, with no quotes asked to price a new one and nothing sent."""
+    entry = await _position(core)
+    core.broker.fill_delay_s = None
+    ref = f"{entry.idempotency_key}:x2"
+    await core.broker.place(_request(ref))
+    core.broker.placed.clear()
+    await _reconcile(core)
+    await core.broker.fill(ref)
+    await _until_idle(core)
+    adopted = await core.journal.entry_by_key(ref)
+    assert adopted is not None and adopted.status is EntryStatus.FILLED
+    assert not core.broker.quotes_started.is_set()
+    assert core.broker.placed == []
+
+
+async def test_an_unknown_working_exit_the_runner_cannot_take_is_reported(core: Core) -> None:
+    """The position's exit lane is still held by an exit whose final state is journaled (the
+    instant before its lane is released) when another copy's exit of the position is found
+    working: it is adopted, the runner cannot take it, and the report says so."""
+    entry = await _position(core)
+    earlier = await _exit(core, entry, limit=False)
+    await core.journal.finish(earlier.id, EntryStatus.CANCELLED, "test", ActionKind.CANCELLED)
+    held = await core.journal.entry(earlier.id)
+    assert await core.guard.try_adopt(held)
+    core.broker.fill_delay_s = None
+    ref = f"{entry.idempotency_key}:x5"
+    await core.broker.place(_request(ref))
+    core.broker.held_positions = dict(HELD)
+    report = await _reconcile(core)
+    adopted = await core.journal.entry_by_key(ref)
+    assert adopted is not None and report.adopted == [adopted.id]
+    assert report.unexpected == [f"#{adopted.id} adopted while another exit of it runs"]
+    core.guard.finish(held)
+
+
+# --- the positions check: a long difference ---------------------------------------------------------
+
+
+async def test_a_long_positions_difference_is_alerted_in_its_first_300_characters(core: Core) -> None:
+    """A five-legged position whose every leg the broker shows differently: the reason names each
+    leg (past 300 characters); the position is frozen with all of it, the SMS carries the first
+    300 characters."""
+    started = await core.journal.claim("calendar", TRADING_DAY - timedelta(days=1), Source.SCHEDULER, 1)
+    assert isinstance(started, Started)
+    con_ids = [123456789011 + i for i in range(5)]
+    legs = [
+        {
+            "expiry": "2026-12-23",
+            "strike": 6000.0 + 5 * i,
+            "right": "C",
+            "con_id": c,
+            "action": "SELL" if i % 2 else "BUY",
+        }
+        for i, c in enumerate(con_ids)
+    ]
+    await core.journal.set_legs(started.trade.id, legs, "five legs", date(2026, 12, 23))
+    await core.journal.record_fill(started.trade.id, "f1", 1, 1.5, core.clock.now())
+    await core.journal.finish(started.trade.id, EntryStatus.FILLED, "filled", ActionKind.FILLED)
+    core.broker.held_positions = dict.fromkeys(con_ids, 3.03125)
+    check = await reconcile_positions(core.journal, core.broker)
+    why = check.frozen[started.trade.id]
+    text = f"bot: position #{started.trade.id} frozen: {why}"
+    assert len(text) > 300
+    assert (await core.journal.position(started.trade.id)).frozen == f"IB and the ledger differ: {why}"
+    assert await _alerts(core, AlertKind.POSITION_MISMATCH) == [text[:300]]
