@@ -74,10 +74,18 @@ class ModuleScore:
 
 
 def listed_equivalents(path: Path = EQUIVALENTS) -> set[str]:
-    """The mutant names docs/mutation.md lists as equivalent (each in backticks, with its reason)."""
+    """The mutant names docs/mutation.md lists as equivalent: each in backticks, with its reason,
+    under its "## Equivalent survivors" heading (a name anywhere else, a killed one in a table or
+    a survivor in the open list, is not taken out of the count)."""
     if not path.exists():
         return set()
-    return set(re.findall(r"`(bot\.[^`\s]+__mutmut_\d+)`", path.read_text(encoding="utf-8")))
+    text = path.read_text(encoding="utf-8")
+    start = text.find("\n## Equivalent survivors")
+    if start < 0:
+        return set()
+    end = text.find("\n## ", start + 1)
+    section = text[start : end if end >= 0 else len(text)]
+    return set(re.findall(r"`(bot\.[^`\s]+__mutmut_\d+)`", section))
 
 
 def read_scores(root: Path, equivalents: set[str]) -> list[ModuleScore]:
